@@ -1,0 +1,42 @@
+# `make repro` runs the pipeline, `make test` runs the tests; both set everything up first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+DEBIAN_DATA := /usr/share/datasets/fashion-mnist
+
+.PHONY: repro test lint data setup mlflow-ui clean
+
+repro: setup data
+	$(BIN)/dvc repro
+
+test: setup data
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+# The raw data: Debian's package when we may install it; otherwise the prepare stage looks in
+# data.raw_dir and falls back to downloading from the official mirror.
+data:
+	@if [ ! -d $(DEBIAN_DATA) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
+		|| (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null); \
+	fi
+	@if [ -d $(DEBIAN_DATA) ]; then echo "raw data: $(DEBIAN_DATA)"; \
+	else echo "raw data: not installed system-wide; the prepare stage will use data/raw or download it"; fi
+
+mlflow-ui: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf $(VENV)

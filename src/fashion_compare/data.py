@@ -1,0 +1,276 @@
+"""Raw Fashion-MNIST: find it, check it, read it, split it, save it as tensors.
+
+The raw files are pinned by the MD5 of their decompressed bytes, so any source
+(a local copy, Debian's package, the official mirror) yields the same data.
+"""
+
+import gzip
+import hashlib
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+
+from .errors import DataError
+from .files import save_torch
+
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+IMAGE_SIDE = 28
+NUM_CLASSES = 10
+IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
+IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
+
+
+@dataclass(frozen=True)
+class RawSplit:
+    name: str  # "train" or "test"
+    images_file: str
+    labels_file: str
+    csv_file: str
+    count: int
+    images_md5: str  # of the decompressed IDX bytes
+    labels_md5: str
+
+
+RAW_SPLITS = (
+    RawSplit("train", "train-images-idx3-ubyte", "train-labels-idx1-ubyte", "fashion-mnist_train.csv",
+             60000, "f4a8712d7a061bf5bd6d2ca38dc4d50a", "9018921c3c673c538a1fc5bad174d6f9"),
+    RawSplit("test", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "fashion-mnist_test.csv",
+             10000, "8181f5470baa50b63fa0f6fddb340f0a", "15d484375f8d13e6eb1aabb0c3f46965"),
+)
+
+
+@dataclass
+class Dataset:
+    images: np.ndarray  # uint8, N x 28 x 28
+    labels: np.ndarray  # int64, N
+
+
+# ---------------------------------------------------------------- IDX and CSV readers
+
+def read_bytes(path) -> bytes:
+    """The file's bytes, decompressed when it ends in .gz."""
+    path = Path(path)
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as handle:
+                return handle.read()
+        return path.read_bytes()
+    except (OSError, EOFError) as error:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"{path}: cannot read ({error})") from None
+
+
+def parse_idx(content: bytes, path, magic: int, shape_tail=()) -> np.ndarray:
+    """Parse IDX bytes (big-endian header, then unsigned bytes), checking every field."""
+    ndim = magic & 0xFF
+    header_size = 4 + 4 * ndim
+    if len(content) < header_size:
+        raise DataError(f"{path}: truncated IDX header ({len(content)} bytes)")
+    found_magic = int.from_bytes(content[:4], "big")
+    if found_magic != magic:
+        raise DataError(f"{path}: magic number 0x{found_magic:08x}, expected 0x{magic:08x}")
+    dims = tuple(int.from_bytes(content[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    if dims[1:] != tuple(shape_tail):
+        raise DataError(f"{path}: item shape {dims[1:]}, expected {tuple(shape_tail)}")
+    expected_size = header_size + int(np.prod(dims))
+    if len(content) != expected_size:
+        raise DataError(f"{path}: {len(content)} bytes, expected {expected_size} for dimensions {dims}")
+    return np.frombuffer(content, dtype=np.uint8, offset=header_size).reshape(dims)
+
+
+def read_idx_pair(images_path, labels_path, count=None, md5s=None) -> Dataset:
+    """Read an images/labels IDX pair; check counts, label range and (optionally) MD5s."""
+    images_bytes, labels_bytes = read_bytes(images_path), read_bytes(labels_path)
+    images = parse_idx(images_bytes, images_path, IDX_IMAGES_MAGIC, (IMAGE_SIDE, IMAGE_SIDE))
+    labels = parse_idx(labels_bytes, labels_path, IDX_LABELS_MAGIC)
+    if count is not None and len(images) != count:
+        raise DataError(f"{images_path}: {len(images)} images, expected {count}")
+    if len(labels) != len(images):
+        raise DataError(f"{labels_path}: {len(labels)} labels for {len(images)} images in {images_path}")
+    _check_labels(labels, labels_path)
+    if md5s is not None:
+        for path, content, expected in ((images_path, images_bytes, md5s[0]), (labels_path, labels_bytes, md5s[1])):
+            found = hashlib.md5(content).hexdigest()
+            if found != expected:
+                raise DataError(f"{path}: MD5 of the decompressed bytes is {found}, expected {expected}"
+                                " (corrupted, or not Fashion-MNIST)")
+    return Dataset(images.copy(), labels.astype(np.int64))
+
+
+def read_csv(path, count=None) -> Dataset:
+    """Read the CSV layout: a `label` column and 784 pixel columns, one row per image."""
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, ValueError) as error:
+        raise DataError(f"{path}: cannot read CSV ({str(error).splitlines()[0]})") from None
+    pixels = IMAGE_SIDE * IMAGE_SIDE
+    if "label" not in frame.columns:
+        raise DataError(f"{path}: no 'label' column")
+    if frame.shape[1] != pixels + 1:
+        raise DataError(f"{path}: {frame.shape[1]} columns, expected {pixels + 1} (label + {pixels} pixels)")
+    if count is not None and len(frame) != count:
+        raise DataError(f"{path}: {len(frame)} rows, expected {count}")
+    values = frame.drop(columns="label")
+    if not all(np.issubdtype(dtype, np.integer) for dtype in values.dtypes) or not np.issubdtype(
+            frame["label"].dtype, np.integer):
+        raise DataError(f"{path}: non-integer values (expected pixels 0..255 and labels 0..9)")
+    array = values.to_numpy()
+    if array.min() < 0 or array.max() > 255:
+        raise DataError(f"{path}: pixel values outside 0..255")
+    labels = frame["label"].to_numpy().astype(np.int64)
+    _check_labels(labels, path)
+    return Dataset(array.astype(np.uint8).reshape(-1, IMAGE_SIDE, IMAGE_SIDE), labels)
+
+
+def _check_labels(labels, path):
+    if len(labels) and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise DataError(f"{path}: labels outside 0..{NUM_CLASSES - 1}")
+
+
+# ---------------------------------------------------------------- finding the raw files
+
+def _idx_path(directory: Path, name: str):
+    for candidate in (directory / f"{name}.gz", directory / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _has_idx(directory: Path) -> bool:
+    return all(_idx_path(directory, name) for split in RAW_SPLITS for name in (split.images_file, split.labels_file))
+
+
+def _has_csv(directory: Path) -> bool:
+    return all((directory / split.csv_file).is_file() for split in RAW_SPLITS)
+
+
+def download(directory: Path):
+    """Download the four .gz files from the official mirror torchvision uses, checking published MD5s."""
+    from torchvision.datasets import FashionMNIST
+    from torchvision.datasets.utils import download_url
+
+    directory.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for filename, md5 in FashionMNIST.resources:
+        for mirror in FashionMNIST.mirrors:
+            try:
+                download_url(mirror + filename, root=str(directory), filename=filename, md5=md5)
+                break
+            except Exception as error:  # urllib and checksum errors alike: try the next mirror
+                errors.append(f"{mirror}{filename}: {error}")
+        else:
+            raise DataError(f"download failed: {errors[-1]}")
+
+
+def locate_raw(raw_dir, debian_dir=DEBIAN_DIR, fetch=download):
+    """Where the raw files are, as (directory, layout). Downloads into raw_dir only as a last resort."""
+    raw_dir = Path(raw_dir)
+    if _has_idx(raw_dir):
+        return raw_dir, "idx"
+    if _has_csv(raw_dir):
+        return raw_dir, "csv"
+    if _has_idx(Path(debian_dir)):
+        return Path(debian_dir), "idx"
+    try:
+        fetch(raw_dir)
+    except DataError as error:
+        raise DataError(
+            f"no Fashion-MNIST files in {raw_dir} or {debian_dir}, and {error}; "
+            "install them with `apt-get install dataset-fashion-mnist` or set data.raw_dir"
+        ) from None
+    if not _has_idx(raw_dir):
+        raise DataError(f"download into {raw_dir} did not produce the four IDX files")
+    return raw_dir, "idx"
+
+
+def load_raw(raw_dir, debian_dir=DEBIAN_DIR, fetch=download):
+    """The checked raw train and test sets, and a description of where they came from."""
+    directory, layout = locate_raw(raw_dir, debian_dir, fetch)
+    sets = {}
+    for split in RAW_SPLITS:
+        if layout == "idx":
+            sets[split.name] = read_idx_pair(_idx_path(directory, split.images_file),
+                                             _idx_path(directory, split.labels_file),
+                                             split.count, (split.images_md5, split.labels_md5))
+        else:
+            sets[split.name] = read_csv(directory / split.csv_file, split.count)
+    return sets["train"], sets["test"], f"{directory} ({layout})"
+
+
+def write_csv_layout(dataset: Dataset, path):
+    """Write a dataset in the CSV layout (label, pixel1..pixel784): used by tests and converters."""
+    import pandas as pd
+
+    columns = {"label": dataset.labels}
+    flat = dataset.images.reshape(len(dataset.labels), -1)
+    columns.update({f"pixel{i + 1}": flat[:, i] for i in range(flat.shape[1])})
+    pd.DataFrame(columns).to_csv(path, index=False)
+
+
+def copy_raw(source_dir, target_dir):
+    """Copy the IDX files of source_dir into target_dir (e.g. to pin a local copy in data/raw)."""
+    target_dir = Path(target_dir)
+    target_dir.mkdir(parents=True, exist_ok=True)
+    for split in RAW_SPLITS:
+        for name in (split.images_file, split.labels_file):
+            shutil.copy2(_idx_path(Path(source_dir), name), target_dir)
+
+
+# ---------------------------------------------------------------- preparing tensors
+
+def stratified_sample(dataset: Dataset, size: int, seed: int) -> Dataset:
+    if size >= len(dataset.labels):
+        return dataset
+    index, _ = train_test_split(np.arange(len(dataset.labels)), train_size=size,
+                                stratify=dataset.labels, random_state=seed)
+    index = np.sort(index)
+    return Dataset(dataset.images[index], dataset.labels[index])
+
+
+def split_train_val(dataset: Dataset, val_fraction: float, seed: int):
+    """Stratified, seeded train/validation split; returns (train, val)."""
+    train_index, val_index = train_test_split(np.arange(len(dataset.labels)), test_size=val_fraction,
+                                              stratify=dataset.labels, random_state=seed)
+    pick = lambda index: Dataset(dataset.images[np.sort(index)], dataset.labels[np.sort(index)])  # noqa: E731
+    return pick(train_index), pick(val_index)
+
+
+def to_tensors(dataset: Dataset) -> dict:
+    """float32 images in [0, 1], shape N x 1 x 28 x 28, and int64 labels."""
+    images = torch.from_numpy(dataset.images).to(torch.float32).div_(255.0).unsqueeze(1)
+    return {"images": images.contiguous(), "labels": torch.from_numpy(dataset.labels)}
+
+
+def prepare(train: Dataset, test: Dataset, val_fraction: float, subset: int, seed: int):
+    """Subset (when asked), split, scale. Returns {'train'|'val'|'test': tensors}."""
+    if subset:
+        test_size = max(NUM_CLASSES, round(subset * len(test.labels) / len(train.labels)))
+        train = stratified_sample(train, subset, seed)
+        test = stratified_sample(test, test_size, seed)
+    train, val = split_train_val(train, val_fraction, seed)
+    return {"train": to_tensors(train), "val": to_tensors(val), "test": to_tensors(test)}
+
+
+def split_summary(splits: dict) -> dict:
+    return {name: {"size": len(tensors["labels"]),
+                   "class_counts": torch.bincount(tensors["labels"], minlength=NUM_CLASSES).tolist()}
+            for name, tensors in splits.items()}
+
+
+def save_splits(splits: dict, directory):
+    for name, tensors in splits.items():
+        save_torch(Path(directory) / f"{name}.pt", tensors)
+
+
+def load_split(directory, name) -> dict:
+    path = Path(directory) / f"{name}.pt"
+    try:
+        return torch.load(path, weights_only=True, mmap=True)
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found; run the prepare stage first (dvc repro prepare)") from None

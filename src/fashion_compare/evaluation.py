@@ -1,0 +1,82 @@
+"""Test-set metrics with scikit-learn, and measured inference cost."""
+
+import time
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, classification_report, confusion_matrix
+
+from . import CLASS_NAMES
+
+PER_CLASS_METRICS = ("precision", "recall", "f1-score")
+
+
+@torch.inference_mode()
+def predict(model, images, batch_size, device) -> np.ndarray:
+    model.eval().to(device)
+    predictions = [model(images[start:start + batch_size].to(device)).argmax(dim=1).cpu()
+                   for start in range(0, len(images), batch_size)]
+    return torch.cat(predictions).numpy()
+
+
+def classification_metrics(y_true, y_pred) -> dict:
+    """Accuracy, macro/weighted averages, per-class precision/recall/F1/support, confusion matrix."""
+    labels = list(range(len(CLASS_NAMES)))
+    report = classification_report(y_true, y_pred, labels=labels, target_names=CLASS_NAMES,
+                                   output_dict=True, zero_division=0)
+    return {
+        "accuracy": accuracy_score(y_true, y_pred),
+        "macro_avg": _rename(report["macro avg"]),
+        "weighted_avg": _rename(report["weighted avg"]),
+        "per_class": {name: _rename(report[name]) for name in CLASS_NAMES},
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+    }
+
+
+def report_text(y_true, y_pred) -> str:
+    return classification_report(y_true, y_pred, labels=list(range(len(CLASS_NAMES))),
+                                 target_names=CLASS_NAMES, digits=4, zero_division=0)
+
+
+def _rename(scores: dict) -> dict:
+    return {"precision": scores["precision"], "recall": scores["recall"], "f1": scores["f1-score"],
+            "support": int(scores["support"])}
+
+
+@torch.inference_mode()
+def measure_inference(model, images, batch_size, device, repeats) -> dict:
+    """Latency of one image (median of `repeats` single-image calls) and batched throughput."""
+    model.eval().to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    single = images[:1].to(device)
+    for _ in range(5):  # warm-up
+        model(single)
+    timings = []
+    for _ in range(repeats):
+        sync()
+        started = time.perf_counter()
+        model(single)
+        sync()
+        timings.append(time.perf_counter() - started)
+    batch = images[:batch_size].to(device)
+    model(batch)
+    sync()
+    started = time.perf_counter()
+    model(batch)
+    sync()
+    batch_seconds = time.perf_counter() - started
+    return {"latency_ms_per_image": 1000 * float(np.median(timings)),
+            "throughput_images_per_s": len(batch) / batch_seconds}
+
+
+def per_class_rows(results: dict) -> list:
+    """Long format for DVC plots: one row per model x class x metric."""
+    return [{"model": model, "class": name, "metric": metric, "value": scores[metric]}
+            for model, result in results.items()
+            for name, scores in result["per_class"].items()
+            for metric in ("precision", "recall", "f1")]
+
+
+def confusion_rows(y_true, y_pred) -> list:
+    """DVC's confusion template wants one row per sample."""
+    return [{"actual": CLASS_NAMES[t], "predicted": CLASS_NAMES[p]} for t, p in zip(y_true, y_pred)]

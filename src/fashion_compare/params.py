@@ -1,0 +1,118 @@
+"""params.yaml, validated: every key known, every value in range, one-line errors."""
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ParamsError
+
+PARAMS_FILE = "params.yaml"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(Strict):
+    raw_dir: str = "data/raw"
+    val_fraction: float = Field(0.25, gt=0, lt=1)
+    subset: int = Field(0, ge=0, description="training images to draw (stratified); 0 = all")
+
+
+class ModelParams(Strict):
+    batch_size: int = Field(gt=0)
+    lr: float | None = Field(None, gt=0, description="overrides the top-level lr")
+    epochs: int | None = Field(None, gt=0, description="overrides the top-level epochs")
+    step_size: int | None = Field(None, gt=0, description="StepLR period in epochs; null = constant lr")
+    gamma: float = Field(0.1, gt=0, le=1)
+
+
+class EvaluateParams(Strict):
+    batch_size: int = Field(1000, gt=0)
+    latency_repeats: int = Field(200, gt=0)
+
+
+class TrackingParams(Strict):
+    enabled: bool = True
+    experiment: str = Field("fashion-mnist", min_length=1)
+    register_model: bool = False
+    log_model: bool = True
+
+
+class CompareParams(Strict):
+    min_accuracy_gain: float = Field(0.01, ge=0, le=1, description="accuracy the deep model must add")
+
+
+class Params(Strict):
+    seed: int = Field(42, ge=0)
+    lr: float = Field(0.001, gt=0)
+    epochs: int = Field(10, gt=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    mixed_precision: bool = False
+    data: DataParams = DataParams()
+    resnet: ModelParams
+    cnn: ModelParams
+    evaluate: EvaluateParams = EvaluateParams()
+    tracking: TrackingParams = TrackingParams()
+    compare: CompareParams = CompareParams()
+
+
+class TrainConfig(Strict):
+    """Everything that shapes one model's training run, with overrides resolved."""
+
+    model: Literal["resnet", "cnn"]
+    lr: float
+    epochs: int
+    batch_size: int
+    step_size: int | None
+    gamma: float
+    seed: int
+    device: str
+    mixed_precision: bool
+
+
+def _format_error(path, error: ValidationError) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif first["type"] == "missing":
+        message = "missing key"
+    extra = f" ({len(error.errors()) - 1} more)" if len(error.errors()) > 1 else ""
+    return f"{path}: {key}: {message}{extra}"
+
+
+def load_params(path=PARAMS_FILE) -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ParamsError(f"{path}:{where} not valid YAML") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of params at the top level")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise ParamsError(_format_error(path, error)) from None
+
+
+def train_config(params: Params, model: str) -> TrainConfig:
+    section: ModelParams = getattr(params, model)
+    return TrainConfig(
+        model=model,
+        lr=section.lr if section.lr is not None else params.lr,
+        epochs=section.epochs if section.epochs is not None else params.epochs,
+        batch_size=section.batch_size,
+        step_size=section.step_size,
+        gamma=section.gamma,
+        seed=params.seed,
+        device=params.device,
+        mixed_precision=params.mixed_precision,
+    )

@@ -1,0 +1,76 @@
+"""Static matplotlib figures: grouped per-class bars, learning curves, confusion matrices."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from . import CLASS_NAMES  # noqa: E402
+from .models import MODEL_TITLES  # noqa: E402
+
+COLOURS = {"resnet": "#4C72B0", "cnn": "#DD8452"}
+
+
+def grouped_bars(per_class: dict, metric: str):
+    """x = class, one bar per model: `per_class[model][class][metric]`."""
+    models = list(per_class)
+    width = 0.8 / len(models)
+    x = np.arange(len(CLASS_NAMES))
+    figure, axes = plt.subplots(figsize=(11, 4.5))
+    for i, model in enumerate(models):
+        values = [per_class[model][name][metric] for name in CLASS_NAMES]
+        bars = axes.bar(x + (i - (len(models) - 1) / 2) * width, values, width,
+                        label=MODEL_TITLES.get(model, model), color=COLOURS.get(model))
+        axes.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+    axes.set_xticks(x, CLASS_NAMES, rotation=30, ha="right")
+    axes.set_ylim(0, 1.08)
+    axes.set_ylabel(metric)
+    axes.set_title(f"Per-class {metric} on the test set")
+    axes.legend(loc="lower right")
+    axes.grid(axis="y", alpha=0.3)
+    return figure
+
+
+def learning_curves(epochs: dict, steps: dict):
+    """Train loss per step and validation accuracy per epoch, both models on shared axes (x = epoch)."""
+    figure, (loss_axes, acc_axes) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for model, rows in steps.items():
+        per_epoch = {}
+        for row in rows:
+            per_epoch.setdefault(int(row["epoch"]), []).append(float(row["train_loss"]))
+        x, y = [], []
+        for epoch, losses in sorted(per_epoch.items()):
+            x.extend(epoch - 1 + (np.arange(len(losses)) + 1) / len(losses))
+            y.extend(losses)
+        window = max(1, len(y) // 100)  # light smoothing: a moving average over ~1 % of the steps
+        smooth = np.convolve(y, np.ones(window) / window, mode="valid")
+        loss_axes.plot(x[window - 1:], smooth, label=MODEL_TITLES.get(model, model), color=COLOURS.get(model))
+    for model, rows in epochs.items():
+        acc_axes.plot([int(r["epoch"]) for r in rows], [float(r["val_accuracy"]) for r in rows], marker="o",
+                      label=MODEL_TITLES.get(model, model), color=COLOURS.get(model))
+    loss_axes.set(xlabel="epoch", ylabel="train loss (per step, smoothed)", title="Training loss")
+    acc_axes.set(xlabel="epoch", ylabel="validation accuracy", title="Validation accuracy")
+    for axes in (loss_axes, acc_axes):
+        axes.grid(alpha=0.3)
+        axes.legend()
+    return figure
+
+
+def confusion_figure(matrix, title):
+    matrix = np.asarray(matrix)
+    figure, axes = plt.subplots(figsize=(7, 6))
+    image = axes.imshow(matrix, cmap="Blues")
+    figure.colorbar(image, ax=axes)
+    axes.set_xticks(range(len(CLASS_NAMES)), CLASS_NAMES, rotation=45, ha="right")
+    axes.set_yticks(range(len(CLASS_NAMES)), CLASS_NAMES)
+    axes.set(xlabel="predicted", ylabel="actual", title=title)
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for (row, col), value in np.ndenumerate(matrix):
+        axes.text(col, row, str(value), ha="center", va="center", fontsize=7,
+                  color="white" if value > threshold else "black")
+    return figure
+
+
+def close(figure):
+    plt.close(figure)

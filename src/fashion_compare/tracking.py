@@ -1,0 +1,209 @@
+"""MLflow tracking: where runs go (anchored at the repository root), and what each run holds.
+
+No MLFLOW_TRACKING_URI -> a sqlite store `mlflow.db` and artifacts in `mlartifacts/` at the
+repository root, found through DVC_ROOT so `dvc exp run --temp/--queue` runs are not lost in
+a temporary workspace. Metrics are sent in batches, once per epoch, so logging stays cheap.
+"""
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from .errors import TrackingError
+
+STORE_FILE = "mlflow.db"
+ARTIFACT_DIR = "mlartifacts"
+BATCH_LIMIT = 1000  # MLflow's maximum number of metrics per log_batch call
+
+
+def repo_root() -> Path:
+    """The real repository root, also from inside a DVC temporary experiment workspace."""
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True)
+        return Path(top.stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        return Path.cwd()
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / STORE_FILE}"
+
+
+def _is_default_store(uri: str) -> bool:
+    return uri == f"sqlite:///{repo_root() / STORE_FILE}"
+
+
+@contextlib.contextmanager
+def _store_lock(uri):
+    """Serialise creating the default sqlite store: concurrent schema migrations can fail."""
+    if not _is_default_store(uri):
+        yield
+        return
+    lock_path = repo_root() / f".{STORE_FILE}.lock"
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def git_commit() -> str:
+    if os.environ.get("DVC_EXP_BASELINE_REV"):
+        return os.environ["DVC_EXP_BASELINE_REV"]
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run_tags(stage: str, params_file="params.yaml") -> dict:
+    tags = {"dvc.stage": os.environ.get("DVC_STAGE", stage), "git.commit": git_commit(),
+            "mlflow.source.git.commit": git_commit(),
+            "params.sha256": hashlib.sha256(Path(params_file).read_bytes()).hexdigest()[:16]}
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+    return tags
+
+
+class Tracker:
+    """A connection to one MLflow experiment. Fails fast, in one line, when the store is unreachable."""
+
+    def __init__(self, experiment: str):
+        # Fail within seconds instead of retrying for minutes (only where the user has not chosen).
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        self.uri = tracking_uri()
+        self.seconds = 0.0  # time spent talking to MLflow
+        started = time.perf_counter()
+        try:
+            with _store_lock(self.uri):
+                mlflow.set_tracking_uri(self.uri)
+                self.client = MlflowClient(self.uri)
+                found = self.client.get_experiment_by_name(experiment)
+                if found is None:
+                    location = (repo_root() / ARTIFACT_DIR).as_uri() if _is_default_store(self.uri) else None
+                    self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+                else:
+                    self.experiment_id = found.experiment_id
+        except Exception as error:  # MlflowException, connection errors, bad URIs: all one line
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise TrackingError(f"MLflow tracking at {self.uri} failed: {message[:300]} "
+                                "(check MLFLOW_TRACKING_URI, or set tracking.enabled: false)") from None
+        self.seconds += time.perf_counter() - started
+
+    @contextlib.contextmanager
+    def _timed(self):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds += time.perf_counter() - started
+
+    def start_run(self, run_name: str, params: dict, tags: dict) -> str:
+        with self._timed():
+            run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+            self.log_params(run.info.run_id, params)
+            return run.info.run_id
+
+    def log_params(self, run_id, params: dict):
+        from mlflow.entities import Param
+
+        with self._timed():
+            self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+
+    def log_metrics(self, run_id, values: dict, step=0):
+        """Log {key: value} at `step`, in as few calls as MLflow allows."""
+        self.log_metric_series(run_id, [(key, value, step) for key, value in values.items()])
+
+    def log_metric_series(self, run_id, points):
+        """Log (key, value, step) points in batches of at most BATCH_LIMIT."""
+        from mlflow.entities import Metric
+
+        with self._timed():
+            now = int(time.time() * 1000)
+            metrics = [Metric(key, float(value), now, int(step)) for key, value, step in points]
+            for start in range(0, len(metrics), BATCH_LIMIT):
+                self.client.log_batch(run_id, metrics=metrics[start:start + BATCH_LIMIT])
+
+    def set_tags(self, run_id, tags: dict):
+        with self._timed():
+            for key, value in tags.items():
+                self.client.set_tag(run_id, key, str(value))
+
+    def log_artifact(self, run_id, path, artifact_path=None):
+        with self._timed():
+            self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_text(self, run_id, text, artifact_file):
+        with self._timed():
+            self.client.log_text(run_id, text, artifact_file)
+
+    def log_dict(self, run_id, data, artifact_file):
+        with self._timed():
+            self.client.log_dict(run_id, data, artifact_file)
+
+    def end_run(self, run_id, status="FINISHED"):
+        with self._timed():
+            self.client.set_terminated(run_id, status)
+
+    def log_model(self, run_id, model, example, registered_name=None):
+        """Log with MLflow's PyTorch flavour: signature and input example (N x 1 x 28 x 28 float32)."""
+        import mlflow
+        import numpy as np
+        import torch
+        from mlflow.models import infer_signature
+
+        model = model.eval().to("cpu")
+        with torch.inference_mode():
+            output = model(torch.from_numpy(example)).numpy()
+        signature = infer_signature(example, output)
+        with self._timed(), mlflow.start_run(run_id=run_id, nested=False):
+            # Explicit requirements: MLflow's inference of them costs ~10 s per model.
+            requirements = [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"]
+            info = mlflow.pytorch.log_model(model, name="model", signature=signature, input_example=example,
+                                            pip_requirements=requirements,
+                                            registered_model_name=registered_name)
+        return info.model_uri
+
+
+class EpochLogger:
+    """A training observer: per epoch, one batch holding that epoch's per-step losses and epoch metrics."""
+
+    def __init__(self, tracker: Tracker, run_id: str):
+        self.tracker, self.run_id = tracker, run_id
+
+    def on_epoch(self, record, steps):
+        points = [("train/loss_step", loss, step) for step, _, loss in steps]
+        points += [("train/loss", record.train_loss, record.epoch),
+                   ("train/accuracy", record.train_accuracy, record.epoch),
+                   ("val/loss", record.val_loss, record.epoch),
+                   ("val/accuracy", record.val_accuracy, record.epoch),
+                   ("lr", record.lr, record.epoch),
+                   ("epoch_seconds", record.seconds, record.epoch)]
+        self.tracker.log_metric_series(self.run_id, points)
+
+
+def metric_key(name: str) -> str:
+    """A class name as a readable MLflow metric key part: 'T-shirt/top' -> 'T-shirt_top'."""
+    return name.replace("/", "_").replace(" ", "_")
+
+
+def log_figure(tracker: Tracker, run_id, figure, artifact_file):
+    from .files import save_figure
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact_file).name
+        save_figure(path, figure)
+        tracker.log_artifact(run_id, path, str(Path(artifact_file).parent) if "/" in artifact_file else None)

@@ -1,0 +1,29 @@
+"""Stage prepare: find and check the raw Fashion-MNIST, split it, save tensors to data/prepared/."""
+
+import argparse
+
+from fashion_compare import data
+from fashion_compare.errors import exit_on_error
+from fashion_compare.files import write_json
+from fashion_compare.params import load_params
+
+
+@exit_on_error
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--out", default="data/prepared")
+    parser.add_argument("--metrics", default="metrics/data.json")
+    args = parser.parse_args()
+
+    params = load_params(args.params)
+    train, test, source = data.load_raw(params.data.raw_dir)
+    splits = data.prepare(train, test, params.data.val_fraction, params.data.subset, params.seed)
+    data.save_splits(splits, args.out)
+    write_json(args.metrics, {"source": source, "subset": params.data.subset, **data.split_summary(splits)})
+    sizes = ", ".join(f"{name}={len(tensors['labels'])}" for name, tensors in splits.items())
+    print(f"prepared {sizes} from {source}")
+
+
+if __name__ == "__main__":
+    main()
