@@ -5,25 +5,32 @@ BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 
-.PHONY: repro test lint data setup mlflow-ui clean
+OFFLINE_PLOTS := build/dvc_plots_template.html
+
+.PHONY: repro test lint data browser setup mlflow-ui clean
 
 repro: setup data
 	$(BIN)/dvc repro
 
-test: setup data
+test: setup data browser
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
 lint: setup
 	$(BIN)/ruff check .
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(OFFLINE_PLOTS)
 
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
+
+# `dvc plots show` pages that render offline: Vega inlined, set as this clone's html_template.
+$(OFFLINE_PLOTS): $(VENV)/.installed
+	$(BIN)/python -c "from fashion_compare.plots import write_offline_html_template as w; w('$@')"
+	$(BIN)/dvc config --local plots.html_template ../$@
 
 # The raw data: Debian's package when we may install it; otherwise the prepare stage looks in
 # data.raw_dir and falls back to downloading from the official mirror.
@@ -34,6 +41,13 @@ data:
 	fi
 	@if [ -d $(DEBIAN_DATA) ]; then echo "raw data: $(DEBIAN_DATA)"; \
 	else echo "raw data: not installed system-wide; the prepare stage will use data/raw or download it"; fi
+
+# Headless Chromium, for the test that dvc plots render offline.
+browser:
+	@if ! command -v chromium >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get install -y -q chromium >/dev/null 2>&1 \
+		|| (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null); \
+	fi
 
 mlflow-ui: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000

@@ -5,6 +5,7 @@ import csv
 
 from fashion_compare import MODEL_NAMES, comparison, plots, tracking
 from fashion_compare.errors import exit_on_error
+from fashion_compare.evaluation import PER_CLASS_METRICS
 from fashion_compare.files import read_json, save_figure, write_json, write_text
 from fashion_compare.params import load_params
 
@@ -26,15 +27,16 @@ def main():
     tracker = tracking.Tracker(params.tracking.experiment) if params.tracking.enabled else None
     train = {name: read_json(f"metrics/train_{name}.json") for name in MODEL_NAMES}
     evaluation = read_json("metrics/evaluate.json")
-    result = comparison.compare(train, evaluation, params.compare.min_accuracy_gain)
+    epochs = {name: read_rows(f"plots/train/{name}_epochs.csv") for name in MODEL_NAMES}
+    val_accuracy = {name: [float(row["val_accuracy"]) for row in rows] for name, rows in epochs.items()}
+    result = comparison.compare(train, evaluation, params.compare.min_accuracy_gain, val_accuracy)
 
     figures = {}
-    for metric in ("precision", "recall", "f1"):
+    for metric in PER_CLASS_METRICS:
         figures[f"{OUT}/{metric}.png"] = plots.grouped_bars(
             {name: evaluation[name]["per_class"] for name in MODEL_NAMES}, metric)
     figures[f"{OUT}/learning_curves.png"] = plots.learning_curves(
-        {name: read_rows(f"plots/train/{name}_epochs.csv") for name in MODEL_NAMES},
-        {name: read_rows(f"plots/train/{name}_steps.csv") for name in MODEL_NAMES})
+        epochs, {name: read_rows(f"plots/train/{name}_steps.csv") for name in MODEL_NAMES})
     for path, figure in figures.items():
         save_figure(path, figure)
         plots.close(figure)

@@ -34,10 +34,15 @@ def main():
         write_csv(f"plots/evaluate/confusion_{name}.csv", evaluation.confusion_rows(y_true, y_pred),
                   ["actual", "predicted"])
         if tracker and result["mlflow_run_id"]:
-            log_evaluation(tracker, result, evaluation.report_text(y_true, y_pred), MODEL_TITLES[name])
+            if tracker.has_run(result["mlflow_run_id"]):
+                log_evaluation(tracker, result, evaluation.report_text(y_true, y_pred), MODEL_TITLES[name])
+            else:
+                print(f"warning: MLflow run {result['mlflow_run_id']} of {name} is not in {tracker.uri}; "
+                      "test metrics not logged (was it trained with another MLFLOW_TRACKING_URI?)")
 
-    write_csv("plots/evaluate/per_class.csv", evaluation.per_class_rows(results),
-              ["model", "class", "metric", "value"])
+    for metric in evaluation.PER_CLASS_METRICS:
+        write_csv(f"plots/evaluate/{metric}_per_class.csv", evaluation.per_class_rows(results, metric),
+                  ["model", "class", "metric", "value"])
     write_json("metrics/evaluate.json", results)
 
 
@@ -46,10 +51,10 @@ def log_evaluation(tracker, result, report, title):
     run_id = result["mlflow_run_id"]
     values = {"test_accuracy": result["accuracy"], "test_latency_ms_per_image": result["latency_ms_per_image"]}
     for average in ("macro_avg", "weighted_avg"):
-        for metric in ("precision", "recall", "f1"):
+        for metric in evaluation.PER_CLASS_METRICS:
             values[f"test_{metric}_{average.split('_')[0]}"] = result[average][metric]
     for name in CLASS_NAMES:
-        for metric in ("precision", "recall", "f1"):
+        for metric in evaluation.PER_CLASS_METRICS:
             values[f"test_{metric}_{tracking.metric_key(name)}"] = result["per_class"][name][metric]
     tracker.log_metrics(run_id, values)
     tracker.log_text(run_id, report, "evaluation/classification_report.txt")

@@ -1,13 +1,15 @@
 """The answer to "is the deep model worth its cost on this data?", computed from the metrics files."""
 
 from . import CLASS_NAMES
+from .evaluation import PER_CLASS_METRICS
 from .models import MODEL_TITLES
 
 DEEP, SMALL = "resnet", "cnn"
 
 
-def compare(train: dict, evaluation: dict, min_accuracy_gain: float) -> dict:
-    """`train[model]`: metrics/train_<model>.json; `evaluation`: metrics/evaluate.json."""
+def compare(train: dict, evaluation: dict, min_accuracy_gain: float, val_accuracy: dict) -> dict:
+    """`train[model]`: metrics/train_<model>.json; `evaluation`: metrics/evaluate.json;
+    `val_accuracy[model]`: validation accuracy per epoch (from the learning curves)."""
     models = {}
     for model in (DEEP, SMALL):
         result = evaluation[model]
@@ -24,7 +26,7 @@ def compare(train: dict, evaluation: dict, min_accuracy_gain: float) -> dict:
     per_class = {}
     for name in CLASS_NAMES:
         entry = {}
-        for metric in ("precision", "recall", "f1"):
+        for metric in PER_CLASS_METRICS:
             deep, small = (evaluation[m]["per_class"][name][metric] for m in (DEEP, SMALL))
             entry[metric] = {DEEP: deep, SMALL: small, "difference": deep - small}
         difference = entry["f1"]["difference"]
@@ -33,6 +35,7 @@ def compare(train: dict, evaluation: dict, min_accuracy_gain: float) -> dict:
         per_class[name] = entry
     deep, small = models[DEEP], models[SMALL]
     gain = deep["test_accuracy"] - small["test_accuracy"]
+    common_epoch = min(len(val_accuracy[DEEP]), len(val_accuracy[SMALL]))
     verdict = {
         "accuracy_gain": gain,
         "macro_f1_gain": deep["macro_f1"] - small["macro_f1"],
@@ -40,6 +43,8 @@ def compare(train: dict, evaluation: dict, min_accuracy_gain: float) -> dict:
         "parameter_ratio": deep["parameter_count"] / small["parameter_count"],
         "latency_ratio": deep["latency_ms_per_image"] / small["latency_ms_per_image"],
         "classes_won": {m: sum(c["winner"] == m for c in per_class.values()) for m in (DEEP, SMALL)},
+        "common_epoch": common_epoch,  # equal training epochs: a comparison that does not depend on the budget
+        "val_accuracy_at_common_epoch": {m: val_accuracy[m][common_epoch - 1] for m in (DEEP, SMALL)},
         "min_accuracy_gain": min_accuracy_gain,
         "deep_model_worth_it": gain >= min_accuracy_gain,
     }
@@ -71,6 +76,10 @@ def summary_markdown(comparison: dict) -> str:
               f"{verdict['train_time_ratio']:.1f}x the training time, {verdict['parameter_ratio']:.1f}x the "
               f"parameters and {verdict['latency_ratio']:.1f}x the latency per image. It wins "
               f"{verdict['classes_won'][DEEP]} of {len(per_class)} classes by F1.", "",
+              f"Trained for {models[DEEP]['epochs']} and {models[SMALL]['epochs']} epochs respectively. "
+              f"At equal training (epoch {verdict['common_epoch']}) validation accuracy is "
+              f"{verdict['val_accuracy_at_common_epoch'][DEEP]:.4f} for {deep} and "
+              f"{verdict['val_accuracy_at_common_epoch'][SMALL]:.4f} for {small}.", "",
               f"Is the deep model worth its cost on this data? **{answer}**, by the rule in params.yaml "
               f"(`compare.min_accuracy_gain`: at least {threshold_pp:.2f} points of accuracy).", ""]
     return "\n".join(lines)

@@ -8,7 +8,7 @@ from sklearn.metrics import accuracy_score, classification_report, confusion_mat
 
 from . import CLASS_NAMES
 
-PER_CLASS_METRICS = ("precision", "recall", "f1-score")
+PER_CLASS_METRICS = ("precision", "recall", "f1")
 
 
 @torch.inference_mode()
@@ -69,12 +69,11 @@ def measure_inference(model, images, batch_size, device, repeats) -> dict:
             "throughput_images_per_s": len(batch) / batch_seconds}
 
 
-def per_class_rows(results: dict) -> list:
-    """Long format for DVC plots: one row per model x class x metric."""
+def per_class_rows(results: dict, metric: str) -> list:
+    """DVC plot data for one metric: a row per model x class (grouped bars: x = class, a bar per model)."""
     return [{"model": model, "class": name, "metric": metric, "value": scores[metric]}
             for model, result in results.items()
-            for name, scores in result["per_class"].items()
-            for metric in ("precision", "recall", "f1")]
+            for name, scores in result["per_class"].items()]
 
 
 def confusion_rows(y_true, y_pred) -> list:

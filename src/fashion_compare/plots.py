@@ -10,6 +10,7 @@ from . import CLASS_NAMES  # noqa: E402
 from .models import MODEL_TITLES  # noqa: E402
 
 COLOURS = {"resnet": "#4C72B0", "cnn": "#DD8452"}
+METRIC_TITLES = {"precision": "Precision", "recall": "Recall", "f1": "F1"}
 
 
 def grouped_bars(per_class: dict, metric: str):
@@ -25,8 +26,8 @@ def grouped_bars(per_class: dict, metric: str):
         axes.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
     axes.set_xticks(x, CLASS_NAMES, rotation=30, ha="right")
     axes.set_ylim(0, 1.08)
-    axes.set_ylabel(metric)
-    axes.set_title(f"Per-class {metric} on the test set")
+    axes.set_ylabel(METRIC_TITLES.get(metric, metric))
+    axes.set_title(f"{METRIC_TITLES.get(metric, metric)} per class on the test set")
     axes.legend(loc="lower right")
     axes.grid(axis="y", alpha=0.3)
     return figure
@@ -74,3 +75,32 @@ def confusion_figure(matrix, title):
 
 def close(figure):
     plt.close(figure)
+
+
+OFFLINE_PAGE = """<!DOCTYPE html>
+<html>
+<head>
+    <meta charset="utf-8">
+    {refresh_tag}
+    <title>DVC Plot</title>
+    <script>
+BUNDLE
+    </script>
+    <style>table {border-spacing: 15px;}</style>
+</head>
+<body>
+    {plot_divs}
+</body>
+</html>
+"""
+
+
+def write_offline_html_template(path, vl_version="5.20"):
+    """A page for DVC's `plots.html_template` that carries Vega, Vega-Lite and vegaEmbed inline,
+    so `dvc plots show` renders without a network (DVC's default page loads them from a CDN)."""
+    import vl_convert
+
+    from .files import write_text
+
+    bundle = vl_convert.javascript_bundle(vl_version=vl_version)
+    write_text(path, OFFLINE_PAGE.replace("BUNDLE", bundle))

@@ -117,6 +117,16 @@ class Tracker:
             self.log_params(run.info.run_id, params)
             return run.info.run_id
 
+    def has_run(self, run_id) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        with self._timed():
+            try:
+                self.client.get_run(run_id)
+                return True
+            except MlflowException:
+                return False
+
     def log_params(self, run_id, params: dict):
         from mlflow.entities import Param
 

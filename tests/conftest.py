@@ -1,0 +1,118 @@
+import gzip
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fashion_compare.data import DEBIAN_DIR, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+
+def idx_bytes(array: np.ndarray, magic: int) -> bytes:
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_idx_pair(directory: Path, images: np.ndarray, labels: np.ndarray, prefix="train", compress=True):
+    """Write an images/labels IDX pair; returns their paths."""
+    paths = []
+    for name, array, magic in ((f"{prefix}-images-idx3-ubyte", images, IDX_IMAGES_MAGIC),
+                               (f"{prefix}-labels-idx1-ubyte", labels, IDX_LABELS_MAGIC)):
+        content = idx_bytes(array, magic)
+        path = directory / (name + (".gz" if compress else ""))
+        path.write_bytes(gzip.compress(content) if compress else content)
+        paths.append(path)
+    return paths
+
+
+def md5(content: bytes) -> str:
+    return hashlib.md5(content).hexdigest()
+
+
+@pytest.fixture(scope="session")
+def real_raw():
+    """The real Fashion-MNIST from Debian's package (`make test` installs it)."""
+    from fashion_compare.data import load_raw
+
+    assert DEBIAN_DIR.is_dir(), f"{DEBIAN_DIR} missing: apt-get install dataset-fashion-mnist (make test does)"
+    train, test, _ = load_raw("/nonexistent", fetch=_no_network)
+    return train, test
+
+
+def _no_network(directory):
+    raise AssertionError("tests must not download")
+
+
+def tool_env(**extra):
+    """The environment for dvc/mlflow subprocesses: this venv first on PATH, no user tracking URI."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra)
+    return env
+
+
+def run(cmd, cwd, env=None, check=True, timeout=900):
+    result = subprocess.run(cmd, cwd=cwd, env=env or tool_env(), capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def make_repo_copy(target: Path, **params) -> Path:
+    """A temporary git copy of the working tree (tracked and untracked-but-not-ignored files),
+    with `params` (see set_params) applied and committed."""
+    files = run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], REPO).stdout
+    for name in filter(None, files.split("\0")):
+        source = REPO / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    if params:
+        set_params(target, **params)
+    run(["git", "init", "-q"], target)
+    commit_all(target, "copy")
+    return target
+
+
+def commit_all(repo: Path, message: str):
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid", "commit", "-qm", message], repo)
+
+
+def set_params(repo: Path, **changes):
+    """Edit params.yaml in the copy: keys as dotted paths with '__' (data__subset=600)."""
+    import yaml
+
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for dotted, value in changes.items():
+        *parents, key = dotted.split("__")
+        node = params
+        for parent in parents:
+            node = node[parent]
+        node[key] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+SMOKE_PARAMS = {"data__subset": 600, "epochs": 1, "resnet__epochs": 1, "evaluate__latency_repeats": 10}
+
+
+@pytest.fixture(scope="session")
+def repo(tmp_path_factory):
+    """A temporary git copy where `dvc repro` ran on a stratified subset of 600 images for 1 epoch."""
+    path = make_repo_copy(tmp_path_factory.mktemp("pipeline"), **SMOKE_PARAMS)
+    for stale in ("dvc.lock", "metrics", "plots"):  # prove the pipeline writes them itself
+        target = path / stale
+        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    result = run(["dvc", "repro"], path)
+    for stage in ("prepare", "train_resnet", "train_cnn", "evaluate", "compare"):
+        assert f"Running stage '{stage}'" in result.stdout
+    commit_all(path, "smoke run")
+    return path

@@ -1,0 +1,63 @@
+import pytest
+import yaml
+
+from fashion_compare.errors import ParamsError
+from fashion_compare.params import load_params, train_config
+
+
+def write(tmp_path, text):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def defaults():
+    return yaml.safe_load(open("params.yaml"))
+
+
+def test_repository_params_are_valid_and_resolve_overrides():
+    params = load_params("params.yaml")
+    resnet, cnn = train_config(params, "resnet"), train_config(params, "cnn")
+    assert (params.lr, resnet.batch_size, cnn.batch_size) == (0.001, 20, 100)
+    assert (resnet.step_size, resnet.gamma, cnn.step_size) == (5, 0.1, None)
+    assert resnet.lr == cnn.lr == params.lr
+    assert cnn.epochs == params.epochs and resnet.epochs == params.resnet.epochs
+
+
+def test_model_section_overrides_top_level(tmp_path, defaults):
+    defaults["cnn"]["lr"] = 0.01
+    defaults["lr"] = 0.005
+    params = load_params(write(tmp_path, yaml.safe_dump(defaults)))
+    assert train_config(params, "cnn").lr == 0.01 and train_config(params, "resnet").lr == 0.005
+
+
+@pytest.mark.parametrize("change, key, message", [
+    (lambda p: p.update(lr=-0.1), "lr", "greater than 0"),
+    (lambda p: p.update(lr=0), "lr", "greater than 0"),
+    (lambda p: p.update(epochs=0), "epochs", "greater than 0"),
+    (lambda p: p["resnet"].update(batch_size=0), "resnet.batch_size", "greater than 0"),
+    (lambda p: p["cnn"].update(batch_size="many"), "cnn.batch_size", "valid integer"),
+    (lambda p: p["data"].update(val_fraction=1.0), "data.val_fraction", "less than 1"),
+    (lambda p: p["data"].update(val_fraction=0), "data.val_fraction", "greater than 0"),
+    (lambda p: p.update(learning_rate=0.1), "learning_rate", "unknown key"),
+    (lambda p: p["cnn"].update(dropout=0.5), "cnn.dropout", "unknown key"),
+    (lambda p: p.pop("resnet"), "resnet", "missing key"),
+    (lambda p: p.update(device="tpu"), "device", "'auto', 'cpu' or 'cuda'"),
+])
+def test_invalid_params_name_the_key_in_one_line(tmp_path, defaults, change, key, message):
+    change(defaults)
+    path = write(tmp_path, yaml.safe_dump(defaults))
+    with pytest.raises(ParamsError) as error:
+        load_params(path)
+    text = str(error.value)
+    assert text.startswith(f"{path}: {key}: ") and message in text and "\n" not in text
+
+
+def test_unreadable_params_files(tmp_path):
+    with pytest.raises(ParamsError, match="file not found"):
+        load_params(tmp_path / "absent.yaml")
+    with pytest.raises(ParamsError, match="line 2 not valid YAML"):
+        load_params(write(tmp_path, "lr: 1\n  bad: [\n"))
+    with pytest.raises(ParamsError, match="mapping"):
+        load_params(write(tmp_path, "- 1\n"))

@@ -1,0 +1,272 @@
+"""End to end: `dvc repro` and `dvc exp run` in a temporary git copy, on a small stratified subset, 1 epoch."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+from conftest import VENV_BIN, run, set_params, tool_env
+
+from fashion_compare import CLASS_NAMES
+
+pytestmark = pytest.mark.e2e
+MODELS = ("resnet", "cnn")
+
+
+def load(repo, name):
+    return json.loads((repo / name).read_text())
+
+
+def client(repo):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+
+
+def runs_by_name(repo, **filters):
+    mlflow_client = client(repo)
+    experiment = mlflow_client.get_experiment_by_name("fashion-mnist")
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in filters.items())
+    return {r.info.run_name: r for r in mlflow_client.search_runs([experiment.experiment_id], query)}
+
+
+def read_csv(path):
+    import pandas as pd
+
+    return pd.read_csv(path)
+
+
+# ---------------------------------------------------------------- dvc repro
+
+def test_every_stage_writes_its_outputs(repo):
+    data = load(repo, "metrics/data.json")
+    assert [data[s]["size"] for s in ("train", "val", "test")] == [450, 150, 100]
+    assert data["val"]["class_counts"] == [15] * 10
+
+    for model, parameters, batch in (("resnet", 11_175_370, 20), ("cnn", 1_475_338, 100)):
+        train = load(repo, f"metrics/train_{model}.json")
+        assert train["epochs"] == 1 and train["parameter_count"] == parameters
+        assert 0.1 < train["best_val_accuracy"] <= 1 and train["train_seconds"] > 0 and train["mlflow_run_id"]
+        assert (repo / "models" / f"{model}.pt").stat().st_size > 1000
+        steps = read_csv(repo / f"plots/train/{model}_steps.csv")
+        assert len(steps) == -(-450 // batch) and steps["step"].tolist() == list(range(1, len(steps) + 1))
+        epochs = read_csv(repo / f"plots/train/{model}_epochs.csv")
+        assert epochs.columns.tolist() == ["model", "epoch", "train_loss", "train_accuracy", "val_loss",
+                                           "val_accuracy", "lr", "seconds"]
+        assert epochs["val_accuracy"].iloc[-1] == pytest.approx(train["final_val_accuracy"])
+
+    evaluation = load(repo, "metrics/evaluate.json")
+    for model in MODELS:
+        result = evaluation[model]
+        assert list(result["per_class"]) == list(CLASS_NAMES)
+        assert sum(c["support"] for c in result["per_class"].values()) == 100
+        matrix = np.array(result["confusion_matrix"])
+        assert matrix.shape == (10, 10) and matrix.sum() == 100
+        assert result["accuracy"] == pytest.approx(np.trace(matrix) / 100)
+        assert result["latency_ms_per_image"] > 0 and result["throughput_images_per_s"] > 0
+        confusion = read_csv(repo / f"plots/evaluate/confusion_{model}.csv")
+        assert len(confusion) == 100 and set(confusion["actual"]) <= set(CLASS_NAMES)
+    for metric in ("precision", "recall", "f1"):
+        rows = read_csv(repo / f"plots/evaluate/{metric}_per_class.csv")
+        assert len(rows) == 20 and set(rows["model"]) == set(MODELS)
+        resnet_rows = rows[rows["model"] == "resnet"].set_index("class")["value"]
+        assert resnet_rows["Trouser"] == pytest.approx(evaluation["resnet"]["per_class"]["Trouser"][metric])
+
+    compare = load(repo, "metrics/compare.json")
+    assert set(compare["models"]) == set(MODELS) and list(compare["per_class"]) == list(CLASS_NAMES)
+    for entry in compare["per_class"].values():
+        difference = entry["f1"]["resnet"] - entry["f1"]["cnn"]
+        assert entry["f1_margin"] == pytest.approx(abs(difference))
+        assert entry["winner"] == ("resnet" if difference > 0 else "cnn" if difference < 0 else "tie")
+    assert compare["verdict"]["accuracy_gain"] == pytest.approx(
+        evaluation["resnet"]["accuracy"] - evaluation["cnn"]["accuracy"])
+    for figure in ("precision", "recall", "f1", "learning_curves"):
+        assert (repo / f"plots/compare/{figure}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = (repo / "plots/compare/SUMMARY.md").read_text()
+    assert "## Verdict" in summary and f"{compare['models']['resnet']['test_accuracy']:.4f}" in summary
+
+
+def test_repro_again_is_a_no_op(repo):
+    result = run(["dvc", "repro"], repo)
+    assert "Running stage" not in result.stdout
+    assert run(["dvc", "status", "--json"], repo).stdout.strip() == "{}"
+
+
+def test_invalid_params_are_refused_before_any_work(repo):
+    before = {p: (repo / p).read_bytes() for p in ("metrics/train_cnn.json", "models/cnn.pt")}
+    runs_before = len(runs_by_name(repo))
+    set_params(repo, cnn__batch_size=0)
+    try:
+        result = run([sys.executable, "stages/train.py", "cnn"], repo, check=False)
+        assert result.returncode == 1
+        assert result.stderr == "error: params.yaml: cnn.batch_size: Input should be greater than 0\n"
+        assert {p: (repo / p).read_bytes() for p in before} == before
+        assert len(runs_by_name(repo)) == runs_before  # no MLflow run was started
+        result = run(["dvc", "repro"], repo, check=False)
+        assert result.returncode != 0 and "cnn.batch_size: Input should be greater than 0" in result.stderr
+    finally:
+        run(["git", "checkout", "--", "params.yaml"], repo)
+        run(["dvc", "checkout", "-q"], repo, check=False)
+        run(["git", "checkout", "--", "metrics", "plots"], repo)
+
+
+# ---------------------------------------------------------------- MLflow
+
+def test_mlflow_holds_a_comparable_run_per_model(repo):
+    runs = runs_by_name(repo)
+    assert {"ResNet18", "Small CNN", "ResNet18 vs CNN"} <= set(runs)
+    mlflow_client = client(repo)
+    parent = runs["ResNet18 vs CNN"]
+    for model, title in (("resnet", "ResNet18"), ("cnn", "Small CNN")):
+        run_info = runs[title]
+        assert run_info.info.run_id == load(repo, f"metrics/train_{model}.json")["mlflow_run_id"]
+        params = run_info.data.params
+        assert params["model"] == model and float(params["lr"]) == 0.001 and params["subset"] == "600"
+        assert params["batch_size"] == str(20 if model == "resnet" else 100) and "torch_version" in params
+        assert run_info.data.tags["dvc.stage"] == f"train_{model}" and "git.commit" in run_info.data.tags
+        assert run_info.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        history = mlflow_client.get_metric_history(run_info.info.run_id, "train/loss_step")
+        assert len(history) > 1 and [m.step for m in history] == list(range(1, len(history) + 1))
+        metrics = run_info.data.metrics
+        evaluation = load(repo, "metrics/evaluate.json")[model]
+        assert metrics["test_accuracy"] == pytest.approx(evaluation["accuracy"])
+        assert metrics["test_f1_Ankle_boot"] == pytest.approx(evaluation["per_class"]["Ankle boot"]["f1"])
+        assert metrics["test_recall_T-shirt_top"] == pytest.approx(evaluation["per_class"]["T-shirt/top"]["recall"])
+        artifacts = {a.path for a in mlflow_client.list_artifacts(run_info.info.run_id, "evaluation")}
+        assert artifacts == {"evaluation/confusion_matrix.png", "evaluation/classification_report.txt",
+                             "evaluation/classification_report.json"}
+    assert parent.data.tags["resnet_run_id"] == runs["ResNet18"].info.run_id
+    assert {a.path for a in mlflow_client.list_artifacts(parent.info.run_id, "comparison")} >= {
+        "comparison/f1.png", "comparison/compare.json", "comparison/SUMMARY.md"}
+
+
+def test_logged_model_predicts_with_pyfunc(repo):
+    code = ("import json, sys, numpy as np, mlflow\n"
+            "mlflow.set_tracking_uri('sqlite:///mlflow.db')\n"
+            "uri = json.load(open('metrics/train_cnn.json'))['mlflow_model_uri']\n"
+            "print(mlflow.pyfunc.load_model(uri).predict(np.random.rand(7, 1, 28, 28).astype('float32')).shape)\n")
+    assert run([sys.executable, "-c", code], repo).stdout.strip().endswith("(7, 10)")
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_tracking_server_fails_fast_and_keeps_outputs(repo):
+    before = {p: (repo / p).read_bytes() for p in ("metrics/train_cnn.json", "models/cnn.pt")}
+    for uri in (f"http://127.0.0.1:{free_port()}", "nosuchscheme://tracking"):
+        started = time.perf_counter()
+        result = run([sys.executable, "stages/train.py", "cnn"], repo, env=tool_env(MLFLOW_TRACKING_URI=uri),
+                     check=False)
+        assert result.returncode == 1 and time.perf_counter() - started < 60
+        assert result.stderr.startswith(f"error: MLflow tracking at {uri} failed: ")
+        assert result.stderr.count("\n") == 1
+        assert {p: (repo / p).read_bytes() for p in before} == before
+
+
+def test_tracking_can_be_disabled(repo):
+    set_params(repo, tracking__enabled=False)
+    try:
+        env = tool_env(MLFLOW_TRACKING_URI=f"http://127.0.0.1:{free_port()}")  # never contacted
+        run([sys.executable, "stages/train.py", "cnn"], repo, env=env)
+        assert load(repo, "metrics/train_cnn.json")["mlflow_run_id"] is None
+    finally:
+        run(["git", "checkout", "--", "params.yaml", "metrics", "plots"], repo)
+        run(["dvc", "checkout", "-q", "-f"], repo, check=False)
+
+
+# ---------------------------------------------------------------- dvc plots and experiments
+
+def test_dvc_plots_show_lists_grouped_bars_with_both_models(repo):
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], repo).stdout)
+    data = plots.get("data", plots)
+    for metric in ("precision", "recall", "f1"):
+        plot_id = f"{metric}_per_class"
+        assert plot_id in data, list(data)
+        datapoints = [point for entry in data[plot_id] for point in entry.get("content", {}).get("data", {}).get(
+            "values", [])] if isinstance(data[plot_id], list) else []
+        models = {point["model"] for point in datapoints}
+        assert models == set(MODELS), (plot_id, data[plot_id])
+    for plot_id in ("train_loss", "val_accuracy", "confusion_resnet", "confusion_cnn",
+                    "plots/compare/f1.png", "plots/compare/learning_curves.png"):
+        assert plot_id in data, list(data)
+
+
+def test_cnn_only_change_leaves_resnet_cached(repo):
+    set_params(repo, cnn__batch_size=50)
+    try:
+        status = json.loads(run(["dvc", "status", "--json"], repo).stdout)
+        assert "train_cnn" in status and "train_resnet" not in status and "prepare" not in status
+        dry = run(["dvc", "exp", "run", "--dry"], repo).stdout
+        assert "Running stage 'train_cnn'" in dry and "Running stage 'train_resnet'" not in dry
+    finally:
+        run(["git", "checkout", "--", "params.yaml"], repo)
+
+
+def test_exp_run_with_new_lr(repo):
+    run(["dvc", "exp", "run", "-S", "lr=0.01", "-n", "lr-high"], repo)
+    for model in MODELS:
+        runs = runs_by_name(repo, **{"dvc.exp_name": "lr-high", "dvc.stage": f"train_{model}"})
+        assert len(runs) == 1 and float(next(iter(runs.values())).data.params["lr"]) == 0.01
+    import torch
+
+    assert torch.load(repo / "models/cnn.pt", weights_only=True)["config"]["lr"] == 0.01
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
+    text = json.dumps(shown)
+    assert '"lr-high"' in text and "0.01" in text and "test_accuracy" in text
+
+
+def test_exp_in_temporary_workspace_logs_to_repo_root_store(repo):
+    run(["dvc", "exp", "run", "--temp", "-S", "lr=0.002", "-n", "in-temp"], repo)
+    runs = runs_by_name(repo, **{"dvc.exp_name": "in-temp"})
+    assert {"ResNet18", "Small CNN", "ResNet18 vs CNN"} <= set(runs)
+    assert all(run_info.data.metrics.get("test_accuracy") is not None
+               for name, run_info in runs.items() if name != "ResNet18 vs CNN")
+    assert not list((repo / ".dvc" / "tmp").rglob("mlflow.db"))
+
+
+# ---------------------------------------------------------------- a real tracking server
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = free_port()
+    server = subprocess.Popen(
+        [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "artifacts")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=tool_env())
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        import urllib.request
+
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not start")
+        yield uri
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_runs_arrive_at_a_tracking_server(repo, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    run(["dvc", "repro", "--force"], repo, env=tool_env(MLFLOW_TRACKING_URI=mlflow_server))
+    server_client = MlflowClient(mlflow_server)
+    experiment = server_client.get_experiment_by_name("fashion-mnist")
+    runs = {r.info.run_name: r for r in server_client.search_runs([experiment.experiment_id])}
+    assert {"ResNet18", "Small CNN", "ResNet18 vs CNN"} <= set(runs)
+    assert "test_f1_Ankle_boot" in runs["Small CNN"].data.metrics
+    assert runs["Small CNN"].info.run_id == load(repo, "metrics/train_cnn.json")["mlflow_run_id"]
+    assert yaml.safe_load((repo / "params.yaml").read_text())["data"]["subset"] == 600

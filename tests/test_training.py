@@ -1,0 +1,74 @@
+import pytest
+import torch
+
+from fashion_compare import data, models, training
+from fashion_compare.params import TrainConfig
+
+
+def config(**changes):
+    values = dict(model="cnn", lr=0.001, epochs=2, batch_size=50, step_size=1, gamma=0.5, seed=3, device="cpu",
+                  mixed_precision=False)
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def small_splits(real_raw):
+    return data.prepare(*real_raw, 0.25, 800, seed=0)
+
+
+def run(splits, cfg, observers=()):
+    training.seed_everything(cfg.seed)
+    model = models.build_model(cfg.model)
+    result = training.train(model, splits["train"], splits["val"], cfg, observers=observers, quiet=True)
+    return model, result
+
+
+def test_training_learns_and_records_curves(small_splits):
+    seen = []
+
+    class Recorder:
+        def on_epoch(self, record, steps):
+            seen.append((record.epoch, len(steps)))
+
+    cfg = config(epochs=3)
+    _, result = run(small_splits, cfg, [Recorder()])
+    steps_per_epoch = -(-600 // cfg.batch_size)
+    assert seen == [(1, steps_per_epoch), (2, steps_per_epoch), (3, steps_per_epoch)]
+    assert [s[0] for s in result.steps] == list(range(1, 3 * steps_per_epoch + 1))
+    assert [r.lr for r in result.epochs] == pytest.approx([0.001, 0.0005, 0.00025])  # StepLR(1, 0.5)
+    assert result.epochs[-1].train_loss < result.epochs[0].train_loss
+    assert result.best_val_accuracy == max(r.val_accuracy for r in result.epochs) > 0.5  # chance is 0.1
+    assert result.best_epoch == max(result.epochs, key=lambda r: r.val_accuracy).epoch
+
+
+def test_training_is_deterministic_for_a_seed(small_splits):
+    _, first = run(small_splits, config(epochs=1))
+    _, second = run(small_splits, config(epochs=1))
+    _, other_seed = run(small_splits, config(epochs=1, seed=4))
+    assert [s[2] for s in first.steps] == [s[2] for s in second.steps]
+    assert first.epochs[0].val_accuracy == second.epochs[0].val_accuracy
+    assert [s[2] for s in first.steps] != [s[2] for s in other_seed.steps]
+    for key, tensor in first.best_state.items():
+        assert torch.equal(tensor, second.best_state[key]), key
+
+
+def test_checkpoint_keeps_best_state_and_config(tmp_path, small_splits):
+    from fashion_compare.files import save_torch
+
+    cfg = config(epochs=1, model="cnn")
+    model, result = run(small_splits, cfg)
+    path = tmp_path / "cnn.pt"
+    save_torch(path, training.checkpoint(result, cfg, models.parameter_count(model)))
+    loaded, saved = training.load_checkpoint(path)
+    assert saved["config"] == cfg.model_dump() and saved["best_epoch"] == 1
+    for key, tensor in loaded.state_dict().items():
+        assert torch.equal(tensor, result.best_state[key])
+    accuracy = training.loss_and_accuracy(loaded, small_splits["val"]["images"], small_splits["val"]["labels"],
+                                          100, torch.device("cpu"))[1]
+    assert accuracy == pytest.approx(result.best_val_accuracy)
+
+
+def test_device_auto_falls_back_to_cpu_without_cuda():
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert training.select_device("auto").type == expected
