@@ -203,7 +203,7 @@ def test_cnn_only_change_leaves_resnet_cached(repo):
     try:
         status = json.loads(run(["dvc", "status", "--json"], repo).stdout)
         assert "train_cnn" in status and "train_resnet" not in status and "prepare" not in status
-        dry = run(["dvc", "exp", "run", "--dry"], repo).stdout
+        dry = run(["dvc", "repro", "--dry"], repo).stdout
         assert "Running stage 'train_cnn'" in dry and "Running stage 'train_resnet'" not in dry
     finally:
         run(["git", "checkout", "--", "params.yaml"], repo)
