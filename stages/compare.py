@@ -46,6 +46,7 @@ def main():
     if tracker:
         result["mlflow_run_id"] = log_comparison(tracker, train, figures, summary, result)
     write_json("metrics/compare.json", result)
+    write_json("metrics/headline.json", comparison.headline(result))
     print(summary.split("## Verdict")[1].strip())
 
 

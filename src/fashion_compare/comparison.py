@@ -51,6 +51,14 @@ def compare(train: dict, evaluation: dict, min_accuracy_gain: float, val_accurac
     return {"models": models, "per_class": per_class, "verdict": verdict}
 
 
+def headline(comparison: dict) -> dict:
+    """The few numbers `dvc exp show` / `dvc metrics show` should put in columns."""
+    keys = ("test_accuracy", "macro_f1", "train_seconds", "latency_ms_per_image")
+    verdict = comparison["verdict"]
+    return {**{model: {key: values[key] for key in keys} for model, values in comparison["models"].items()},
+            "accuracy_gain": verdict["accuracy_gain"], "deep_model_worth_it": verdict["deep_model_worth_it"]}
+
+
 def summary_markdown(comparison: dict) -> str:
     models, verdict, per_class = comparison["models"], comparison["verdict"], comparison["per_class"]
     deep, small = MODEL_TITLES[DEEP], MODEL_TITLES[SMALL]
