@@ -29,10 +29,13 @@ from fashion_compare.params import load_params, train_config
 REPO = Path(__file__).resolve().parent.parent
 
 
-def bare_loop(name, batches):
+def bare_loop(name, batches, channels_last=False):
     """The minimal loop: forward, loss, backward, Adam step, over pre-made batches. Returns seconds."""
     training.seed_everything(0)
     model = models.build_model(name).train()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in batches]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = torch.nn.CrossEntropyLoss()
     started = time.perf_counter()
@@ -142,6 +145,7 @@ def main():
                        for i in range(0, images, config.batch_size)]
             bare_loop(name, batches[:5])  # warm-up
             bare = bare_loop(name, batches)
+            bare_channels_last = bare_loop(name, batches, channels_last=True)
             stage = stage_loop(name, config, subset, val_subset, workdir)
             flops = training_step_flops(name, config.batch_size) * args.steps / bare
             model = models.build_model(name)
@@ -153,7 +157,8 @@ def main():
                 "batch_size": config.batch_size, "steps": args.steps,
                 "bare_images_per_s": images / bare, "stage_images_per_s": images / stage,
                 "stage_over_bare": bare / stage, "achieved_gflops": flops / 1e9,
-                "flops_over_matmul": flops / matmul, "evaluate_images_per_s": inference}
+                "flops_over_matmul": flops / matmul, "evaluate_images_per_s": inference,
+                "bare_channels_last_images_per_s": images / bare_channels_last}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report["peak_rss_gib"] = stage_memory(args.memory_subset)
@@ -163,11 +168,11 @@ def main():
 
     print(f"\nmachine: {report['machine']}; float32 matmul {report['matmul_gflops']:.1f} GFLOP/s")
     print(f"{'model':8} {'batch':>5} {'bare img/s':>11} {'stage img/s':>12} {'stage/bare':>10} "
-          f"{'GFLOP/s':>8} {'/matmul':>8} {'eval img/s':>10}")
+          f"{'GFLOP/s':>8} {'/matmul':>8} {'eval img/s':>10} {'bare channels-last img/s':>24}")
     for name, row in report["models"].items():
         print(f"{name:8} {row['batch_size']:>5} {row['bare_images_per_s']:>11.1f} {row['stage_images_per_s']:>12.1f} "
               f"{row['stage_over_bare']:>10.3f} {row['achieved_gflops']:>8.1f} {row['flops_over_matmul']:>8.3f} "
-              f"{row['evaluate_images_per_s']:>10.1f}")
+              f"{row['evaluate_images_per_s']:>10.1f} {row['bare_channels_last_images_per_s']:>24.1f}")
     for stage, gib in report["peak_rss_gib"].items():
         print(f"peak RSS {stage}: {gib:.2f} GiB")
     noop = report["noop_repro_seconds"]

@@ -183,16 +183,19 @@ def test_tracking_can_be_disabled(repo):
 
 # ---------------------------------------------------------------- dvc plots and experiments
 
+def plot_points(data, plot_id):
+    """The data points of one plot in `dvc plots show/diff --json` output."""
+    assert plot_id in data, list(data)
+    return [point for entry in data[plot_id] for point in entry["content"]["data"]["values"]]
+
+
 def test_dvc_plots_show_lists_grouped_bars_with_both_models(repo):
     plots = json.loads(run(["dvc", "plots", "show", "--json"], repo).stdout)
     data = plots.get("data", plots)
     for metric in ("precision", "recall", "f1"):
-        plot_id = f"{metric}_per_class"
-        assert plot_id in data, list(data)
-        datapoints = [point for entry in data[plot_id] for point in entry.get("content", {}).get("data", {}).get(
-            "values", [])] if isinstance(data[plot_id], list) else []
-        models = {point["model"] for point in datapoints}
-        assert models == set(MODELS), (plot_id, data[plot_id])
+        points = plot_points(data, f"{metric}_per_class")
+        assert {point["model"] for point in points} == set(MODELS)
+        assert {point["class"] for point in points} == set(CLASS_NAMES) and len(points) == 20
     for plot_id in ("train_loss", "val_accuracy", "confusion_resnet", "confusion_cnn",
                     "plots/compare/f1.png", "plots/compare/learning_curves.png"):
         assert plot_id in data, list(data)
@@ -220,6 +223,11 @@ def test_exp_run_with_new_lr(repo):
     shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
     text = json.dumps(shown)
     assert '"lr-high"' in text and "0.01" in text and "test_accuracy" in text
+
+    diff = json.loads(run(["dvc", "plots", "diff", "HEAD", "lr-high", "--json"], repo).stdout)
+    points = plot_points(diff.get("data", diff), "f1_per_class")
+    assert {(point["rev"], point["model"]) for point in points} == {
+        (rev, model) for rev in ("HEAD", "lr-high") for model in MODELS}
 
 
 def test_exp_in_temporary_workspace_logs_to_repo_root_store(repo):
