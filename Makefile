@@ -7,7 +7,7 @@ DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 
 OFFLINE_PLOTS := build/dvc_plots_template.html
 
-.PHONY: repro test lint data browser setup mlflow-ui clean
+.PHONY: repro test bench lint data browser setup mlflow-ui clean
 
 repro: setup data
 	$(BIN)/dvc repro
@@ -15,6 +15,10 @@ repro: setup data
 test: setup data browser
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
+
+# Training speed against a bare PyTorch loop (needs data/prepared: run `make repro` first).
+bench: setup
+	$(BIN)/python benchmarks/training_speed.py
 
 lint: setup
 	$(BIN)/ruff check .

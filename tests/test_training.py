@@ -7,7 +7,7 @@ from fashion_compare.params import TrainConfig
 
 def config(**changes):
     values = dict(model="cnn", lr=0.001, epochs=2, batch_size=50, step_size=1, gamma=0.5, seed=3, device="cpu",
-                  mixed_precision=False)
+                  mixed_precision=False, channels_last=False)
     values.update(changes)
     return TrainConfig(**values)
 
@@ -42,10 +42,11 @@ def test_training_learns_and_records_curves(small_splits):
     assert result.best_epoch == max(result.epochs, key=lambda r: r.val_accuracy).epoch
 
 
-def test_training_is_deterministic_for_a_seed(small_splits):
-    _, first = run(small_splits, config(epochs=1))
-    _, second = run(small_splits, config(epochs=1))
-    _, other_seed = run(small_splits, config(epochs=1, seed=4))
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_training_is_deterministic_for_a_seed(small_splits, channels_last):
+    _, first = run(small_splits, config(epochs=1, channels_last=channels_last))
+    _, second = run(small_splits, config(epochs=1, channels_last=channels_last))
+    _, other_seed = run(small_splits, config(epochs=1, seed=4, channels_last=channels_last))
     assert [s[2] for s in first.steps] == [s[2] for s in second.steps]
     assert first.epochs[0].val_accuracy == second.epochs[0].val_accuracy
     assert [s[2] for s in first.steps] != [s[2] for s in other_seed.steps]
@@ -56,7 +57,7 @@ def test_training_is_deterministic_for_a_seed(small_splits):
 def test_checkpoint_keeps_best_state_and_config(tmp_path, small_splits):
     from fashion_compare.files import save_torch
 
-    cfg = config(epochs=1, model="cnn")
+    cfg = config(epochs=1, model="cnn", channels_last=True)
     model, result = run(small_splits, cfg)
     path = tmp_path / "cnn.pt"
     save_torch(path, training.checkpoint(result, cfg, models.parameter_count(model)))

@@ -27,6 +27,7 @@ class ModelParams(Strict):
     epochs: int | None = Field(None, gt=0, description="overrides the top-level epochs")
     step_size: int | None = Field(None, gt=0, description="StepLR period in epochs; null = constant lr")
     gamma: float = Field(0.1, gt=0, le=1)
+    channels_last: bool = Field(False, description="NHWC memory format (faster for the CNN on CPU)")
 
 
 class EvaluateParams(Strict):
@@ -68,6 +69,7 @@ class TrainConfig(Strict):
     batch_size: int
     step_size: int | None
     gamma: float
+    channels_last: bool
     seed: int
     device: str
     mixed_precision: bool
@@ -112,6 +114,7 @@ def train_config(params: Params, model: str) -> TrainConfig:
         batch_size=section.batch_size,
         step_size=section.step_size,
         gamma=section.gamma,
+        channels_last=section.channels_last,
         seed=params.seed,
         device=params.device,
         mixed_precision=params.mixed_precision,

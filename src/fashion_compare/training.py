@@ -66,12 +66,12 @@ def shuffled_batches(size: int, batch_size: int, generator: torch.Generator):
 
 
 @torch.inference_mode()
-def loss_and_accuracy(model, images, labels, batch_size, device):
+def loss_and_accuracy(model, images, labels, batch_size, device, memory_format=torch.contiguous_format):
     """Mean cross-entropy and accuracy of `model` (in eval mode) over a whole split."""
     model.eval()
     total_loss, correct = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long)
     for start in range(0, len(labels), batch_size):
-        x = images[start:start + batch_size].to(device, non_blocking=True)
+        x = images[start:start + batch_size].to(device, non_blocking=True).contiguous(memory_format=memory_format)
         y = labels[start:start + batch_size].to(device, non_blocking=True)
         logits = model(x)
         total_loss += nn.functional.cross_entropy(logits, y, reduction="sum")
@@ -88,7 +88,8 @@ def train(model: nn.Module, train_set: dict, val_set: dict, config: TrainConfig,
     `quiet=None` shows progress bars only on a terminal.
     """
     device = select_device(config.device)
-    model.to(device)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
     images, labels = train_set["images"].to(device), train_set["labels"].to(device)
     val_images, val_labels = val_set["images"].to(device), val_set["labels"].to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -111,7 +112,7 @@ def train(model: nn.Module, train_set: dict, val_set: dict, config: TrainConfig,
         step_bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=quiet)
         for index in step_bar:
             index = index.to(device, non_blocking=True)
-            x, y = images[index], labels[index]
+            x, y = images[index].contiguous(memory_format=memory_format), labels[index]
             optimizer.zero_grad(set_to_none=True)
             with autocast():
                 logits = model(x)
@@ -123,7 +124,8 @@ def train(model: nn.Module, train_set: dict, val_set: dict, config: TrainConfig,
             if len(step_losses) % 50 == 0 and not step_bar.disable:
                 step_bar.set_postfix(loss=f"{loss.item():.4f}")
         losses = torch.stack(step_losses).float().cpu().tolist()
-        val_loss, val_accuracy = loss_and_accuracy(model, val_images, val_labels, eval_batch_size, device)
+        val_loss, val_accuracy = loss_and_accuracy(model, val_images, val_labels, eval_batch_size, device,
+                                                   memory_format)
         lr = optimizer.param_groups[0]["lr"]
         if scheduler:
             scheduler.step()
@@ -135,7 +137,8 @@ def train(model: nn.Module, train_set: dict, val_set: dict, config: TrainConfig,
         result.epochs.append(record)
         result.steps.extend(steps)
         if val_accuracy > result.best_val_accuracy or result.best_state is None:
-            result.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            result.best_state = {k: v.detach().to("cpu", copy=True).contiguous()
+                                 for k, v in model.state_dict().items()}
             result.best_epoch, result.best_val_accuracy = epoch, val_accuracy
         observer_started = time.perf_counter()
         for observer in observers:
