@@ -2,6 +2,12 @@
 
 import argparse
 import csv
+import sys
+from pathlib import Path
+
+# This checkout's package, not whichever one is installed: DVC runs queued and --temp experiments
+# in a copy of the repository, and each must run its own code.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from fashion_compare import MODEL_NAMES, comparison, plots, tracking
 from fashion_compare.errors import exit_on_error
@@ -47,6 +53,7 @@ def main():
         result["mlflow_run_id"] = log_comparison(tracker, train, figures, summary, result)
     write_json("metrics/compare.json", result)
     write_json("metrics/headline.json", comparison.headline(result))
+    write_json("metrics/cost.json", comparison.cost(result))
     print(summary.split("## Verdict")[1].strip())
 
 

@@ -1,6 +1,14 @@
 """Stage evaluate: both checkpoints on the test set; per-class metrics, confusion matrices, inference cost."""
 
 import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+# This checkout's package, not whichever one is installed: DVC runs queued and --temp experiments
+# in a copy of the repository, and each must run its own code.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from fashion_compare import CLASS_NAMES, MODEL_NAMES, data, evaluation, plots, tracking, training
 from fashion_compare.errors import exit_on_error
@@ -18,14 +26,17 @@ def main():
 
     params = load_params(args.params)
     device = training.select_device(params.device)
+    torch.set_num_threads(training.thread_count(params.threads))
     tracker = tracking.Tracker(params.tracking.experiment) if params.tracking.enabled else None
     test_set = data.load_split(args.data, "test")
     y_true = test_set["labels"].numpy()
 
-    results = {}
+    results, probabilities = {}, {}
     for name in MODEL_NAMES:
-        model, _ = training.load_checkpoint(f"models/{name}.pt")
-        y_pred = evaluation.predict(model, test_set["images"], params.evaluate.batch_size, device)
+        model, _ = training.load_checkpoint(f"models/{name}.pt", expected_model=name)
+        probabilities[name] = evaluation.predict_probabilities(model, test_set["images"],
+                                                               params.evaluate.batch_size, device)
+        y_pred = probabilities[name].argmax(axis=1)
         result = evaluation.classification_metrics(y_true, y_pred)
         result.update(evaluation.measure_inference(model, test_set["images"], params.evaluate.batch_size,
                                                    device, params.evaluate.latency_repeats))
@@ -43,6 +54,8 @@ def main():
     for metric in evaluation.PER_CLASS_METRICS:
         write_csv(f"plots/evaluate/{metric}_per_class.csv", evaluation.per_class_rows(results, metric),
                   ["model", "class", "metric", "value"])
+    rows = evaluation.prediction_rows(y_true, probabilities)
+    write_csv("data/predictions/test.csv", rows, list(rows[0]))
     write_json("metrics/evaluate.json", results)
 
 

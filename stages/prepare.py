@@ -1,6 +1,12 @@
 """Stage prepare: find and check the raw Fashion-MNIST, split it, save tensors to data/prepared/."""
 
 import argparse
+import sys
+from pathlib import Path
+
+# This checkout's package, not whichever one is installed: DVC runs queued and --temp experiments
+# in a copy of the repository, and each must run its own code.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from fashion_compare import data
 from fashion_compare.errors import exit_on_error

@@ -1,14 +1,25 @@
-"""Stages train_resnet and train_cnn: train one model, keep its best-validation checkpoint, log to MLflow."""
+"""Stages train_resnet and train_cnn: train one model, keep its best-validation checkpoint, log to MLflow.
+
+Interrupted (Ctrl-C, SIGTERM, SIGKILL), the stage goes on from its last finished epoch when run again
+with the same config: the state is kept in .resume/<model>.pt until every output is written.
+"""
 
 import argparse
+import os
 import platform
+import sys
 import time
+from pathlib import Path
 
 import torch
 
+# This checkout's package, not whichever one is installed: DVC runs queued and --temp experiments
+# in a copy of the repository, and each must run its own code.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
 from fashion_compare import MODEL_NAMES, data, models, tracking, training
-from fashion_compare.errors import exit_on_error
-from fashion_compare.files import save_torch, write_csv, write_json
+from fashion_compare.errors import exit_on_error, raise_on_sigterm
+from fashion_compare.files import check_writable, save_torch, write_csv, write_json
 from fashion_compare.params import load_params, train_config
 
 
@@ -19,59 +30,81 @@ def main():
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data", default="data/prepared")
     args = parser.parse_args()
+    raise_on_sigterm()
     stage_started = time.perf_counter()
 
     params = load_params(args.params)
     config = train_config(params, args.model)
     device = training.select_device(config.device)
-    tracker = tracking.Tracker(params.tracking.experiment) if params.tracking.enabled else None
-    train_set, val_set = data.load_split(args.data, "train"), data.load_split(args.data, "val")
-
+    torch.set_num_threads(training.thread_count(params.threads))
+    name = args.model
+    outputs = {"checkpoint": f"models/{name}.pt", "epochs": f"plots/train/{name}_epochs.csv",
+               "steps": f"plots/train/{name}_steps.csv", "metrics": f"metrics/train_{name}.json"}
     training.seed_everything(config.seed)
-    model = models.build_model(args.model)
+    model = models.build_model(name)
     parameter_count = models.parameter_count(model)
-    observers, run_id = [], None
+    resume_path = Path(".resume") / f"{name}.pt"
+    check_writable([*outputs.values(), resume_path], free_bytes_needed=4 * 4 * parameter_count + 2**27)
+    train_set, val_set = data.load_split(args.data, "train"), data.load_split(args.data, "val")
+    resume = training.ResumeFile(resume_path, training.fingerprint(config, train_set, val_set))
+    state = resume.load()
+
+    tracker = tracking.Tracker(params.tracking.experiment) if params.tracking.enabled else None
+    logger, run_id = None, None
     if tracker:
-        run_params = {**config.model_dump(), "device": str(device), "val_fraction": params.data.val_fraction,
-                      "subset": params.data.subset, "train_size": len(train_set["labels"]),
-                      "torch_version": torch.__version__, "python_version": platform.python_version(),
-                      "parameter_count": parameter_count}
-        run_id = tracker.start_run(f"{models.MODEL_TITLES[args.model]}", run_params,
-                                   tracking.run_tags(f"train_{args.model}", args.params))
-        observers.append(tracking.EpochLogger(tracker, run_id))
+        run_id = state.get("mlflow_run_id") if state else None
+        if run_id and not tracker.reopen_run(run_id):
+            print(f"MLflow run {run_id} of the interrupted attempt is not in {tracker.uri}; starting a new run")
+            run_id = None
+        tracker.mark_orphans_killed(f"train_{name}", keep=run_id)
+        if run_id is None:
+            run_params = {**config.model_dump(), "device": str(device), "val_fraction": params.data.val_fraction,
+                          "subset": params.data.subset, "train_size": len(train_set["labels"]),
+                          "torch_version": torch.__version__, "python_version": platform.python_version(),
+                          "parameter_count": parameter_count}
+            run_id = tracker.start_run(models.MODEL_TITLES[name], run_params, tracking.run_tags(f"train_{name}"))
+        else:
+            tracker.set_tags(run_id, {"pid": str(os.getpid())})
+        logger = tracking.EpochLogger(tracker, run_id)
+    resume.metadata["mlflow_run_id"] = run_id
 
     try:
-        result = training.train(model, train_set, val_set, config, observers=observers,
-                                eval_batch_size=params.evaluate.batch_size)
-    except BaseException:  # interrupted or crashed: the MLflow run must not stay RUNNING
+        result = training.train(model, train_set, val_set, config, observers=[logger] if logger else [],
+                                eval_batch_size=params.evaluate.batch_size, resume=resume, state=state)
+        save_torch(outputs["checkpoint"], training.checkpoint(result, config, parameter_count))
+        write_csv(outputs["epochs"], result.epoch_rows(name),
+                  ["model", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds"])
+        write_csv(outputs["steps"], result.step_rows(name), ["model", "step", "epoch", "train_loss"])
+        summary = {"model": name, "parameter_count": parameter_count, "epochs": config.epochs,
+                   "best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
+                   "final_val_accuracy": result.epochs[-1].val_accuracy,
+                   "final_train_loss": result.epochs[-1].train_loss, "train_seconds": result.train_seconds,
+                   "resumed_from_epoch": result.resumed_from_epoch, "threads": torch.get_num_threads(),
+                   "device": str(device), "mlflow_run_id": run_id}
         if tracker:
-            tracker.end_run(run_id, "FAILED")
+            logger.flush()
+            model.load_state_dict(result.best_state)
+            if params.tracking.log_model:
+                registered = f"fashion-mnist-{name}" if params.tracking.register_model else None
+                example = val_set["images"][:2].numpy()
+                summary["mlflow_model_uri"] = tracker.log_model(run_id, models.to_stock(model), example, registered)
+            tracker.log_metrics(run_id, {"best_val_accuracy": result.best_val_accuracy,
+                                         "train_seconds": result.train_seconds})
+            summary["tracking_seconds"] = tracker.seconds
+            summary["tracking_metrics_seconds"] = result.observer_seconds
+            summary["tracking_overhead"] = tracker.seconds / (time.perf_counter() - stage_started)
+        write_json(outputs["metrics"], summary)
+    except KeyboardInterrupt:  # SIGINT or SIGTERM: the finished epochs stay in the resume state
+        if tracker:
+            tracker.end_run_quietly(run_id, "KILLED")
         raise
-
-    save_torch(f"models/{args.model}.pt", training.checkpoint(result, config, parameter_count))
-    write_csv(f"plots/train/{args.model}_epochs.csv", result.epoch_rows(args.model),
-              ["model", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds"])
-    write_csv(f"plots/train/{args.model}_steps.csv", result.step_rows(args.model),
-              ["model", "step", "epoch", "train_loss"])
-    summary = {"model": args.model, "parameter_count": parameter_count, "epochs": config.epochs,
-               "best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
-               "final_val_accuracy": result.epochs[-1].val_accuracy,
-               "final_train_loss": result.epochs[-1].train_loss, "train_seconds": result.train_seconds,
-               "device": str(device), "mlflow_run_id": run_id}
+    except BaseException:
+        if tracker:
+            tracker.end_run_quietly(run_id, "FAILED")
+        raise
     if tracker:
-        model.load_state_dict(result.best_state)
-        example = val_set["images"][:2].numpy()
-        registered = f"fashion-mnist-{args.model}" if params.tracking.register_model else None
-        if params.tracking.log_model:
-            summary["mlflow_model_uri"] = tracker.log_model(run_id, model, example, registered)
-        tracker.log_metrics(run_id, {"best_val_accuracy": result.best_val_accuracy,
-                                     "train_seconds": result.train_seconds})
-        tracker.end_run(run_id)
-        stage_seconds = time.perf_counter() - stage_started
-        summary["tracking_seconds"] = tracker.seconds
-        summary["tracking_metrics_seconds"] = result.observer_seconds
-        summary["tracking_overhead"] = tracker.seconds / stage_seconds
-    write_json(f"metrics/train_{args.model}.json", summary)
+        tracker.end_run(run_id)  # FINISHED: only now that every output is written
+    resume.remove()
 
 
 if __name__ == "__main__":

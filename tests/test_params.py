@@ -22,7 +22,7 @@ def test_repository_params_are_valid_and_resolve_overrides():
     assert (params.lr, resnet.batch_size, cnn.batch_size) == (0.001, 20, 100)
     assert (resnet.step_size, resnet.gamma, cnn.step_size) == (5, 0.1, None)
     assert resnet.lr == cnn.lr == params.lr
-    assert cnn.epochs == params.epochs and resnet.epochs == params.resnet.epochs
+    assert cnn.epochs == resnet.epochs == params.epochs == 10  # the design notes' experiment
 
 
 def test_model_section_overrides_top_level(tmp_path, defaults):
@@ -44,6 +44,13 @@ def test_model_section_overrides_top_level(tmp_path, defaults):
     (lambda p: p["cnn"].update(dropout=0.5), "cnn.dropout", "unknown key"),
     (lambda p: p.pop("resnet"), "resnet", "missing key"),
     (lambda p: p.update(device="tpu"), "device", "'auto', 'cpu' or 'cuda'"),
+    (lambda p: p.update(lr=float("nan")), "lr", "finite number"),
+    (lambda p: p["cnn"].update(lr=float("inf")), "cnn.lr", "finite number"),
+    (lambda p: p.update(epochs=True), "epochs", "valid integer"),
+    (lambda p: p["resnet"].update(epochs=2.5), "resnet.epochs", "valid integer"),
+    (lambda p: p["data"].update(subset=50), "data.subset", "at least 100"),
+    (lambda p: p["data"].update(subset=70000), "data.subset", "less than or equal to 60000"),
+    (lambda p: p.update(threads=0), "threads", "'auto' or a number of threads"),
 ])
 def test_invalid_params_name_the_key_in_one_line(tmp_path, defaults, change, key, message):
     change(defaults)

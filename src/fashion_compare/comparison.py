@@ -52,11 +52,20 @@ def compare(train: dict, evaluation: dict, min_accuracy_gain: float, val_accurac
 
 
 def headline(comparison: dict) -> dict:
-    """The few numbers `dvc exp show` / `dvc metrics show` should put in columns."""
-    keys = ("test_accuracy", "macro_f1", "train_seconds", "latency_ms_per_image")
+    """The few numbers `dvc exp show` should put in columns: quality and the verdict, nothing that
+    depends on the machine or its load."""
+    keys = ("test_accuracy", "macro_f1")
     verdict = comparison["verdict"]
     return {**{model: {key: values[key] for key in keys} for model, values in comparison["models"].items()},
             "accuracy_gain": verdict["accuracy_gain"], "deep_model_worth_it": verdict["deep_model_worth_it"]}
+
+
+def cost(comparison: dict) -> dict:
+    """What each model costs on the machine that ran the pipeline (kept apart from the headline)."""
+    keys = ("train_seconds", "latency_ms_per_image", "throughput_images_per_s")
+    verdict = comparison["verdict"]
+    return {**{model: {key: values[key] for key in keys} for model, values in comparison["models"].items()},
+            **{key: verdict[key] for key in ("train_time_ratio", "latency_ratio")}}
 
 
 def summary_markdown(comparison: dict) -> str:

@@ -1,12 +1,16 @@
 """Raw Fashion-MNIST: find it, check it, read it, split it, save it as tensors.
 
-The raw files are pinned by the MD5 of their decompressed bytes, so any source
-(a local copy, Debian's package, the official mirror) yields the same data.
+The raw data is pinned, so any source yields the same data: IDX files by the MD5 of their
+decompressed bytes (a local copy, Debian's package, the official mirror), the CSV layout by the
+MD5 of its images and labels in canonical order. Canonical order (rows sorted by label, then
+pixels) is also what the split is drawn from, so it does not depend on how a file orders its
+rows: both layouts give bit-identical splits.
 """
 
 import gzip
 import hashlib
 import shutil
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,13 +37,16 @@ class RawSplit:
     count: int
     images_md5: str  # of the decompressed IDX bytes
     labels_md5: str
+    canonical_md5: tuple  # of the uint8 image and label arrays in canonical order (see canonical_order)
 
 
 RAW_SPLITS = (
     RawSplit("train", "train-images-idx3-ubyte", "train-labels-idx1-ubyte", "fashion-mnist_train.csv",
-             60000, "f4a8712d7a061bf5bd6d2ca38dc4d50a", "9018921c3c673c538a1fc5bad174d6f9"),
+             60000, "f4a8712d7a061bf5bd6d2ca38dc4d50a", "9018921c3c673c538a1fc5bad174d6f9",
+             ("16e21b8994fefb81533abd2d4e832b72", "d0b4ce6f57f805d4792e44c22fa64992")),
     RawSplit("test", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "fashion-mnist_test.csv",
-             10000, "8181f5470baa50b63fa0f6fddb340f0a", "15d484375f8d13e6eb1aabb0c3f46965"),
+             10000, "8181f5470baa50b63fa0f6fddb340f0a", "15d484375f8d13e6eb1aabb0c3f46965",
+             ("fe12174688d1af8122dba81a1c4b073d", "ad92d529f7ea7e5b75c94e6700fdfe52")),
 )
 
 
@@ -59,7 +66,7 @@ def read_bytes(path) -> bytes:
             with gzip.open(path, "rb") as handle:
                 return handle.read()
         return path.read_bytes()
-    except (OSError, EOFError) as error:  # gzip.BadGzipFile is an OSError
+    except (OSError, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
         raise DataError(f"{path}: cannot read ({error})") from None
 
 
@@ -128,6 +135,20 @@ def read_csv(path, count=None) -> Dataset:
     return Dataset(array.astype(np.uint8).reshape(-1, IMAGE_SIDE, IMAGE_SIDE), labels)
 
 
+def canonical_order(dataset: Dataset) -> Dataset:
+    """The rows sorted by (label, pixel bytes): an order that does not depend on the file's."""
+    n = len(dataset.labels)
+    keys = np.concatenate([dataset.labels.astype(np.uint8)[:, None], dataset.images.reshape(n, -1)], axis=1)
+    order = np.argsort(np.ascontiguousarray(keys).view(np.dtype((np.void, keys.shape[1]))).ravel(), kind="stable")
+    return Dataset(dataset.images[order], dataset.labels[order])
+
+
+def canonical_md5(dataset: Dataset) -> tuple:
+    """MD5s of the images and labels (as uint8) of a dataset already in canonical order."""
+    return (hashlib.md5(np.ascontiguousarray(dataset.images).tobytes()).hexdigest(),
+            hashlib.md5(dataset.labels.astype(np.uint8).tobytes()).hexdigest())
+
+
 def _check_labels(labels, path):
     if len(labels) and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
         raise DataError(f"{path}: labels outside 0..{NUM_CLASSES - 1}")
@@ -190,16 +211,23 @@ def locate_raw(raw_dir, debian_dir=DEBIAN_DIR, fetch=download):
 
 
 def load_raw(raw_dir, debian_dir=DEBIAN_DIR, fetch=download):
-    """The checked raw train and test sets, and a description of where they came from."""
+    """The checked raw train and test sets in canonical order, and where they came from."""
     directory, layout = locate_raw(raw_dir, debian_dir, fetch)
     sets = {}
     for split in RAW_SPLITS:
         if layout == "idx":
-            sets[split.name] = read_idx_pair(_idx_path(directory, split.images_file),
-                                             _idx_path(directory, split.labels_file),
-                                             split.count, (split.images_md5, split.labels_md5))
+            dataset = read_idx_pair(_idx_path(directory, split.images_file), _idx_path(directory, split.labels_file),
+                                    split.count, (split.images_md5, split.labels_md5))
+            sets[split.name] = canonical_order(dataset)
         else:
-            sets[split.name] = read_csv(directory / split.csv_file, split.count)
+            path = directory / split.csv_file
+            dataset = canonical_order(read_csv(path, split.count))
+            found = canonical_md5(dataset)
+            if found != split.canonical_md5:
+                raise DataError(f"{path}: not the original Fashion-MNIST {split.name} set (MD5 of its images and "
+                                f"labels, sorted, is {found[0]}/{found[1]}; expected "
+                                f"{split.canonical_md5[0]}/{split.canonical_md5[1]})")
+            sets[split.name] = dataset
     return sets["train"], sets["test"], f"{directory} ({layout})"
 
 

@@ -20,6 +20,28 @@ class TrackingError(PipelineError):
     pass
 
 
+class TrainingDiverged(PipelineError):
+    """A non-finite loss: the run stops at once."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM: the stage stops, keeping what it can resume from."""
+
+    def __init__(self, signal_name="SIGINT"):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+def raise_on_sigterm():
+    """Turn SIGTERM (a CI cancel, a shutdown) into Interrupted, so cleanup runs as for Ctrl-C."""
+    import signal
+
+    def handler(signum, frame):
+        raise Interrupted("SIGTERM")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def exit_on_error(main):
     """Run a stage's main(); a PipelineError becomes `error: <message>` and exit status 1."""
 
@@ -30,5 +52,9 @@ def exit_on_error(main):
         except PipelineError as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(1)
+        except KeyboardInterrupt as interrupt:
+            name = getattr(interrupt, "signal_name", "SIGINT")
+            print(f"error: interrupted ({name}); run the stage again to go on", file=sys.stderr)
+            sys.exit(143 if name == "SIGTERM" else 130)
 
     return wrapper

@@ -12,11 +12,30 @@ PER_CLASS_METRICS = ("precision", "recall", "f1")
 
 
 @torch.inference_mode()
-def predict(model, images, batch_size, device) -> np.ndarray:
+def predict_probabilities(model, images, batch_size, device) -> np.ndarray:
+    """Softmax probabilities, N x classes (float64, so that rows sum to 1 within rounding)."""
     model.eval().to(device)
-    predictions = [model(images[start:start + batch_size].to(device)).argmax(dim=1).cpu()
-                   for start in range(0, len(images), batch_size)]
-    return torch.cat(predictions).numpy()
+    batches = [torch.softmax(model(images[start:start + batch_size].to(device)).double(), dim=1).cpu()
+               for start in range(0, len(images), batch_size)]
+    return torch.cat(batches).numpy()
+
+
+def predict(model, images, batch_size, device) -> np.ndarray:
+    return predict_probabilities(model, images, batch_size, device).argmax(axis=1)
+
+
+def prediction_rows(y_true, probabilities: dict) -> list:
+    """One row per test image, in the test set's order: label, and per model its predicted class, the
+    probability of that class and of every class (what compare's paired statistics are computed from)."""
+    rows = []
+    for index, label in enumerate(y_true):
+        row = {"image": index, "label": int(label)}
+        for model, probs in probabilities.items():
+            row[f"{model}_predicted"] = int(probs[index].argmax())
+            row[f"{model}_probability"] = round(float(probs[index].max()), 6)
+            row.update({f"{model}_p{k}": round(float(p), 6) for k, p in enumerate(probs[index])})
+        rows.append(row)
+    return rows
 
 
 def classification_metrics(y_true, y_pred) -> dict:

@@ -3,25 +3,56 @@
 import contextlib
 import csv
 import json
+import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
+
+from .errors import PipelineError
 
 
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temporary path beside `path`; on success it is renamed onto `path`."""
+    """Yield a temporary path beside `path`; on success it is renamed onto `path`.
+
+    An OS error (no space left, no permission) becomes one line naming `path`; `path` keeps
+    its old content."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
+    except OSError as error:
+        raise PipelineError(f"{path}: cannot write ({error.strerror or error}); nothing was changed") from None
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        if tmp:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+
+def check_writable(paths, free_bytes_needed=0):
+    """Fail before the work, not after it: every path's folder can be created and written to, and
+    the disk holding them has `free_bytes_needed` free."""
+    for path in map(Path, paths):
+        folder = path.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as error:
+            raise PipelineError(f"{folder}: not writable ({error.strerror or error}); "
+                                f"{path} could not be written") from None
+        if path.exists() and not os.access(path, os.W_OK):
+            raise PipelineError(f"{path}: not writable; fix its permissions")
+        free = shutil.disk_usage(folder).free
+        if free < free_bytes_needed:
+            raise PipelineError(f"{folder}: only {free / 2**20:.0f} MiB free on its disk, "
+                                f"about {math.ceil(free_bytes_needed / 2**20)} MiB needed; free some space")
 
 
 def _umask():
@@ -36,7 +67,8 @@ def write_text(path, text):
 
 
 def write_json(path, data):
-    write_text(path, json.dumps(data, indent=2) + "\n")
+    """Strict JSON: a NaN or infinity is an error here, not a file no JSON parser reads."""
+    write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
 def read_json(path):
@@ -52,10 +84,18 @@ def write_csv(path, rows, fieldnames):
 
 
 def save_torch(path, obj):
+    """torch.save, byte-stable: the same tensors give the same file, so DVC sees the same hash.
+
+    torch.save names the archive's records after the file it writes to (here a random temporary
+    name); saving to memory first gives every file the same record names ("archive/...")."""
+    import io
+
     import torch
 
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def save_figure(path, figure):

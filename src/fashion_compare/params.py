@@ -1,10 +1,11 @@
 """params.yaml, validated: every key known, every value in range, one-line errors."""
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Strict as StrictValue
 
 from .errors import ParamsError
 
@@ -12,27 +13,37 @@ PARAMS_FILE = "params.yaml"
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+Int = Annotated[int, StrictValue()]  # `epochs: true` or `epochs: 2.5` is an error, not 1 or 2
 
 
 class DataParams(Strict):
     raw_dir: str = "data/raw"
     val_fraction: float = Field(0.25, gt=0, lt=1)
-    subset: int = Field(0, ge=0, description="training images to draw (stratified); 0 = all")
+    subset: Int = Field(0, ge=0, le=60000, description="training images to draw (stratified); 0 = all")
+
+    @field_validator("subset")
+    @classmethod
+    def _enough_per_class(cls, subset):
+        if 0 < subset < 100:
+            raise ValueError("must be 0 (all) or at least 100 (10 images of each class)")
+        return subset
 
 
 class ModelParams(Strict):
-    batch_size: int = Field(gt=0)
+    batch_size: Int = Field(gt=0)
     lr: float | None = Field(None, gt=0, description="overrides the top-level lr")
-    epochs: int | None = Field(None, gt=0, description="overrides the top-level epochs")
-    step_size: int | None = Field(None, gt=0, description="StepLR period in epochs; null = constant lr")
+    epochs: Int | None = Field(None, gt=0, description="overrides the top-level epochs")
+    step_size: Int | None = Field(None, gt=0, description="StepLR period in epochs; null = constant lr")
     gamma: float = Field(0.1, gt=0, le=1)
     channels_last: bool = Field(False, description="NHWC memory format (faster for the CNN on CPU)")
 
 
 class EvaluateParams(Strict):
-    batch_size: int = Field(1000, gt=0)
-    latency_repeats: int = Field(200, gt=0)
+    batch_size: Int = Field(1000, gt=0)
+    latency_repeats: Int = Field(200, gt=0)
 
 
 class TrackingParams(Strict):
@@ -47,10 +58,12 @@ class CompareParams(Strict):
 
 
 class Params(Strict):
-    seed: int = Field(42, ge=0)
+    seed: Int = Field(42, ge=0)
     lr: float = Field(0.001, gt=0)
-    epochs: int = Field(10, gt=0)
+    epochs: Int = Field(10, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: Literal["auto"] | int = Field(
+        "auto", description="CPU threads per stage; auto: OMP_NUM_THREADS when set, else the cores available")
     mixed_precision: bool = False
     data: DataParams = DataParams()
     resnet: ModelParams
@@ -58,6 +71,13 @@ class Params(Strict):
     evaluate: EvaluateParams = EvaluateParams()
     tracking: TrackingParams = TrackingParams()
     compare: CompareParams = CompareParams()
+
+    @field_validator("threads", mode="before")
+    @classmethod
+    def _auto_or_count(cls, value):
+        if value == "auto" or (type(value) is int and value >= 1):
+            return value
+        raise ValueError("must be 'auto' or a number of threads (at least 1)")
 
 
 class TrainConfig(Strict):
@@ -78,7 +98,7 @@ class TrainConfig(Strict):
 def _format_error(path, error: ValidationError) -> str:
     first = error.errors()[0]
     key = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    message = first["msg"]
+    message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown key"
     elif first["type"] == "missing":

@@ -65,9 +65,21 @@ def git_commit() -> str:
         return "unknown"
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
 def run_tags(stage: str, params_file="params.yaml") -> dict:
+    import socket
+
     tags = {"dvc.stage": os.environ.get("DVC_STAGE", stage), "git.commit": git_commit(),
-            "mlflow.source.git.commit": git_commit(),
+            "mlflow.source.git.commit": git_commit(), "host": socket.gethostname(), "pid": str(os.getpid()),
             "params.sha256": hashlib.sha256(Path(params_file).read_bytes()).hexdigest()[:16]}
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
@@ -168,6 +180,38 @@ class Tracker:
         with self._timed():
             self.client.set_terminated(run_id, status)
 
+    def end_run_quietly(self, run_id, status):
+        """end_run on the way out of a failure: a second failure must not hide the first."""
+        try:
+            self.end_run(run_id, status)
+        except Exception as error:
+            print(f"warning: could not mark MLflow run {run_id} {status}: {_first_line(error)}")
+
+    def reopen_run(self, run_id) -> bool:
+        """Mark an interrupted run RUNNING again to go on logging into it; False if it is gone."""
+        from mlflow.exceptions import MlflowException
+
+        with self._timed():
+            try:
+                self.client.update_run(run_id, status="RUNNING")
+                return True
+            except MlflowException:
+                return False
+
+    def mark_orphans_killed(self, stage: str, keep=None):
+        """Runs of `stage` left RUNNING by a process on this host that no longer exists (SIGKILL)."""
+        import socket
+
+        host, stage = socket.gethostname(), os.environ.get("DVC_STAGE", stage)
+        with self._timed():
+            runs = self.client.search_runs([self.experiment_id], f"attributes.status = 'RUNNING' and "
+                                           f"tags.`dvc.stage` = '{stage}' and tags.`host` = '{host}'")
+        for run in runs:
+            pid = int(run.data.tags.get("pid", "0") or 0)
+            if run.info.run_id != keep and pid and not _process_alive(pid):
+                self.end_run(run.info.run_id, "KILLED")
+                print(f"marked MLflow run {run.info.run_id} KILLED (its process {pid} is gone)")
+
     def log_model(self, run_id, model, example, registered_name=None):
         """Log with MLflow's PyTorch flavour: signature and input example (N x 1 x 28 x 28 float32)."""
         import mlflow
@@ -189,12 +233,17 @@ class Tracker:
 
 
 class EpochLogger:
-    """A training observer: per epoch, one batch holding that epoch's per-step losses and epoch metrics."""
+    """A training observer: per epoch, one batch holding that epoch's per-step losses and epoch metrics.
+
+    A tracking outage does not stop training: what could not be sent is kept and sent with the next
+    epoch; `flush()` at the end raises a TrackingError naming what is still unsent."""
 
     def __init__(self, tracker: Tracker, run_id: str):
         self.tracker, self.run_id = tracker, run_id
+        self.unsent, self.last_error = [], None
 
-    def on_epoch(self, record, steps):
+    @staticmethod
+    def points(record, steps):
         points = [("train/loss_step", loss, step) for step, _, loss in steps]
         points += [("train/loss", record.train_loss, record.epoch),
                    ("train/accuracy", record.train_accuracy, record.epoch),
@@ -202,7 +251,48 @@ class EpochLogger:
                    ("val/accuracy", record.val_accuracy, record.epoch),
                    ("lr", record.lr, record.epoch),
                    ("epoch_seconds", record.seconds, record.epoch)]
-        self.tracker.log_metric_series(self.run_id, points)
+        return points
+
+    def on_epoch(self, record, steps):
+        self.unsent += self.points(record, steps)
+        self._send()
+
+    def on_resume(self, records, steps):
+        """Send the epochs of an interrupted attempt that did not reach MLflow (none twice)."""
+        try:
+            with self.tracker._timed():
+                logged = {m.step for m in self.tracker.client.get_metric_history(self.run_id, "val/accuracy")}
+        except Exception as error:
+            self.last_error = error
+            logged = set()
+        for record in records:
+            if record.epoch not in logged:
+                self.unsent += self.points(record, [s for s in steps if s[1] == record.epoch])
+        self._send()
+
+    def _send(self):
+        if not self.unsent:
+            return
+        try:
+            self.tracker.log_metric_series(self.run_id, self.unsent)
+            self.unsent, self.last_error = [], None
+        except Exception as error:  # the server is away: keep the points, try again next epoch
+            self.last_error = error
+            print(f"warning: MLflow unreachable ({_first_line(error)}); {len(self.unsent)} metric points "
+                  "kept to send later")
+
+    def flush(self):
+        self._send()
+        if self.unsent:
+            epochs = sorted({int(step) for key, _, step in self.unsent if key == "val/accuracy"})
+            raise TrackingError(f"MLflow tracking at {self.tracker.uri} failed: {_first_line(self.last_error)}; "
+                                f"{len(self.unsent)} metric points of epochs {epochs} were not logged "
+                                "(the stage's outputs are written)")
+
+
+def _first_line(error) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:500]
 
 
 def metric_key(name: str) -> str:

@@ -1,26 +1,51 @@
-"""One training loop for both models: seeded batches straight from tensors, Adam, optional StepLR."""
+"""One training loop for both models: seeded batches straight from tensors, Adam, optional StepLR.
+
+Training can be interrupted at any point and resumed: after every epoch the loop saves, atomically,
+everything it needs to go on (model, optimizer, scheduler, every RNG, the records so far, the best
+state). A resumed run ends with the same weights, bit for bit, as one that was never interrupted.
+"""
 
 import contextlib
+import hashlib
+import math
+import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .errors import DataError, ParamsError, TrainingDiverged
+from .files import save_torch
 from .params import TrainConfig
+
+RESUME_FORMAT = 1
+# Cross-entropy over 10 classes starts near ln(10) = 2.3; a loss this large (or NaN/inf) means the
+# weights have blown up, and every later step only computes garbage.
+DIVERGED_LOSS = 1e4
 
 
 def select_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from .errors import ParamsError
-
         raise ParamsError("device: 'cuda' requested but no CUDA GPU is available (use 'auto' or 'cpu')")
     return torch.device(name)
+
+
+def thread_count(setting="auto") -> int:
+    """Intra-op threads for this process: `threads` from params.yaml, or with `auto` OMP_NUM_THREADS
+    when set (e.g. `OMP_NUM_THREADS=1 dvc queue start -j 2`), else the cores this process may use."""
+    if setting != "auto":
+        return int(setting)
+    with contextlib.suppress(ValueError):
+        if int(os.environ.get("OMP_NUM_THREADS", "")) > 0:
+            return int(os.environ["OMP_NUM_THREADS"])
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def seed_everything(seed: int):
@@ -51,6 +76,7 @@ class TrainResult:
     best_val_accuracy: float = 0.0
     train_seconds: float = 0.0
     observer_seconds: float = 0.0  # time spent in observers (e.g. MLflow logging)
+    resumed_from_epoch: int = 0  # 0: trained from the start
 
     def epoch_rows(self, model_name):
         return [{"model": model_name, **asdict(record)} for record in self.epochs]
@@ -58,6 +84,48 @@ class TrainResult:
     def step_rows(self, model_name):
         return [{"model": model_name, "step": step, "epoch": epoch, "train_loss": loss}
                 for step, epoch, loss in self.steps]
+
+
+class ResumeFile:
+    """Where a training run keeps its state between epochs (a git-ignored path outside DVC's outputs,
+    so it survives DVC removing the outputs before a rerun), and what makes a saved state usable:
+    the same fingerprint (config, data, code, torch version)."""
+
+    def __init__(self, path, fingerprint: str, metadata=None):
+        self.path, self.fingerprint = Path(path), fingerprint
+        self.metadata = dict(metadata or {})  # saved with every state (e.g. the MLflow run id)
+
+    def load(self):
+        """The saved state, or None (no state, or one from another config: then says why)."""
+        if not self.path.is_file():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as error:  # a state cut short by a crash is no reason to stop: start over
+            print(f"starting over: resume state {self.path} is unreadable ({type(error).__name__})")
+            return None
+        if state.get("format") != RESUME_FORMAT or state.get("fingerprint") != self.fingerprint:
+            print(f"starting over: {self.path} was saved by another configuration, data or code")
+            return None
+        return state
+
+    def save(self, state: dict):
+        save_torch(self.path, {"format": RESUME_FORMAT, "fingerprint": self.fingerprint, **self.metadata, **state})
+
+    def remove(self):
+        self.path.unlink(missing_ok=True)
+
+
+def fingerprint(config: TrainConfig, train_set: dict, val_set: dict) -> str:
+    """What must match for a saved state to be resumed: config, data, this code, torch."""
+    digest = hashlib.sha256(repr(sorted(config.model_dump().items())).encode())
+    for tensors in (train_set, val_set):
+        for key in ("images", "labels"):
+            digest.update(tensors[key].numpy().tobytes())
+    for module in ("training.py", "models.py"):
+        digest.update((Path(__file__).parent / module).read_bytes())
+    digest.update(torch.__version__.encode())
+    return digest.hexdigest()
 
 
 def shuffled_batches(size: int, batch_size: int, generator: torch.Generator):
@@ -79,12 +147,37 @@ def loss_and_accuracy(model, images, labels, batch_size, device, memory_format=t
     return total_loss.item() / len(labels), correct.item() / len(labels)
 
 
+def _rng_states(generator):
+    numpy_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "batches": generator.get_state(), "python": random.getstate(),
+            "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _restore_rng_states(states, generator):
+    torch.set_rng_state(states["torch"])
+    generator.set_state(states["batches"])
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    name, keys, *rest = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def make_optimizer(model: nn.Module, lr: float, device: torch.device):
+    """Adam; its fused kernel (one pass over all parameters) where PyTorch has one for the device."""
+    return torch.optim.Adam(model.parameters(), lr=lr, fused=device.type in ("cpu", "cuda"))
+
+
 def train(model: nn.Module, train_set: dict, val_set: dict, config: TrainConfig,
-          observers=(), eval_batch_size=1000, quiet=None) -> TrainResult:
+          observers=(), eval_batch_size=1000, quiet=None, resume: ResumeFile = None, state=None) -> TrainResult:
     """Train `model`; keep the state with the best validation accuracy.
 
     `observers` get `on_epoch(record, steps)` after every epoch with that epoch's
-    (global step, epoch, loss) tuples, so loggers can send them in one batch.
+    (global step, epoch, loss) tuples, so loggers can send them in one batch; on a resumed run,
+    `on_resume(records, steps)` first, with what earlier attempts trained.
+    `resume`: where to save the state after every epoch; `state`: a state loaded from it, to go on from.
     `quiet=None` shows progress bars only on a terminal.
     """
     device = select_device(config.device)
@@ -92,7 +185,7 @@ def train(model: nn.Module, train_set: dict, val_set: dict, config: TrainConfig,
     model.to(device, memory_format=memory_format)
     images, labels = train_set["images"].to(device), train_set["labels"].to(device)
     val_images, val_labels = val_set["images"].to(device), val_set["labels"].to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = make_optimizer(model, config.lr, device)
     scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
                  if config.step_size else None)
     loss_fn = nn.CrossEntropyLoss()
@@ -101,9 +194,28 @@ def train(model: nn.Module, train_set: dict, val_set: dict, config: TrainConfig,
     generator = torch.Generator().manual_seed(config.seed)
 
     result = TrainResult()
-    global_step = 0
-    started = time.perf_counter()
-    epoch_bar = tqdm(range(1, config.epochs + 1), desc=config.model, unit="epoch", disable=quiet)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler:
+            scheduler.load_state_dict(state["scheduler"])
+        _restore_rng_states(state["rng"], generator)
+        result.epochs = [EpochRecord(**record) for record in state["epochs"]]
+        result.steps = [tuple(step) for step in state["steps"]]
+        result.best_state, result.best_epoch = state["best_state"], state["best_epoch"]
+        result.best_val_accuracy, result.train_seconds = state["best_val_accuracy"], state["train_seconds"]
+        result.resumed_from_epoch = len(result.epochs)
+        print(f"{config.model}: resuming from epoch {result.resumed_from_epoch + 1} "
+              f"({result.resumed_from_epoch} of {config.epochs} done)")
+        for observer in observers:
+            if hasattr(observer, "on_resume"):
+                observer.on_resume(result.epochs, result.steps)
+
+    global_step = len(result.steps)
+    started = time.perf_counter() - result.train_seconds
+    first_epoch = result.resumed_from_epoch + 1
+    epoch_bar = tqdm(range(first_epoch, config.epochs + 1), desc=config.model, unit="epoch", disable=quiet,
+                     initial=first_epoch - 1, total=config.epochs)
     for epoch in epoch_bar:
         epoch_started = time.perf_counter()
         model.train()
@@ -117,6 +229,11 @@ def train(model: nn.Module, train_set: dict, val_set: dict, config: TrainConfig,
             with autocast():
                 logits = model(x)
                 loss = loss_fn(logits, y)
+            if not math.isfinite(loss.item()) or loss.item() > DIVERGED_LOSS:
+                raise TrainingDiverged(
+                    f"{config.model}: training loss is {loss.item()} at epoch {epoch}, step "
+                    f"{global_step + len(step_losses) + 1} (lr {config.lr:g}): training diverged; "
+                    "try a lower lr")
             loss.backward()
             optimizer.step()
             step_losses.append(loss.detach())
@@ -126,6 +243,9 @@ def train(model: nn.Module, train_set: dict, val_set: dict, config: TrainConfig,
         losses = torch.stack(step_losses).float().cpu().tolist()
         val_loss, val_accuracy = loss_and_accuracy(model, val_images, val_labels, eval_batch_size, device,
                                                    memory_format)
+        if not math.isfinite(val_loss) or val_loss > DIVERGED_LOSS:
+            raise TrainingDiverged(f"{config.model}: validation loss is {val_loss} after epoch {epoch} "
+                                   f"(lr {config.lr:g}): training diverged; try a lower lr")
         lr = optimizer.param_groups[0]["lr"]
         if scheduler:
             scheduler.step()
@@ -140,6 +260,14 @@ def train(model: nn.Module, train_set: dict, val_set: dict, config: TrainConfig,
             result.best_state = {k: v.detach().to("cpu", copy=True).contiguous()
                                  for k, v in model.state_dict().items()}
             result.best_epoch, result.best_val_accuracy = epoch, val_accuracy
+        result.train_seconds = time.perf_counter() - started
+        if resume is not None:
+            resume.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict() if scheduler else None,
+                         "rng": _rng_states(generator), "epochs": [asdict(r) for r in result.epochs],
+                         "steps": result.steps, "best_state": result.best_state,
+                         "best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
+                         "train_seconds": result.train_seconds})
         observer_started = time.perf_counter()
         for observer in observers:
             observer.on_epoch(record, steps)
@@ -155,14 +283,27 @@ def checkpoint(result: TrainResult, config: TrainConfig, parameter_count: int) -
             "best_val_accuracy": result.best_val_accuracy, "parameter_count": parameter_count}
 
 
-def load_checkpoint(path, map_location="cpu"):
-    from .errors import DataError
-    from .models import build_model
+def load_checkpoint(path, map_location="cpu", expected_model=None):
+    """The model in a checkpoint written by `checkpoint`, in eval mode, and the checkpoint's contents."""
+    from .models import MODEL_BUILDERS, build_model
 
     try:
         saved = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise DataError(f"{path}: checkpoint not found; run its train stage first") from None
+    except Exception as error:  # truncated, not a torch file, or refused by the weights_only loader
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(f"{path}: not a readable checkpoint ({reason[:160]}); rerun its train stage") from None
+    if not isinstance(saved, dict) or not {"state_dict", "config"} <= set(saved) or \
+            saved["config"].get("model") not in MODEL_BUILDERS:
+        raise DataError(f"{path}: not a checkpoint of this project (no state_dict and config); "
+                        "rerun its train stage")
+    if expected_model is not None and saved["config"]["model"] != expected_model:
+        raise DataError(f"{path}: holds a '{saved['config']['model']}' model, expected '{expected_model}'; "
+                        "rerun its train stage")
     model = build_model(saved["config"]["model"])
-    model.load_state_dict(saved["state_dict"])
+    try:
+        model.load_state_dict(saved["state_dict"])
+    except RuntimeError as error:
+        raise DataError(f"{path}: weights do not fit the model ({str(error).splitlines()[0][:160]})") from None
     return model.eval(), saved
