@@ -53,8 +53,9 @@ browser:
 		|| (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null); \
 	fi
 
+PORT ?= 5000
 mlflow-ui: setup
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(PORT)
 
 clean:
 	rm -rf $(VENV)

@@ -51,9 +51,6 @@ def main():
                 print(f"warning: MLflow run {result['mlflow_run_id']} of {name} is not in {tracker.uri}; "
                       "test metrics not logged (was it trained with another MLFLOW_TRACKING_URI?)")
 
-    for metric in evaluation.PER_CLASS_METRICS:
-        write_csv(f"plots/evaluate/{metric}_per_class.csv", evaluation.per_class_rows(results, metric),
-                  ["model", "class", "metric", "value"])
     rows = evaluation.prediction_rows(y_true, probabilities)
     write_csv("data/predictions/test.csv", rows, list(rows[0]))
     write_json("metrics/evaluate.json", results)

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from fashion_compare import data
 from fashion_compare.errors import exit_on_error
 from fashion_compare.files import write_json
-from fashion_compare.params import load_params
+from fashion_compare.params import DataParams, load_params
 
 
 @exit_on_error
@@ -23,7 +23,8 @@ def main():
     args = parser.parse_args()
 
     params = load_params(args.params)
-    train, test, source = data.load_raw(params.data.raw_dir)
+    required = params.data.raw_dir != DataParams.model_fields["raw_dir"].default  # a folder of the user's
+    train, test, source = data.load_raw(params.data.raw_dir, required=required)
     splits = data.prepare(train, test, params.data.val_fraction, params.data.subset, params.seed)
     data.save_splits(splits, args.out)
     write_json(args.metrics, {"source": source, "subset": params.data.subset, **data.split_summary(splits)})

@@ -279,3 +279,64 @@ def test_prepare_stage_reports_missing_data_in_one_line(tmp_path):
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: no Fashion-MNIST files in data/raw")
     assert "apt-get install dataset-fashion-mnist" in result.stderr
     assert not (tmp_path / "data" / "prepared").exists() and not (tmp_path / "metrics").exists()
+
+
+# ---------------------------------------------------------------- both layouts pinned, in any row order
+
+@pytest.fixture(scope="module")
+def csv_copy(tmp_path_factory, real_raw):
+    """The real data in the CSV layout, rows shuffled (as the popular Kaggle CSV is not in IDX order)."""
+    folder = tmp_path_factory.mktemp("csv")
+    rng = np.random.default_rng(0)
+    for split, dataset in zip(data.RAW_SPLITS, real_raw):
+        order = rng.permutation(len(dataset.labels))
+        data.write_csv_layout(data.Dataset(dataset.images[order], dataset.labels[order]), folder / split.csv_file)
+    return folder
+
+
+def test_csv_in_another_row_order_gives_the_same_split_as_idx(csv_copy):
+    idx_train, idx_test, _ = data.load_raw("/nonexistent", fetch=pytest.fail)
+    csv_train, csv_test, source = data.load_raw(csv_copy, fetch=pytest.fail)
+    assert source.endswith("(csv)")
+    from_idx = data.prepare(idx_train, idx_test, 0.25, 0, seed=42)
+    from_csv = data.prepare(csv_train, csv_test, 0.25, 0, seed=42)
+    for split in ("train", "val", "test"):
+        for key in ("images", "labels"):
+            assert torch.equal(from_idx[split][key], from_csv[split][key]), (split, key)
+
+
+def test_csv_with_one_changed_pixel_is_refused(tmp_path, csv_copy):
+    import pandas as pd
+
+    for split in data.RAW_SPLITS:
+        shutil.copy(csv_copy / split.csv_file, tmp_path / split.csv_file)
+    test_csv = tmp_path / "fashion-mnist_test.csv"
+    frame = pd.read_csv(test_csv)
+    frame.loc[17, "pixel400"] = (frame.loc[17, "pixel400"] + 1) % 256
+    frame.to_csv(test_csv, index=False)
+    with pytest.raises(DataError, match=f"{test_csv}: not the original Fashion-MNIST test set"):
+        data.load_raw(tmp_path, fetch=pytest.fail)
+
+
+def test_a_users_raw_dir_must_be_complete_no_silent_fallback(tmp_path):
+    with pytest.raises(DataError, match="does not exist; data.raw_dir needs the four IDX files"):
+        data.locate_raw(tmp_path / "typo", fetch=pytest.fail, required=True)
+    partial = tmp_path / "partial"
+    data.copy_raw(data.DEBIAN_DIR, partial)
+    (partial / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError, match=r"only .*train-images-idx3-ubyte\.gz.*; data.raw_dir needs"):
+        data.locate_raw(partial, fetch=pytest.fail)  # incomplete: an error even for the default folder
+
+
+def test_too_small_validation_split_is_one_line(real_raw):
+    with pytest.raises(DataError, match="data.val_fraction 0.001 of 450 images leaves a split with fewer than 10"):
+        data.prepare(*real_raw, 0.001, 600, seed=0)
+
+
+def test_truncated_prepared_split_is_named(tmp_path, real_raw):
+    splits = data.prepare(*real_raw, 0.25, 600, seed=0)
+    data.save_splits(splits, tmp_path)
+    path = tmp_path / "train.pt"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(DataError, match=f"{path}: not readable .*dvc repro --force prepare"):
+        data.load_split(tmp_path, "train")

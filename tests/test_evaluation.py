@@ -23,51 +23,76 @@ def test_metrics_on_known_predictions():
     assert result["macro_avg"]["f1"] == pytest.approx(np.mean(f1s))
 
 
-def test_per_class_rows_have_a_row_per_model_and_class():
-    scores = {"precision": 0.5, "recall": 0.25, "f1": 1 / 3, "support": 4}
-    results = {m: {"per_class": {n: scores for n in CLASS_NAMES}} for m in ("resnet", "cnn")}
-    rows = evaluation.per_class_rows(results, "recall")
-    assert len(rows) == 2 * 10
-    assert rows[0] == {"model": "resnet", "class": "T-shirt/top", "metric": "recall", "value": 0.25}
-    assert rows[-1] == {"model": "cnn", "class": "Ankle boot", "metric": "recall", "value": 0.25}
+def constructed_comparison(extra_coats_right=60, **settings):
+    """1000 test images per class; the CNN is right on 85 % of each class and takes every Coat it
+    misses for a Shirt. ResNet18 makes the same predictions except on Coat, where it gets
+    `extra_coats_right` more right, and Ankle boot, where it calls 40 the CNN gets right Sneakers:
+    predictions of T-shirt/top, Trouser, Pullover, Dress, Sandal and Bag are identical."""
+    from fashion_compare.params import CompareParams
 
-
-def fake_metrics(f1_resnet, f1_cnn, accuracy_resnet, accuracy_cnn):
-    def result(f1, accuracy):
-        per_class = {n: {"precision": f, "recall": f, "f1": f, "support": 1000} for n, f in zip(CLASS_NAMES, f1)}
-        average = {"f1": float(np.mean(f1))}
-        return {"accuracy": accuracy, "macro_avg": average, "weighted_avg": average, "per_class": per_class,
-                "latency_ms_per_image": 4.0 if f1 is f1_resnet else 1.0, "throughput_images_per_s": 100.0}
-
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(10), 1000)
+    cnn = np.where(rng.random(len(y)) < 0.85, y, (y + rng.integers(1, 10, len(y))) % 10)
+    cnn[(y == 4) & (cnn != 4)] = 6
+    resnet = cnn.copy()
+    resnet[np.flatnonzero((y == 4) & (cnn != 4))[:extra_coats_right]] = 4
+    resnet[np.flatnonzero((y == 9) & (cnn == 9))[:40]] = 7
+    evaluation_ = {}
+    for name, pred, latency in (("resnet", resnet, 4.0), ("cnn", cnn, 1.0)):
+        evaluation_[name] = {**evaluation.classification_metrics(y, pred), "latency_ms_per_image": latency,
+                             "throughput_images_per_s": 100.0}
     train = {"resnet": {"parameter_count": 11_000_000, "epochs": 2, "train_seconds": 1200.0},
              "cnn": {"parameter_count": 1_000_000, "epochs": 10, "train_seconds": 300.0}}
-    return train, {"resnet": result(f1_resnet, accuracy_resnet), "cnn": result(f1_cnn, accuracy_cnn)}
-
-
-def test_comparison_names_winners_margins_and_verdict():
-    f1_resnet = [0.9] * 5 + [0.8] * 5
-    f1_cnn = [0.85] * 5 + [0.8] * 4 + [0.9]
-    train, metrics = fake_metrics(f1_resnet, f1_cnn, 0.91, 0.90)
     curves = {"resnet": [0.80, 0.86], "cnn": [0.84, 0.85, 0.87]}
-    result = comparison.compare(train, metrics, min_accuracy_gain=0.005, val_accuracy=curves)
-    assert result["per_class"]["T-shirt/top"]["winner"] == "resnet"
-    assert result["per_class"]["T-shirt/top"]["f1_margin"] == pytest.approx(0.05)
-    assert result["per_class"]["Ankle boot"]["winner"] == "cnn"
-    assert result["per_class"]["Sandal"]["winner"] == "tie"
+    params = CompareParams(**{"min_accuracy_gain": 0.001, "bootstrap_samples": 500, **settings})
+    return comparison.compare(train, evaluation_, curves, {"label": y, "resnet": resnet, "cnn": cnn}, params, seed=1)
+
+
+def test_comparison_counts_only_significant_wins_and_states_both_conditions():
+    result = constructed_comparison()
+    per_class = result["per_class"]
+    assert per_class["Coat"]["winner"] == "resnet" and per_class["Coat"]["f1"]["ci"]["difference"][0] > 0
+    assert per_class["Ankle boot"]["winner"] == "cnn" and per_class["Ankle boot"]["f1"]["ci"]["difference"][1] < 0
+    for name in ("T-shirt/top", "Trouser", "Pullover", "Dress", "Sandal", "Bag"):
+        assert per_class[name]["winner"] == comparison.NO_WINNER
+        assert per_class[name]["f1"]["ci"]["difference"] == [0.0, 0.0]
     verdict = result["verdict"]
-    assert verdict["classes_won"] == {"resnet": 5, "cnn": 1}
-    assert verdict["accuracy_gain"] == pytest.approx(0.01)
+    won = verdict["classes_won"]
+    assert won["resnet"] >= 1 and won["cnn"] >= 1 and won[comparison.NO_WINNER] >= 6 and sum(won.values()) == 10
+    assert verdict["accuracy_gain"] == pytest.approx(20 / 10000)
+    assert (verdict["mcnemar"]["b"], verdict["mcnemar"]["c"]) == (60, 40)
+    lower, upper = verdict["accuracy_gain_ci"]
+    assert lower <= verdict["accuracy_gain"] <= upper
+    # a gain of 0.2 points over 100 discordant images is not significant (p ~ 0.06): "no"
+    assert verdict["conditions"] == {"accuracy_gain_at_least_min": True, "mcnemar_significant": False}
+    assert verdict["deep_model_worth_it"] is False
     assert (verdict["train_time_ratio"], verdict["parameter_ratio"], verdict["latency_ratio"]) == (4.0, 11.0, 4.0)
-    assert verdict["deep_model_worth_it"] is True
     assert verdict["common_epoch"] == 2 and verdict["val_accuracy_at_common_epoch"] == {"resnet": 0.86, "cnn": 0.85}
-    stricter = comparison.compare(train, metrics, min_accuracy_gain=0.02, val_accuracy=curves)
-    assert stricter["verdict"]["deep_model_worth_it"] is False
+    summary = comparison.summary_markdown(result)
+    assert "**no**" in summary and "p < 0.05 (`alpha`): does not hold" in summary
+    assert "at least 0.10 points (`min_accuracy_gain`): holds" in summary
+    assert "| Trouser |" in summary and "no significant difference" in summary
+    assert "At equal training (epoch 2) validation accuracy is 0.8600 for ResNet18 and 0.8500 for Small CNN" in summary
+
+    clear = constructed_comparison(extra_coats_right=120)  # 120 against 40: p ~ 1e-10
+    assert clear["verdict"]["deep_model_worth_it"] is True and "**yes**" in comparison.summary_markdown(clear)
+    strict = constructed_comparison(extra_coats_right=120, min_accuracy_gain=0.02)
+    assert strict["verdict"]["conditions"]["accuracy_gain_at_least_min"] is False
+    assert strict["verdict"]["deep_model_worth_it"] is False
+
+
+def test_headline_holds_quality_and_the_test_and_cost_holds_timings():
+    result = constructed_comparison()
     headline = comparison.headline(result)
-    assert headline["resnet"] == {"test_accuracy": 0.91, "macro_f1": pytest.approx(0.85)}
-    assert headline["deep_model_worth_it"] is True and headline["accuracy_gain"] == pytest.approx(0.01)
+    assert set(headline) == {"resnet", "cnn", "accuracy_gain", "accuracy_gain_lower", "accuracy_gain_upper",
+                             "mcnemar_p", "deep_model_worth_it"}
+    assert set(headline["resnet"]) == {"test_accuracy", "macro_f1"}
+    assert headline["mcnemar_p"] == result["verdict"]["mcnemar"]["p_value"]
     cost = comparison.cost(result)  # machine-dependent figures: apart from the headline
     assert cost["resnet"]["train_seconds"] == 1200.0 and cost["resnet"]["latency_ms_per_image"] == 4.0
     assert cost["train_time_ratio"] == 4.0
-    summary = comparison.summary_markdown(result)
-    assert "**yes**" in summary and "+1.00 percentage points" in summary and "| Ankle boot |" in summary
-    assert "At equal training (epoch 2) validation accuracy is 0.8600 for ResNet18 and 0.8500 for Small CNN" in summary
+    rows = comparison.per_class_rows(result, "f1")
+    assert len(rows) == 20 and {r["model"] for r in rows} == {"ResNet18", "Small CNN"}
+    assert all(r["lower"] <= r["value"] <= r["upper"] for r in rows)
+    forest = comparison.f1_difference_rows(result)
+    assert [r["class"] for r in forest] == list(CLASS_NAMES) and forest[4]["winner"] == "ResNet18"

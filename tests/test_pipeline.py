@@ -70,24 +70,45 @@ def test_every_stage_writes_its_outputs(repo):
         assert result["latency_ms_per_image"] > 0 and result["throughput_images_per_s"] > 0
         confusion = read_csv(repo / f"plots/evaluate/confusion_{model}.csv")
         assert len(confusion) == 100 and set(confusion["actual"]) <= set(CLASS_NAMES)
+    predictions = read_csv(repo / "data/predictions/test.csv")
+    assert len(predictions) == 100 and predictions["image"].tolist() == list(range(100))
+    for model in MODELS:
+        accuracy = (predictions[f"{model}_predicted"] == predictions["label"]).mean()
+        assert accuracy == pytest.approx(evaluation[model]["accuracy"])
+        probabilities = predictions[[f"{model}_p{k}" for k in range(10)]]
+        assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)
+        assert np.allclose(probabilities.max(axis=1), predictions[f"{model}_probability"])
     for metric in ("precision", "recall", "f1"):
-        rows = read_csv(repo / f"plots/evaluate/{metric}_per_class.csv")
-        assert len(rows) == 20 and set(rows["model"]) == set(MODELS)
-        resnet_rows = rows[rows["model"] == "resnet"].set_index("class")["value"]
-        assert resnet_rows["Trouser"] == pytest.approx(evaluation["resnet"]["per_class"]["Trouser"][metric])
+        rows = read_csv(repo / f"plots/compare/{metric}_per_class.csv")
+        assert len(rows) == 20 and set(rows["model"]) == {"ResNet18", "Small CNN"}
+        resnet_rows = rows[rows["model"] == "ResNet18"].set_index("class")
+        assert resnet_rows["value"]["Trouser"] == pytest.approx(evaluation["resnet"]["per_class"]["Trouser"][metric])
+        assert (rows["lower"] <= rows["value"] + 1e-12).all() and (rows["value"] <= rows["upper"] + 1e-12).all()
 
     compare = load(repo, "metrics/compare.json")
     assert set(compare["models"]) == set(MODELS) and list(compare["per_class"]) == list(CLASS_NAMES)
     for entry in compare["per_class"].values():
         difference = entry["f1"]["resnet"] - entry["f1"]["cnn"]
         assert entry["f1_margin"] == pytest.approx(abs(difference))
-        assert entry["winner"] == ("resnet" if difference > 0 else "cnn" if difference < 0 else "tie")
-    assert compare["verdict"]["accuracy_gain"] == pytest.approx(
-        evaluation["resnet"]["accuracy"] - evaluation["cnn"]["accuracy"])
-    for figure in ("precision", "recall", "f1", "learning_curves"):
+        lower, upper = entry["f1"]["ci"]["difference"]
+        significant = lower > 0 or upper < 0
+        assert entry["winner"] == (("resnet" if difference > 0 else "cnn") if significant else
+                                   "no significant difference")
+    verdict = compare["verdict"]
+    assert verdict["accuracy_gain"] == pytest.approx(evaluation["resnet"]["accuracy"] - evaluation["cnn"]["accuracy"])
+    right = {m: predictions[f"{m}_predicted"] == predictions["label"] for m in MODELS}
+    assert verdict["mcnemar"]["b"] == int((right["resnet"] & ~right["cnn"]).sum())
+    assert verdict["mcnemar"]["c"] == int((~right["resnet"] & right["cnn"]).sum())
+    assert verdict["deep_model_worth_it"] == (verdict["accuracy_gain"] >= 0.01 and verdict["mcnemar"]["p_value"] < 0.05)
+    headline = load(repo, "metrics/headline.json")
+    assert headline["mcnemar_p"] == verdict["mcnemar"]["p_value"]
+    assert [headline["accuracy_gain_lower"], headline["accuracy_gain_upper"]] == verdict["accuracy_gain_ci"]
+    assert "train_seconds" in load(repo, "metrics/cost.json")["resnet"] and "train_seconds" not in headline["resnet"]
+    for figure in ("precision", "recall", "f1", "f1_difference", "learning_curves"):
         assert (repo / f"plots/compare/{figure}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = (repo / "plots/compare/SUMMARY.md").read_text()
     assert "## Verdict" in summary and f"{compare['models']['resnet']['test_accuracy']:.4f}" in summary
+    assert "McNemar's exact test" in summary and "(`alpha`)" in summary
 
 
 def test_repro_again_is_a_no_op(repo):
@@ -141,7 +162,18 @@ def test_mlflow_holds_a_comparable_run_per_model(repo):
                              "evaluation/classification_report.json"}
     assert parent.data.tags["resnet_run_id"] == runs["ResNet18"].info.run_id
     assert {a.path for a in mlflow_client.list_artifacts(parent.info.run_id, "comparison")} >= {
-        "comparison/f1.png", "comparison/compare.json", "comparison/SUMMARY.md"}
+        "comparison/f1.png", "comparison/f1_difference.png", "comparison/compare.json", "comparison/SUMMARY.md"}
+    verdict = load(repo, "metrics/compare.json")["verdict"]
+    metrics = parent.data.metrics
+    assert metrics["mcnemar_p"] == pytest.approx(verdict["mcnemar"]["p_value"])
+    assert (metrics["mcnemar_b"], metrics["mcnemar_c"]) == (verdict["mcnemar"]["b"], verdict["mcnemar"]["c"])
+    assert [metrics["accuracy_gain_lower"], metrics["accuracy_gain_upper"]] == pytest.approx(
+        verdict["accuracy_gain_ci"])
+    assert [metrics["macro_f1_gain_lower"], metrics["macro_f1_gain_upper"]] == pytest.approx(
+        verdict["macro_f1_gain_ci"])
+    params = parent.data.params  # what shaped the comparison, and the children's params for sorting
+    assert params["compare.bootstrap_samples"] == "2000" and params["compare.alpha"] == "0.05"
+    assert params["lr"] == "0.001" and params["resnet.batch_size"] == "20" and params["cnn.batch_size"] == "100"
 
 
 def test_logged_model_predicts_with_pyfunc(repo):
@@ -193,12 +225,20 @@ def test_dvc_plots_show_lists_grouped_bars_with_both_models(repo):
     plots = json.loads(run(["dvc", "plots", "show", "--json"], repo).stdout)
     data = plots.get("data", plots)
     for metric in ("precision", "recall", "f1"):
-        points = plot_points(data, f"{metric}_per_class")
-        assert {point["model"] for point in points} == set(MODELS)
+        points = plot_points(data, f"plots/compare/{metric}_per_class.csv")
+        assert {point["model"] for point in points} == {"ResNet18", "Small CNN"}
         assert {point["class"] for point in points} == set(CLASS_NAMES) and len(points) == 20
-    for plot_id in ("train_loss", "val_accuracy", "confusion_resnet", "confusion_cnn",
-                    "plots/compare/f1.png", "plots/compare/learning_curves.png"):
-        assert plot_id in data, list(data)
+        assert all(float(p["lower"]) <= float(p["value"]) + 1e-12 <= float(p["upper"]) + 2e-12 for p in points)
+    assert len(plot_points(data, "plots/compare/f1_difference.csv")) == 10
+    expected = {f"plots/train/{m}_{kind}.csv" for m in MODELS for kind in ("steps", "epochs")}
+    expected |= {f"plots/evaluate/confusion_{m}.csv" for m in MODELS}
+    expected |= {f"plots/compare/{name}.csv" for name in ("precision_per_class", "recall_per_class",
+                                                          "f1_per_class", "f1_difference")}
+    expected |= {f"plots/compare/{name}.png" for name in ("precision", "recall", "f1", "f1_difference",
+                                                          "learning_curves")}
+    assert set(data) == expected  # each plot once, defined where its stage writes it
+    confusion = data["plots/evaluate/confusion_cnn.csv"][0]["content"]["spec"]["encoding"]
+    assert confusion["x"]["sort"] == list(CLASS_NAMES) == confusion["y"]["sort"]  # label order
 
 
 def test_cnn_only_change_leaves_resnet_cached(repo):
@@ -225,9 +265,9 @@ def test_exp_run_with_new_lr(repo):
     assert '"lr-high"' in text and "0.01" in text and "test_accuracy" in text
 
     diff = json.loads(run(["dvc", "plots", "diff", "HEAD", "lr-high", "--json"], repo).stdout)
-    points = plot_points(diff.get("data", diff), "f1_per_class")
+    points = plot_points(diff.get("data", diff), "plots/compare/f1_per_class.csv")
     assert {(point["rev"], point["model"]) for point in points} == {
-        (rev, model) for rev in ("HEAD", "lr-high") for model in MODELS}
+        (rev, model) for rev in ("HEAD", "lr-high") for model in ("ResNet18", "Small CNN")}
 
 
 def test_exp_in_temporary_workspace_logs_to_repo_root_store(repo):
@@ -278,3 +318,71 @@ def test_runs_arrive_at_a_tracking_server(repo, mlflow_server):
     assert "test_f1_Ankle_boot" in runs["Small CNN"].data.metrics
     assert runs["Small CNN"].info.run_id == load(repo, "metrics/train_cnn.json")["mlflow_run_id"]
     assert yaml.safe_load((repo / "params.yaml").read_text())["data"]["subset"] == 600
+
+
+# ---------------------------------------------------------------- caching
+
+def output_bytes(repo):
+    paths = ["models/resnet.pt", "models/cnn.pt", "data/prepared/train.pt", "data/prepared/test.pt",
+             "data/predictions/test.csv", "metrics/headline.json", "plots/compare/f1_per_class.csv"]
+    return {path: (repo / path).read_bytes() for path in paths}
+
+
+def test_params_that_ran_before_are_restored_from_the_run_cache(repo):
+    first = output_bytes(repo)
+    set_params(repo, lr=0.002)
+    try:
+        changed = run(["dvc", "repro"], repo).stdout
+        assert "Running stage 'train_resnet'" in changed and "Running stage 'train_cnn'" in changed
+        assert output_bytes(repo)["models/cnn.pt"] != first["models/cnn.pt"]
+        set_params(repo, lr=0.001)
+        back = run(["dvc", "repro"], repo).stdout
+        assert "Running stage" not in back
+        for stage in ("train_resnet", "train_cnn", "evaluate", "compare"):
+            assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in back
+        assert output_bytes(repo) == first
+        assert run(["git", "status", "--porcelain", "dvc.lock", "metrics", "plots"], repo).stdout == ""
+    finally:
+        run(["git", "checkout", "--", "params.yaml"], repo)
+        run(["dvc", "checkout", "-q", "-f"], repo, check=False)
+
+
+def test_rerunning_prepare_and_training_gives_the_same_bytes(repo):
+    """Byte-stable outputs: the same data and the same params give the hashes dvc.lock already holds."""
+    before = output_bytes(repo)
+    result = run(["dvc", "repro", "--force", "--single-item", "prepare"], repo)
+    assert "Running stage 'prepare'" in result.stdout
+    run(["dvc", "repro", "--force", "--single-item", "train_cnn"], repo)
+    after = output_bytes(repo)
+    for path in ("data/prepared/train.pt", "data/prepared/test.pt", "models/cnn.pt"):
+        assert after[path] == before[path], path
+    lock = run(["git", "diff", "dvc.lock"], repo).stdout
+    assert "data/prepared" not in lock and "models/cnn.pt" not in lock
+    run(["git", "checkout", "--", "dvc.lock", "metrics", "plots"], repo)
+
+
+def test_queued_experiment_runs_its_own_code(repo):
+    """A queued experiment runs in a copy of the repository: it must import that copy's package, not the
+    workspace's (which may have changed, or be another branch, by the time the queue runs)."""
+    comparison = repo / "src/fashion_compare/comparison.py"
+    original = comparison.read_text()
+    marked = original.replace('"mcnemar_p": verdict["mcnemar"]["p_value"],',
+                              '"mcnemar_p": verdict["mcnemar"]["p_value"], "code_marker": 7,')
+    assert marked != original
+    comparison.write_text(marked)
+    try:
+        run(["dvc", "exp", "run", "--queue", "-n", "own-code"], repo)
+    finally:
+        comparison.write_text(original)  # the workspace is back to the old code before the queue runs
+    run(["dvc", "queue", "start", "-j", "1"], repo)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        status = run(["dvc", "queue", "status"], repo).stdout
+        if "own-code" in status and not any(state in status for state in ("Queued", "Running")):
+            break
+        time.sleep(3)
+    assert "Success" in status, status
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
+    text = json.dumps(shown)
+    assert '"own-code"' in text and '"code_marker": 7' in text.replace('"code_marker":7', '"code_marker": 7')
+    assert "code_marker" not in (repo / "metrics/headline.json").read_text()

@@ -1,21 +1,41 @@
-"""The answer to "is the deep model worth its cost on this data?", computed from the metrics files."""
+"""The answer to "is the deep model worth its cost on this data?", with its uncertainty.
+
+Point estimates come from metrics/evaluate.json; confidence intervals and the paired test from the
+per-image predictions of both models on the same test images (see uncertainty.py).
+"""
 
 from . import CLASS_NAMES
 from .evaluation import PER_CLASS_METRICS
 from .models import MODEL_TITLES
+from .uncertainty import excludes_zero, mcnemar_exact, paired_bootstrap
 
 DEEP, SMALL = "resnet", "cnn"
+NO_WINNER = "no significant difference"
 
 
-def compare(train: dict, evaluation: dict, min_accuracy_gain: float, val_accuracy: dict) -> dict:
+def _interval(summary: dict, index=None) -> list:
+    pick = (lambda values: values[index]) if index is not None else (lambda value: value)
+    return [pick(summary["lower"]), pick(summary["upper"])]
+
+
+def compare(train: dict, evaluation: dict, val_accuracy: dict, predictions: dict, settings, seed=0) -> dict:
     """`train[model]`: metrics/train_<model>.json; `evaluation`: metrics/evaluate.json;
-    `val_accuracy[model]`: validation accuracy per epoch (from the learning curves)."""
+    `val_accuracy[model]`: validation accuracy per epoch; `predictions`: {"label", DEEP, SMALL} arrays
+    in test-set order; `settings`: params.yaml's compare section; `seed`: the bootstrap's."""
+    y_true = predictions["label"]
+    test = mcnemar_exact(y_true, predictions[DEEP], predictions[SMALL])
+    boot = paired_bootstrap(y_true, predictions[DEEP], predictions[SMALL], settings.bootstrap_samples,
+                            settings.confidence, seed)
+    side = {DEEP: boot["a"], SMALL: boot["b"]}
+
     models = {}
     for model in (DEEP, SMALL):
         result = evaluation[model]
         models[model] = {
             "test_accuracy": result["accuracy"],
+            "test_accuracy_ci": _interval(side[model]["accuracy"]),
             "macro_f1": result["macro_avg"]["f1"],
+            "macro_f1_ci": _interval(side[model]["macro_f1"]),
             "weighted_f1": result["weighted_avg"]["f1"],
             "parameter_count": train[model]["parameter_count"],
             "epochs": train[model]["epochs"],
@@ -24,40 +44,56 @@ def compare(train: dict, evaluation: dict, min_accuracy_gain: float, val_accurac
             "throughput_images_per_s": result["throughput_images_per_s"],
         }
     per_class = {}
-    for name in CLASS_NAMES:
+    for index, name in enumerate(CLASS_NAMES):
         entry = {}
         for metric in PER_CLASS_METRICS:
             deep, small = (evaluation[m]["per_class"][name][metric] for m in (DEEP, SMALL))
-            entry[metric] = {DEEP: deep, SMALL: small, "difference": deep - small}
+            entry[metric] = {DEEP: deep, SMALL: small, "difference": deep - small,
+                             "ci": {DEEP: _interval(side[DEEP][metric], index),
+                                    SMALL: _interval(side[SMALL][metric], index),
+                                    "difference": _interval(boot["difference"][metric], index)}}
         difference = entry["f1"]["difference"]
-        entry["winner"] = DEEP if difference > 0 else SMALL if difference < 0 else "tie"
+        significant = excludes_zero(boot["difference"]["f1"], index)
+        entry["winner"] = (DEEP if difference > 0 else SMALL) if significant else NO_WINNER
         entry["f1_margin"] = abs(difference)
         per_class[name] = entry
+
     deep, small = models[DEEP], models[SMALL]
     gain = deep["test_accuracy"] - small["test_accuracy"]
     common_epoch = min(len(val_accuracy[DEEP]), len(val_accuracy[SMALL]))
+    conditions = {"accuracy_gain_at_least_min": gain >= settings.min_accuracy_gain,
+                  "mcnemar_significant": test["p_value"] < settings.alpha}
     verdict = {
         "accuracy_gain": gain,
+        "accuracy_gain_ci": _interval(boot["difference"]["accuracy"]),
         "macro_f1_gain": deep["macro_f1"] - small["macro_f1"],
+        "macro_f1_gain_ci": _interval(boot["difference"]["macro_f1"]),
+        "mcnemar": test,
         "train_time_ratio": deep["train_seconds"] / small["train_seconds"],
         "parameter_ratio": deep["parameter_count"] / small["parameter_count"],
         "latency_ratio": deep["latency_ms_per_image"] / small["latency_ms_per_image"],
-        "classes_won": {m: sum(c["winner"] == m for c in per_class.values()) for m in (DEEP, SMALL)},
+        "classes_won": {m: sum(c["winner"] == m for c in per_class.values()) for m in (DEEP, SMALL, NO_WINNER)},
         "common_epoch": common_epoch,  # equal training epochs: a comparison that does not depend on the budget
         "val_accuracy_at_common_epoch": {m: val_accuracy[m][common_epoch - 1] for m in (DEEP, SMALL)},
-        "min_accuracy_gain": min_accuracy_gain,
-        "deep_model_worth_it": gain >= min_accuracy_gain,
+        "min_accuracy_gain": settings.min_accuracy_gain,
+        "alpha": settings.alpha,
+        "confidence": settings.confidence,
+        "bootstrap_samples": settings.bootstrap_samples,
+        "conditions": conditions,
+        "deep_model_worth_it": all(conditions.values()),
     }
     return {"models": models, "per_class": per_class, "verdict": verdict}
 
 
 def headline(comparison: dict) -> dict:
-    """The few numbers `dvc exp show` should put in columns: quality and the verdict, nothing that
-    depends on the machine or its load."""
+    """The few numbers `dvc exp show` should put in columns: quality, the gain with its interval, the
+    test's p-value and the verdict; nothing that depends on the machine or its load."""
     keys = ("test_accuracy", "macro_f1")
     verdict = comparison["verdict"]
+    lower, upper = verdict["accuracy_gain_ci"]
     return {**{model: {key: values[key] for key in keys} for model, values in comparison["models"].items()},
-            "accuracy_gain": verdict["accuracy_gain"], "deep_model_worth_it": verdict["deep_model_worth_it"]}
+            "accuracy_gain": verdict["accuracy_gain"], "accuracy_gain_lower": lower, "accuracy_gain_upper": upper,
+            "mcnemar_p": verdict["mcnemar"]["p_value"], "deep_model_worth_it": verdict["deep_model_worth_it"]}
 
 
 def cost(comparison: dict) -> dict:
@@ -68,35 +104,68 @@ def cost(comparison: dict) -> dict:
             **{key: verdict[key] for key in ("train_time_ratio", "latency_ratio")}}
 
 
+def per_class_rows(comparison: dict, metric: str) -> list:
+    """DVC plot data: a row per model x class with the value and its confidence interval."""
+    return [{"model": MODEL_TITLES[model], "class": name, "value": entry[metric][model],
+             "lower": entry[metric]["ci"][model][0], "upper": entry[metric]["ci"][model][1]}
+            for model in (DEEP, SMALL) for name, entry in comparison["per_class"].items()]
+
+
+def f1_difference_rows(comparison: dict) -> list:
+    """DVC plot data for the forest plot: per class, F1(ResNet18) - F1(Small CNN) and its interval."""
+    return [{"class": name, "difference": entry["f1"]["difference"], "lower": entry["f1"]["ci"]["difference"][0],
+             "upper": entry["f1"]["ci"]["difference"][1], "winner": MODEL_TITLES.get(entry["winner"], entry["winner"])}
+            for name, entry in comparison["per_class"].items()]
+
+
+def _ci(interval, scale=1.0, digits=4) -> str:
+    return f"[{interval[0] * scale:.{digits}f}, {interval[1] * scale:.{digits}f}]"
+
+
 def summary_markdown(comparison: dict) -> str:
     models, verdict, per_class = comparison["models"], comparison["verdict"], comparison["per_class"]
     deep, small = MODEL_TITLES[DEEP], MODEL_TITLES[SMALL]
+    level = f"{verdict['confidence']:.0%}"
     lines = ["# ResNet18 vs small CNN on Fashion-MNIST", "",
-             "Generated by the `compare` stage from `metrics/`; do not edit by hand.", "",
-             "| model | test accuracy | macro F1 | parameters | epochs | training time | latency / image |",
+             "Generated by the `compare` stage from `metrics/` and the per-image test predictions; do not edit "
+             f"by hand. Intervals are {level} paired bootstrap intervals ({verdict['bootstrap_samples']} "
+             "resamples of the test images).", "",
+             f"| model | test accuracy ({level} CI) | macro F1 ({level} CI) | parameters | epochs | training time "
+             "| latency / image |",
              "|---|---|---|---|---|---|---|"]
     for key, title in ((DEEP, deep), (SMALL, small)):
         m = models[key]
-        lines.append(f"| {title} | {m['test_accuracy']:.4f} | {m['macro_f1']:.4f} | {m['parameter_count']:,} | "
-                     f"{m['epochs']} | {m['train_seconds'] / 60:.1f} min | {m['latency_ms_per_image']:.2f} ms |")
-    lines += ["", "| class | F1 " + deep + " | F1 " + small + " | winner (margin) |", "|---|---|---|---|"]
+        lines.append(f"| {title} | {m['test_accuracy']:.4f} {_ci(m['test_accuracy_ci'])} | {m['macro_f1']:.4f} "
+                     f"{_ci(m['macro_f1_ci'])} | {m['parameter_count']:,} | {m['epochs']} | "
+                     f"{m['train_seconds'] / 60:.1f} min | {m['latency_ms_per_image']:.2f} ms |")
+    lines += ["", f"| class | F1 {deep} | F1 {small} | difference ({level} CI) | winner |", "|---|---|---|---|---|"]
     for name, entry in per_class.items():
         winner = MODEL_TITLES.get(entry["winner"], entry["winner"])
         lines.append(f"| {name} | {entry['f1'][DEEP]:.4f} | {entry['f1'][SMALL]:.4f} | "
-                     f"{winner} (+{entry['f1_margin']:.4f}) |")
-    gain_pp = 100 * verdict["accuracy_gain"]
-    threshold_pp = 100 * verdict["min_accuracy_gain"]
+                     f"{entry['f1']['difference']:+.4f} {_ci(entry['f1']['ci']['difference'])} | {winner} |")
+    test, conditions = verdict["mcnemar"], verdict["conditions"]
+    gain_pp, threshold_pp = 100 * verdict["accuracy_gain"], 100 * verdict["min_accuracy_gain"]
+    won = verdict["classes_won"]
     answer = "yes" if verdict["deep_model_worth_it"] else "no"
+    held = lambda ok: "holds" if ok else "does not hold"  # noqa: E731
     lines += ["", "## Verdict", "",
-              f"{deep} is {gain_pp:+.2f} percentage points of test accuracy "
-              f"(macro F1 {verdict['macro_f1_gain']:+.4f}) against {small}, for "
-              f"{verdict['train_time_ratio']:.1f}x the training time, {verdict['parameter_ratio']:.1f}x the "
-              f"parameters and {verdict['latency_ratio']:.1f}x the latency per image. It wins "
-              f"{verdict['classes_won'][DEEP]} of {len(per_class)} classes by F1.", "",
+              f"{deep} is {gain_pp:+.2f} percentage points of test accuracy ({level} CI "
+              f"{_ci(verdict['accuracy_gain_ci'], 100, 2)} points; macro F1 {verdict['macro_f1_gain']:+.4f}, "
+              f"CI {_ci(verdict['macro_f1_gain_ci'])}) against {small}, for {verdict['train_time_ratio']:.1f}x the "
+              f"training time, {verdict['parameter_ratio']:.1f}x the parameters and {verdict['latency_ratio']:.1f}x "
+              f"the latency per image. By F1, {deep} wins {won[DEEP]} classes and {small} {won[SMALL]}; "
+              f"{won[NO_WINNER]} show no significant difference (a class is won only when the CI of its F1 "
+              "difference excludes 0).", "",
+              f"McNemar's exact test on the {test['b'] + test['c']} test images exactly one model gets right: "
+              f"{test['b']} go to {deep}, {test['c']} to {small}; p = {test['p_value']:.3g}.", "",
               f"Trained for {models[DEEP]['epochs']} and {models[SMALL]['epochs']} epochs respectively. "
               f"At equal training (epoch {verdict['common_epoch']}) validation accuracy is "
               f"{verdict['val_accuracy_at_common_epoch'][DEEP]:.4f} for {deep} and "
               f"{verdict['val_accuracy_at_common_epoch'][SMALL]:.4f} for {small}.", "",
-              f"Is the deep model worth its cost on this data? **{answer}**, by the rule in params.yaml "
-              f"(`compare.min_accuracy_gain`: at least {threshold_pp:.2f} points of accuracy).", ""]
+              f"Is the deep model worth its cost on this data? **{answer}**. The rule (params.yaml, `compare`) "
+              "asks for two things:",
+              f"- an accuracy gain of at least {threshold_pp:.2f} points (`min_accuracy_gain`): "
+              f"{held(conditions['accuracy_gain_at_least_min'])} ({gain_pp:+.2f} points);",
+              f"- a difference McNemar's test calls significant, p < {verdict['alpha']} (`alpha`): "
+              f"{held(conditions['mcnemar_significant'])} (p = {test['p_value']:.3g}).", ""]
     return "\n".join(lines)

@@ -189,13 +189,28 @@ def download(directory: Path):
             raise DataError(f"download failed: {errors[-1]}")
 
 
-def locate_raw(raw_dir, debian_dir=DEBIAN_DIR, fetch=download):
-    """Where the raw files are, as (directory, layout). Downloads into raw_dir only as a last resort."""
+def _raw_files_present(directory: Path) -> list:
+    names = [f"{name}{suffix}" for split in RAW_SPLITS for name in (split.images_file, split.labels_file)
+             for suffix in (".gz", "")] + [split.csv_file for split in RAW_SPLITS]
+    return [name for name in names if (directory / name).is_file()]
+
+
+def locate_raw(raw_dir, debian_dir=DEBIAN_DIR, fetch=download, required=False):
+    """Where the raw files are, as (directory, layout). Downloads into raw_dir only as a last resort.
+
+    `required` (data.raw_dir set to a folder of the user's): that folder must hold a complete copy; no
+    fallback to another copy. A folder with only some of the files is an error either way."""
     raw_dir = Path(raw_dir)
     if _has_idx(raw_dir):
         return raw_dir, "idx"
     if _has_csv(raw_dir):
         return raw_dir, "csv"
+    present = _raw_files_present(raw_dir)
+    if present or required:
+        what = f"only {', '.join(present)}" if present else "no Fashion-MNIST files" if raw_dir.is_dir() else \
+            "does not exist"
+        raise DataError(f"{raw_dir}: {what}; data.raw_dir needs the four IDX files (.gz or not) or the two CSV "
+                        "files (see README); fix the folder or set data.raw_dir back to data/raw")
     if _has_idx(Path(debian_dir)):
         return Path(debian_dir), "idx"
     try:
@@ -210,9 +225,9 @@ def locate_raw(raw_dir, debian_dir=DEBIAN_DIR, fetch=download):
     return raw_dir, "idx"
 
 
-def load_raw(raw_dir, debian_dir=DEBIAN_DIR, fetch=download):
+def load_raw(raw_dir, debian_dir=DEBIAN_DIR, fetch=download, required=False):
     """The checked raw train and test sets in canonical order, and where they came from."""
-    directory, layout = locate_raw(raw_dir, debian_dir, fetch)
+    directory, layout = locate_raw(raw_dir, debian_dir, fetch, required)
     sets = {}
     for split in RAW_SPLITS:
         if layout == "idx":
@@ -263,8 +278,13 @@ def stratified_sample(dataset: Dataset, size: int, seed: int) -> Dataset:
 
 def split_train_val(dataset: Dataset, val_fraction: float, seed: int):
     """Stratified, seeded train/validation split; returns (train, val)."""
-    train_index, val_index = train_test_split(np.arange(len(dataset.labels)), test_size=val_fraction,
-                                              stratify=dataset.labels, random_state=seed)
+    try:
+        train_index, val_index = train_test_split(np.arange(len(dataset.labels)), test_size=val_fraction,
+                                                  stratify=dataset.labels, random_state=seed)
+    except ValueError:  # fewer validation (or training) images than classes
+        raise DataError(f"data.val_fraction {val_fraction} of {len(dataset.labels)} images leaves a split with "
+                        f"fewer than {NUM_CLASSES} images, one per class at least; raise it (or "
+                        "data.subset)") from None
     pick = lambda index: Dataset(dataset.images[np.sort(index)], dataset.labels[np.sort(index)])  # noqa: E731
     return pick(train_index), pick(val_index)
 
@@ -302,3 +322,6 @@ def load_split(directory, name) -> dict:
         return torch.load(path, weights_only=True, mmap=True)
     except FileNotFoundError:
         raise DataError(f"{path}: not found; run the prepare stage first (dvc repro prepare)") from None
+    except Exception as error:  # truncated or overwritten: torch's message names neither the file nor the fix
+        reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        raise DataError(f"{path}: not readable ({reason}); run `dvc repro --force prepare`") from None

@@ -88,13 +88,6 @@ def measure_inference(model, images, batch_size, device, repeats) -> dict:
             "throughput_images_per_s": len(batch) / batch_seconds}
 
 
-def per_class_rows(results: dict, metric: str) -> list:
-    """DVC plot data for one metric: a row per model x class (grouped bars: x = class, a bar per model)."""
-    return [{"model": model, "class": name, "metric": metric, "value": scores[metric]}
-            for model, result in results.items()
-            for name, scores in result["per_class"].items()]
-
-
 def confusion_rows(y_true, y_pred) -> list:
     """DVC's confusion template wants one row per sample."""
     return [{"actual": CLASS_NAMES[t], "predicted": CLASS_NAMES[p]} for t, p in zip(y_true, y_pred)]

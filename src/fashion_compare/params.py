@@ -55,6 +55,9 @@ class TrackingParams(Strict):
 
 class CompareParams(Strict):
     min_accuracy_gain: float = Field(0.01, ge=0, le=1, description="accuracy the deep model must add")
+    alpha: float = Field(0.05, gt=0, lt=1, description="McNemar's p-value must be below this")
+    bootstrap_samples: Int = Field(2000, ge=100, description="paired bootstrap resamples of the test set")
+    confidence: float = Field(0.95, gt=0, lt=1, description="level of the confidence intervals")
 
 
 class Params(Strict):

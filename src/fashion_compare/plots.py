@@ -13,23 +13,46 @@ COLOURS = {"resnet": "#4C72B0", "cnn": "#DD8452"}
 METRIC_TITLES = {"precision": "Precision", "recall": "Recall", "f1": "F1"}
 
 
-def grouped_bars(per_class: dict, metric: str):
-    """x = class, one bar per model: `per_class[model][class][metric]`."""
-    models = list(per_class)
+def grouped_bars(per_class: dict, metric: str, models=("resnet", "cnn")):
+    """x = class, one bar per model with its confidence interval as an error bar:
+    `per_class[class][metric][model]` and `per_class[class][metric]["ci"][model]` (compare.json)."""
     width = 0.8 / len(models)
     x = np.arange(len(CLASS_NAMES))
     figure, axes = plt.subplots(figsize=(11, 4.5))
     for i, model in enumerate(models):
-        values = [per_class[model][name][metric] for name in CLASS_NAMES]
-        bars = axes.bar(x + (i - (len(models) - 1) / 2) * width, values, width,
+        values = np.array([per_class[name][metric][model] for name in CLASS_NAMES])
+        intervals = np.array([per_class[name][metric]["ci"][model] for name in CLASS_NAMES])
+        errors = np.abs(intervals.T - values)  # 2 x classes: below and above the value
+        bars = axes.bar(x + (i - (len(models) - 1) / 2) * width, values, width, yerr=errors, capsize=2,
+                        error_kw={"elinewidth": 0.8, "ecolor": "#333333"},
                         label=MODEL_TITLES.get(model, model), color=COLOURS.get(model))
-        axes.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+        axes.bar_label(bars, fmt="%.2f", fontsize=7, padding=3)
     axes.set_xticks(x, CLASS_NAMES, rotation=30, ha="right")
-    axes.set_ylim(0, 1.08)
+    axes.set_ylim(0, 1.1)
     axes.set_ylabel(METRIC_TITLES.get(metric, metric))
-    axes.set_title(f"{METRIC_TITLES.get(metric, metric)} per class on the test set")
+    axes.set_title(f"{METRIC_TITLES.get(metric, metric)} per class on the test set (error bars: 95 % CI)")
     axes.legend(loc="lower right")
     axes.grid(axis="y", alpha=0.3)
+    return figure
+
+
+def forest(per_class: dict, confidence=0.95):
+    """Per class, F1(ResNet18) - F1(Small CNN) with its confidence interval, and a zero line."""
+    names = list(CLASS_NAMES)[::-1]  # first class at the top
+    differences = np.array([per_class[name]["f1"]["difference"] for name in names])
+    intervals = np.array([per_class[name]["f1"]["ci"]["difference"] for name in names])
+    figure, axes = plt.subplots(figsize=(8, 5))
+    y = np.arange(len(names))
+    for row, (difference, (lower, upper)) in enumerate(zip(differences, intervals)):
+        colour = COLOURS["resnet"] if lower > 0 else COLOURS["cnn"] if upper < 0 else "#888888"
+        axes.plot([lower, upper], [row, row], color=colour, linewidth=2)
+        axes.plot(difference, row, "o", color=colour)
+    axes.axvline(0, color="black", linewidth=0.8)
+    axes.set_yticks(y, names)
+    axes.set_xlabel(f"F1 difference, {MODEL_TITLES['resnet']} - {MODEL_TITLES['cnn']} ({confidence:.0%} CI)")
+    axes.set_title(f"Per-class F1 difference: right of 0 favours {MODEL_TITLES['resnet']}, "
+                   f"left {MODEL_TITLES['cnn']}; grey: no significant difference", fontsize=9)
+    axes.grid(axis="x", alpha=0.3)
     return figure
 
 

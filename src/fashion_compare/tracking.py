@@ -129,6 +129,10 @@ class Tracker:
             self.log_params(run.info.run_id, params)
             return run.info.run_id
 
+    def run_params(self, run_id) -> dict:
+        with self._timed():
+            return dict(self.client.get_run(run_id).data.params)
+
     def has_run(self, run_id) -> bool:
         from mlflow.exceptions import MlflowException
 

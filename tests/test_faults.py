@@ -1,0 +1,176 @@
+"""Training survives interruption and refuses to go on from nonsense: each fault's message, exit status,
+files and MLflow run state afterwards. The stages run as subprocesses in a scratch folder with the smoke
+pipeline's prepared data (450 training images)."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from conftest import REPO, tool_env
+
+pytestmark = pytest.mark.e2e
+
+
+def scratch(tmp_path, repo, **changes):
+    """stages/, src/, params.yaml (the smoke params plus `changes`) and data/prepared, in tmp_path."""
+    for item in ("stages", "src"):
+        shutil.copytree(REPO / item, tmp_path / item, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(repo / "data" / "prepared", tmp_path / "data" / "prepared")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for dotted, value in changes.items():
+        *parents, key = dotted.split("__")
+        node = params
+        for parent in parents:
+            node = node[parent]
+        node[key] = value
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return tmp_path
+
+
+def env_for(folder):
+    return tool_env(MLFLOW_TRACKING_URI=f"sqlite:///{folder / 'mlflow.db'}", DVC_ROOT=str(folder))
+
+
+def stage(folder, *args, check=False):
+    result = subprocess.run([sys.executable, *args], cwd=folder, env=env_for(folder), capture_output=True,
+                            text=True, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def start(folder, *args):
+    return subprocess.Popen([sys.executable, *args], cwd=folder, env=env_for(folder), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path, process, timeout=300):
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def runs(folder, name):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("fashion-mnist")
+    found = client.search_runs([experiment.experiment_id], f"attributes.run_name = '{name}'")
+    return client, sorted(found, key=lambda r: r.info.start_time)
+
+
+def epochs_without_timing(folder, model):
+    import pandas as pd
+
+    return pd.read_csv(folder / f"plots/train/{model}_epochs.csv").drop(columns="seconds")
+
+
+def test_sigkill_mid_epoch_then_rerun_gives_the_same_weights(tmp_path, repo):
+    """The resume test: SIGKILL during epoch 2 of 3, rerun: the same bytes as a run never interrupted,
+    and one MLflow run with every step once."""
+    changes = dict(resnet__epochs=3, resnet__step_size=1)
+    straight = scratch(tmp_path / "straight", repo, **changes)
+    stage(straight, "stages/train.py", "resnet", check=True)
+
+    interrupted = scratch(tmp_path / "interrupted", repo, **changes)
+    process = start(interrupted, "stages/train.py", "resnet")
+    wait_for(interrupted / ".resume" / "resnet.pt", process)
+    time.sleep(0.3)  # into epoch 2
+    process.kill()
+    process.wait()
+    assert not (interrupted / "models" / "resnet.pt").exists()
+    client, attempts = runs(interrupted, "ResNet18")
+    assert [r.info.status for r in attempts] == ["RUNNING"]  # SIGKILL: nobody could say otherwise
+
+    resumed = stage(interrupted, "stages/train.py", "resnet", check=True)
+    assert "resnet: resuming from epoch 2 (1 of 3 done)" in resumed.stdout
+    assert (interrupted / "models/resnet.pt").read_bytes() == (straight / "models/resnet.pt").read_bytes()
+    assert epochs_without_timing(interrupted, "resnet").equals(epochs_without_timing(straight, "resnet"))
+    assert not (interrupted / ".resume" / "resnet.pt").exists()  # removed once every output is written
+    summary = json.loads((interrupted / "metrics/train_resnet.json").read_text())
+    assert summary["resumed_from_epoch"] == 1
+
+    client, attempts = runs(interrupted, "ResNet18")
+    assert len(attempts) == 1 and attempts[0].info.status == "FINISHED"
+    run_id = attempts[0].info.run_id
+    assert summary["mlflow_run_id"] == run_id
+    assert [m.step for m in client.get_metric_history(run_id, "val/accuracy")] == [1, 2, 3]
+    steps = sorted(m.step for m in client.get_metric_history(run_id, "train/loss_step"))
+    assert steps == list(range(1, 3 * 23 + 1))  # 450 images, batch 20: 23 steps per epoch, each once
+
+
+def test_sigterm_ends_in_one_line_keeps_the_epochs_and_marks_the_run_killed(tmp_path, repo):
+    folder = scratch(tmp_path, repo, cnn__epochs=200)
+    process = start(folder, "stages/train.py", "cnn")
+    wait_for(folder / ".resume" / "cnn.pt", process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143
+    assert stderr.strip().splitlines()[-1] == "error: interrupted (SIGTERM); run the stage again to go on"
+    assert "Traceback" not in stderr
+    assert (folder / ".resume" / "cnn.pt").exists() and not (folder / "models" / "cnn.pt").exists()
+    _, attempts = runs(folder, "Small CNN")
+    assert [r.info.status for r in attempts] == ["KILLED"]
+
+
+def test_a_changed_config_starts_over_and_marks_the_orphan_killed(tmp_path, repo):
+    folder = scratch(tmp_path, repo, cnn__epochs=200)
+    process = start(folder, "stages/train.py", "cnn")
+    wait_for(folder / ".resume" / "cnn.pt", process)
+    process.kill()
+    process.wait()
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    params["cnn"]["epochs"], params["cnn"]["lr"] = 1, 0.002
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    result = stage(folder, "stages/train.py", "cnn", check=True)
+    assert "starting over: .resume/cnn.pt was saved by another configuration, data or code" in result.stdout
+    assert "KILLED (its process" in result.stdout
+    _, attempts = runs(folder, "Small CNN")
+    assert [r.info.status for r in attempts] == ["KILLED", "FINISHED"]
+
+
+def test_divergence_stops_at_once_fails_the_run_and_writes_nothing(tmp_path, repo):
+    folder = scratch(tmp_path, repo, cnn__lr=1000.0)
+    result = stage(folder, "stages/train.py", "cnn")
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: cnn: training loss is ")
+    assert "at epoch 1, step" in result.stderr and "training diverged; try a lower lr" in result.stderr
+    for output in ("models/cnn.pt", "metrics/train_cnn.json", "plots/train/cnn_epochs.csv"):
+        assert not (folder / output).exists()
+    _, attempts = runs(folder, "Small CNN")
+    assert [r.info.status for r in attempts] == ["FAILED"]
+
+
+def test_evaluate_refuses_a_checkpoint_of_the_wrong_model_or_a_broken_one(tmp_path, repo):
+    folder = scratch(tmp_path, repo, tracking__enabled=False)
+    for item in ("models", "metrics"):
+        shutil.copytree(repo / item, folder / item)
+    shutil.copy(folder / "models/resnet.pt", folder / "models/cnn.pt")
+    result = stage(folder, "stages/evaluate.py")
+    assert result.returncode == 1 and result.stderr == (
+        "error: models/cnn.pt: holds a 'resnet' model, expected 'cnn'; rerun its train stage\n")
+    (folder / "models/cnn.pt").write_bytes((repo / "models/cnn.pt").read_bytes()[:5000])
+    result = stage(folder, "stages/evaluate.py")
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: models/cnn.pt: not a readable checkpoint (")
+    assert (folder / "metrics/evaluate.json").read_text() == (repo / "metrics/evaluate.json").read_text()
+
+
+def test_unwritable_outputs_are_refused_before_training(tmp_path, repo):
+    folder = scratch(tmp_path, repo)
+    (folder / "metrics").write_text("a file where the metrics folder should be")
+    started = time.perf_counter()
+    result = stage(folder, "stages/train.py", "cnn")
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: metrics: not writable (")
+    assert not (folder / "models" / "cnn.pt").exists() and not (folder / ".resume" / "cnn.pt").exists()
+    assert time.perf_counter() - started < 60
+    assert os.path.isfile(folder / "metrics")

@@ -1,0 +1,129 @@
+"""A team on one machine: two clones stand for two machines, sharing a DVC remote (a local folder, with
+the run cache) and an MLflow tracking server on 127.0.0.1. Nobody retrains what was trained."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from conftest import SMOKE_PARAMS, VENV_BIN, commit_all, make_repo_copy, run, set_params, tool_env
+
+pytestmark = pytest.mark.e2e
+MODELS = ("resnet", "cnn")
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_up(url, process, seconds=180):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        assert process.poll() is None, "the server exited"
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"{url} did not answer")
+
+
+@pytest.fixture
+def tracking_server(tmp_path):
+    """`mlflow server` as the README sets it up: sqlite backend, artifacts proxied by the server."""
+    port = free_port()
+    server = subprocess.Popen(
+        [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=tool_env())
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(f"{uri}/health", server)
+        yield uri
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def stages_run(output):
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+
+
+def test_second_clone_pulls_instead_of_retraining(tmp_path, tracking_server):
+    from mlflow.tracking import MlflowClient
+
+    env = tool_env(MLFLOW_TRACKING_URI=tracking_server)
+    remote = tmp_path / "dvc-remote"
+    first = make_repo_copy((tmp_path / "machine-a").resolve(), **SMOKE_PARAMS)
+    run(["dvc", "remote", "add", "-d", "shared", str(remote)], first)
+    commit_all(first, "shared DVC remote")
+    assert stages_run(run(["dvc", "repro"], first, env=env).stdout) == {
+        "prepare", "train_resnet", "train_cnn", "evaluate", "compare"}
+    run(["dvc", "push", "--run-cache"], first, env=env)
+    commit_all(first, "smoke run")
+
+    second = tmp_path / "machine-b"
+    run(["git", "clone", "-q", str(first), str(second)], tmp_path)
+    run(["dvc", "pull", "--run-cache"], second, env=env)
+    result = run(["dvc", "repro"], second, env=env)
+    assert stages_run(result.stdout) == set(), result.stdout
+    for path in ("models/resnet.pt", "models/cnn.pt", "data/prepared/train.pt", "data/predictions/test.csv"):
+        assert (second / path).read_bytes() == (first / path).read_bytes(), path
+
+    set_params(second, cnn__lr=0.002)
+    assert stages_run(run(["dvc", "repro"], second, env=env).stdout) == {"train_cnn", "evaluate", "compare"}
+
+    client = MlflowClient(tracking_server)
+    experiment = client.get_experiment_by_name("fashion-mnist")
+    found = client.search_runs([experiment.experiment_id])
+    by_stage = {}
+    for found_run in found:
+        by_stage.setdefault(found_run.data.tags.get("dvc.stage"), []).append(found_run)
+    assert len(by_stage["train_resnet"]) == 1 and len(by_stage["train_cnn"]) == 2 and len(by_stage["compare"]) == 2
+    cnn_lrs = sorted(float(r.data.params["lr"]) for r in by_stage["train_cnn"])
+    assert cnn_lrs == [0.001, 0.002]
+    assert all(r.info.status == "FINISHED" for r in found)
+    for found_run in found:
+        assert found_run.info.artifact_uri.startswith("mlflow-artifacts:"), found_run.info.artifact_uri
+    # a model trained on machine A, fetched through the server from machine B
+    model_uri = json.loads((second / "metrics/train_resnet.json").read_text())["mlflow_model_uri"]
+    code = ("import json, sys, numpy as np, mlflow\n"
+            f"model = mlflow.pyfunc.load_model({model_uri!r})\n"
+            "print(model.predict(np.zeros((2, 1, 28, 28), dtype='float32')).shape)\n")
+    assert run([sys.executable, "-c", code], second, env=env).stdout.strip().endswith("(2, 10)")
+    figures = {a.path for a in client.list_artifacts(by_stage["compare"][0].info.run_id, "comparison")}
+    assert "comparison/f1_difference.png" in figures
+
+
+def test_served_model_answers_like_the_evaluate_stage(repo):
+    """`mlflow models serve` on loopback; three test images POSTed; the same classes as evaluate found."""
+    import torch
+
+    model_uri = json.loads((repo / "metrics/train_cnn.json").read_text())["mlflow_model_uri"]
+    port = free_port()
+    env = tool_env(MLFLOW_TRACKING_URI=f"sqlite:///{repo / 'mlflow.db'}")
+    server = subprocess.Popen([str(VENV_BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager",
+                               "local", "--host", "127.0.0.1", "--port", str(port)], cwd=repo, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/ping", server)
+        images = torch.load(repo / "data/prepared/test.pt", weights_only=True)["images"][:3]
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
+                                         data=json.dumps({"inputs": images.numpy().tolist()}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        answer = json.loads(urllib.request.urlopen(request, timeout=60).read())
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    logits = answer["predictions"]
+    served = [max(range(10), key=row.__getitem__) for row in logits]
+    lines = (repo / "data/predictions/test.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    column = header.index("cnn_predicted")
+    assert served == [int(line.split(",")[column]) for line in lines[1:4]]
