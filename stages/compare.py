@@ -41,7 +41,8 @@ def main():
 
     figures = {}
     for metric in PER_CLASS_METRICS:
-        figures[f"{OUT}/{metric}.png"] = plots.grouped_bars(result["per_class"], metric)
+        figures[f"{OUT}/{metric}.png"] = plots.grouped_bars(result["per_class"], metric,
+                                                            result["verdict"]["confidence"])
         write_csv(f"{OUT}/{metric}_per_class.csv", comparison.per_class_rows(result, metric),
                   ["model", "class", "value", "lower", "upper"])
     figures[f"{OUT}/f1_difference.png"] = plots.forest(result["per_class"], result["verdict"]["confidence"])

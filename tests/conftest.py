@@ -81,6 +81,13 @@ def make_repo_copy(target: Path, **params) -> Path:
     return target
 
 
+def reset_to_head(repo: Path):
+    """Undo what earlier tests left in the workspace (an applied experiment, a forced rerun): params,
+    lock file, metrics and plots as committed, and DVC's outputs to match them."""
+    run(["git", "checkout", "--", "params.yaml", "dvc.lock", "metrics", "plots"], repo)
+    run(["dvc", "checkout", "-q", "-f"], repo)
+
+
 def commit_all(repo: Path, message: str):
     run(["git", "add", "-A"], repo)
     run(["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid", "commit", "-qm", message], repo)

@@ -329,7 +329,7 @@ def test_a_users_raw_dir_must_be_complete_no_silent_fallback(tmp_path):
 
 
 def test_too_small_validation_split_is_one_line(real_raw):
-    with pytest.raises(DataError, match="data.val_fraction 0.001 of 450 images leaves a split with fewer than 10"):
+    with pytest.raises(DataError, match="data.val_fraction 0.001 of 600 images leaves a split with fewer than 10"):
         data.prepare(*real_raw, 0.001, 600, seed=0)
 
 

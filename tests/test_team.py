@@ -9,7 +9,7 @@ import time
 import urllib.request
 
 import pytest
-from conftest import SMOKE_PARAMS, VENV_BIN, commit_all, make_repo_copy, run, set_params, tool_env
+from conftest import SMOKE_PARAMS, VENV_BIN, commit_all, make_repo_copy, reset_to_head, run, set_params, tool_env
 
 pytestmark = pytest.mark.e2e
 MODELS = ("resnet", "cnn")
@@ -105,6 +105,7 @@ def test_served_model_answers_like_the_evaluate_stage(repo):
     """`mlflow models serve` on loopback; three test images POSTed; the same classes as evaluate found."""
     import torch
 
+    reset_to_head(repo)  # the model, its MLflow run and the predictions of one and the same smoke run
     model_uri = json.loads((repo / "metrics/train_cnn.json").read_text())["mlflow_model_uri"]
     port = free_port()
     env = tool_env(MLFLOW_TRACKING_URI=f"sqlite:///{repo / 'mlflow.db'}")

@@ -13,7 +13,7 @@ COLOURS = {"resnet": "#4C72B0", "cnn": "#DD8452"}
 METRIC_TITLES = {"precision": "Precision", "recall": "Recall", "f1": "F1"}
 
 
-def grouped_bars(per_class: dict, metric: str, models=("resnet", "cnn")):
+def grouped_bars(per_class: dict, metric: str, confidence=0.95, models=("resnet", "cnn")):
     """x = class, one bar per model with its confidence interval as an error bar:
     `per_class[class][metric][model]` and `per_class[class][metric]["ci"][model]` (compare.json)."""
     width = 0.8 / len(models)
@@ -30,7 +30,8 @@ def grouped_bars(per_class: dict, metric: str, models=("resnet", "cnn")):
     axes.set_xticks(x, CLASS_NAMES, rotation=30, ha="right")
     axes.set_ylim(0, 1.1)
     axes.set_ylabel(METRIC_TITLES.get(metric, metric))
-    axes.set_title(f"{METRIC_TITLES.get(metric, metric)} per class on the test set (error bars: 95 % CI)")
+    axes.set_title(f"{METRIC_TITLES.get(metric, metric)} per class on the test set "
+                   f"(error bars: {confidence:.0%} CI)")
     axes.legend(loc="lower right")
     axes.grid(axis="y", alpha=0.3)
     return figure

@@ -93,7 +93,13 @@ class Tracker:
         # Fail within seconds instead of retrying for minutes (only where the user has not chosen).
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+        import logging
+
         import mlflow
+
+        # "Creating initial MLflow database tables..." on stderr, before a stage's own one-line error, is noise
+        for name in ("mlflow.store.db.utils", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         from mlflow.tracking import MlflowClient
 
         self.uri = tracking_uri()
