@@ -143,7 +143,7 @@ def noop_repro_seconds():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--resnet-steps", type=int, default=60, help="ResNet18 training steps per measurement")
+    parser.add_argument("--resnet-steps", type=int, default=300, help="ResNet18 training steps per measurement")
     parser.add_argument("--cnn-steps", type=int, default=450, help="CNN training steps (one epoch of 45k)")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved bare/stage pairs; the best counts")
     parser.add_argument("--memory-subset", type=int, default=2000)

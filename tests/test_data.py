@@ -340,3 +340,13 @@ def test_truncated_prepared_split_is_named(tmp_path, real_raw):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(DataError, match=f"{path}: not readable .*dvc repro --force prepare"):
         data.load_split(tmp_path, "train")
+
+
+def test_corrupt_deflate_data_is_one_line(tmp_path):
+    images, labels = synthetic()
+    paths = write_idx_pair(tmp_path, images, labels)
+    content = bytearray(paths[0].read_bytes())
+    content[30:60] = bytes(30)  # inside the deflate stream
+    paths[0].write_bytes(bytes(content))
+    with pytest.raises(DataError, match=f"{paths[0]}: cannot read"):
+        data.read_idx_pair(*paths)

@@ -174,3 +174,78 @@ def test_unwritable_outputs_are_refused_before_training(tmp_path, repo):
     assert not (folder / "models" / "cnn.pt").exists() and not (folder / ".resume" / "cnn.pt").exists()
     assert time.perf_counter() - started < 60
     assert os.path.isfile(folder / "metrics")
+
+
+def start_server(folder, port):
+    from conftest import VENV_BIN
+
+    server = subprocess.Popen(
+        [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
+         "--artifacts-destination", str(folder / "server-artifacts")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=tool_env())
+    import urllib.request
+
+    for _ in range(240):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+            return server
+        except OSError:
+            time.sleep(0.5)
+    server.terminate()
+    pytest.fail("mlflow server did not start")
+
+
+def test_tracking_outage_mid_training_keeps_the_training_and_names_what_was_not_logged(tmp_path, repo):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    folder = scratch(tmp_path / "work", repo, cnn__epochs=3, tracking__log_model=False)
+    (tmp_path / "server").mkdir()
+    server = start_server(tmp_path / "server", port)
+    env = tool_env(MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}", DVC_ROOT=str(folder))
+    try:
+        process = subprocess.Popen([sys.executable, "stages/train.py", "cnn"], cwd=folder, env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for(folder / ".resume" / "cnn.pt", process)  # epoch 1 is done and logged
+        server.terminate()
+        server.wait(timeout=30)
+        stdout, stderr = process.communicate(timeout=300)
+        assert process.returncode == 1
+        assert stderr.count("\n") == 1 and stderr.startswith(f"error: MLflow tracking at http://127.0.0.1:{port}")
+        assert "metric points of epochs [2, 3] were not logged" in stderr
+        assert "kept to send later" in stdout  # training went on through the outage
+        assert (folder / "models/cnn.pt").exists() and (folder / ".resume/cnn.pt").exists()
+
+        server = start_server(tmp_path / "server", port)  # back: the rerun logs what is missing, trains nothing
+        result = subprocess.run([sys.executable, "stages/train.py", "cnn"], cwd=folder, env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert "resuming from epoch 4 (3 of 3 done)" in result.stdout
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(f"http://127.0.0.1:{port}")
+        run_id = json.loads((folder / "metrics/train_cnn.json").read_text())["mlflow_run_id"]
+        assert [m.step for m in client.get_metric_history(run_id, "val/accuracy")] == [1, 2, 3]
+        steps = [m.step for m in client.get_metric_history(run_id, "train/loss_step")]
+        assert sorted(steps) == list(range(1, 3 * 5 + 1))  # 450 images, batch 100: 5 steps an epoch, each once
+        assert client.get_run(run_id).info.status == "FINISHED"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_a_params_key_no_stage_reads_is_refused_by_dvc_repro(repo):
+    from conftest import reset_to_head, run
+
+    params = (repo / "params.yaml").read_text()
+    (repo / "params.yaml").write_text(params + "learning_rate: 0.01\n")
+    try:
+        result = run(["dvc", "repro"], repo, check=False)
+        assert result.returncode != 0
+        assert "error: params.yaml: learning_rate: unknown key" in result.stderr
+        assert "Running stage 'train_" not in result.stdout
+    finally:
+        reset_to_head(repo)

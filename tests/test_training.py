@@ -73,3 +73,28 @@ def test_checkpoint_keeps_best_state_and_config(tmp_path, small_splits):
 def test_device_auto_falls_back_to_cpu_without_cuda():
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert training.select_device("auto").type == expected
+
+
+def test_checkpoints_that_are_not_ours_are_one_line_errors(tmp_path):
+    from fashion_compare.errors import DataError
+    from fashion_compare.files import save_torch
+
+    pickled = tmp_path / "pickled.pt"
+    torch.save(models.build_model("cnn"), pickled)  # a whole pickled module: refused by weights_only loading
+    with pytest.raises(DataError, match=f"{pickled}: not a readable checkpoint"):
+        training.load_checkpoint(pickled)
+    bare = tmp_path / "bare.pt"
+    save_torch(bare, models.build_model("cnn").state_dict())
+    with pytest.raises(DataError, match=f"{bare}: not a checkpoint of this project"):
+        training.load_checkpoint(bare)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(pickled.read_bytes()[:1000])
+    with pytest.raises(DataError, match=f"{truncated}: not a readable checkpoint"):
+        training.load_checkpoint(truncated)
+
+
+def test_non_finite_or_exploding_loss_stops_at_once(small_splits):
+    from fashion_compare.errors import TrainingDiverged
+
+    with pytest.raises(TrainingDiverged, match=r"cnn: training loss is .* at epoch 1, step \d+ \(lr 1000\)"):
+        run(small_splits, config(lr=1000.0, epochs=3))

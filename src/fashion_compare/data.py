@@ -113,7 +113,7 @@ def read_csv(path, count=None) -> Dataset:
 
     path = Path(path)
     try:
-        frame = pd.read_csv(path)
+        frame = pd.read_csv(path, low_memory=False)  # whole-column dtypes: no DtypeWarning on bad rows
     except (OSError, ValueError) as error:
         raise DataError(f"{path}: cannot read CSV ({str(error).splitlines()[0]})") from None
     pixels = IMAGE_SIDE * IMAGE_SIDE

@@ -19,6 +19,7 @@ from .errors import TrackingError
 STORE_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
 BATCH_LIMIT = 1000  # MLflow's maximum number of metrics per log_batch call
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
 
 
 def repo_root() -> Path:
@@ -103,6 +104,11 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         self.uri = tracking_uri()
+        scheme = self.uri.split("://", 1)[0].split("+", 1)[0] if "://" in self.uri else ""
+        if scheme and scheme not in TRACKING_SCHEMES:
+            raise TrackingError(f"MLflow tracking at {self.uri} failed: unsupported scheme '{scheme}://' "
+                                f"(use one of {', '.join(s + '://' for s in TRACKING_SCHEMES)}; check "
+                                "MLFLOW_TRACKING_URI, or set tracking.enabled: false)")
         self.seconds = 0.0  # time spent talking to MLflow
         started = time.perf_counter()
         try:
@@ -116,8 +122,7 @@ class Tracker:
                 else:
                     self.experiment_id = found.experiment_id
         except Exception as error:  # MlflowException, connection errors, bad URIs: all one line
-            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise TrackingError(f"MLflow tracking at {self.uri} failed: {message[:300]} "
+            raise TrackingError(f"MLflow tracking at {self.uri} failed: {_first_line(error)} "
                                 "(check MLFLOW_TRACKING_URI, or set tracking.enabled: false)") from None
         self.seconds += time.perf_counter() - started
 
@@ -300,9 +305,11 @@ class EpochLogger:
                                 "(the stage's outputs are written)")
 
 
-def _first_line(error) -> str:
+def _first_line(error, limit=300) -> str:
+    """The first line of an error's message, cut at a word boundary if long."""
     text = str(error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__)[:500]
+    line = text.splitlines()[0] if text else type(error).__name__
+    return line if len(line) <= limit else line[:limit].rsplit(" ", 1)[0] + " …"
 
 
 def metric_key(name: str) -> str:
