@@ -7,7 +7,7 @@ DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 
 OFFLINE_PLOTS := build/dvc_plots_template.html
 
-.PHONY: repro test bench lint data browser setup mlflow-ui clean
+.PHONY: repro test bench lint data browser setup mlflow-ui exp-show clean
 
 repro: setup data
 	$(BIN)/dvc repro
@@ -52,6 +52,12 @@ browser:
 		apt-get install -y -q chromium >/dev/null 2>&1 \
 		|| (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null); \
 	fi
+
+# The headline of every experiment (both models' accuracy and macro F1, the gain with its CI, McNemar's p,
+# the verdict) and the params a grid usually varies; the detail metrics files are left out.
+EXP_SHOW_KEEP := Experiment|^(resnet|cnn)\.(test_accuracy|macro_f1)$$|^accuracy_gain|^mcnemar_p$$|^deep_model_worth_it$$|^lr$$|^(resnet|cnn)\.(lr|epochs|batch_size)$$
+exp-show: setup
+	$(BIN)/dvc exp show --md --drop '.*' --keep '$(EXP_SHOW_KEEP)'
 
 PORT ?= 5000
 mlflow-ui: setup
