@@ -83,8 +83,9 @@ def make_repo_copy(target: Path, **params) -> Path:
 
 def reset_to_head(repo: Path):
     """Undo what earlier tests left in the workspace (an applied experiment, a forced rerun): params,
-    lock file, metrics and plots as committed, and DVC's outputs to match them."""
-    run(["git", "checkout", "--", "params.yaml", "dvc.lock", "metrics", "plots"], repo)
+    lock file, metrics and plots as committed, and DVC's outputs to match them. From HEAD, not the index:
+    with `core.autostage`, `dvc repro` stages the dvc.lock of whatever ran last."""
+    run(["git", "checkout", "HEAD", "--", "params.yaml", "dvc.lock", "metrics", "plots"], repo)
     run(["dvc", "checkout", "-q", "-f"], repo)
 
 

@@ -323,9 +323,12 @@ def test_runs_arrive_at_a_tracking_server(repo, mlflow_server):
 # ---------------------------------------------------------------- caching
 
 def output_bytes(repo):
+    """MD5 of each output (readable when a comparison fails)."""
+    import hashlib
+
     paths = ["models/resnet.pt", "models/cnn.pt", "data/prepared/train.pt", "data/prepared/test.pt",
              "data/predictions/test.csv", "metrics/headline.json", "plots/compare/f1_per_class.csv"]
-    return {path: (repo / path).read_bytes() for path in paths}
+    return {path: hashlib.md5((repo / path).read_bytes()).hexdigest() for path in paths}
 
 
 def test_params_that_ran_before_are_restored_from_the_run_cache(repo):
