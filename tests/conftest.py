@@ -2,8 +2,11 @@ import gzip
 import hashlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -124,3 +127,55 @@ def repo(tmp_path_factory):
         assert f"Running stage '{stage}'" in result.stdout
     commit_all(path, "smoke run")
     return path
+
+
+# ---------------------------------------------------------------- an MLflow tracking server on loopback
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_up(url, process, seconds=180):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        assert process.poll() is None, "the server exited"
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"{url} did not answer")
+
+
+def start_mlflow_server(folder: Path, port: int):
+    """`mlflow server` as the README sets it up: a sqlite backend in `folder`, artifacts proxied by the
+    server; returns once it answers. The same folder and port again: the same server, restarted."""
+    server = subprocess.Popen(
+        [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
+         "--artifacts-destination", str(folder / "server-artifacts")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=tool_env())
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/health", server)
+    except BaseException:
+        server.terminate()
+        raise
+    return server
+
+
+def stop(server):
+    server.terminate()
+    server.wait(timeout=30)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """The URI of a tracking server that lives as long as the test."""
+    port = free_port()
+    server = start_mlflow_server(tmp_path, port)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(server)

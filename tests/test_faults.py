@@ -12,7 +12,7 @@ import time
 
 import pytest
 import yaml
-from conftest import REPO, tool_env
+from conftest import REPO, free_port, start_mlflow_server, stop, tool_env
 
 pytestmark = pytest.mark.e2e
 
@@ -178,42 +178,17 @@ def test_unwritable_outputs_are_refused_before_training(tmp_path, repo):
     assert os.path.isfile(folder / "metrics")
 
 
-def start_server(folder, port):
-    from conftest import VENV_BIN
-
-    server = subprocess.Popen(
-        [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
-         "--artifacts-destination", str(folder / "server-artifacts")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=tool_env())
-    import urllib.request
-
-    for _ in range(240):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-            return server
-        except OSError:
-            time.sleep(0.5)
-    server.terminate()
-    pytest.fail("mlflow server did not start")
-
-
 def test_tracking_outage_mid_training_keeps_the_training_and_names_what_was_not_logged(tmp_path, repo):
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     folder = scratch(tmp_path / "work", repo, cnn__epochs=3, tracking__log_model=False)
     (tmp_path / "server").mkdir()
-    server = start_server(tmp_path / "server", port)
+    server = start_mlflow_server(tmp_path / "server", port)
     env = tool_env(MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}", DVC_ROOT=str(folder))
     try:
         process = subprocess.Popen([sys.executable, "stages/train.py", "cnn"], cwd=folder, env=env,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wait_for(folder / ".resume" / "cnn.pt", process)  # epoch 1 is done and logged
-        server.terminate()
-        server.wait(timeout=30)
+        stop(server)
         stdout, stderr = process.communicate(timeout=300)
         assert process.returncode == 1
         assert stderr.count("\n") == 1 and stderr.startswith(f"error: MLflow tracking at http://127.0.0.1:{port}")
@@ -221,7 +196,7 @@ def test_tracking_outage_mid_training_keeps_the_training_and_names_what_was_not_
         assert "kept to send later" in stdout  # training went on through the outage
         assert (folder / "models/cnn.pt").exists() and (folder / ".resume/cnn.pt").exists()
 
-        server = start_server(tmp_path / "server", port)  # back: the rerun logs what is missing, trains nothing
+        server = start_mlflow_server(tmp_path / "server", port)  # back: the rerun logs what is missing, trains nothing
         result = subprocess.run([sys.executable, "stages/train.py", "cnn"], cwd=folder, env=env,
                                 capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr
@@ -235,8 +210,7 @@ def test_tracking_outage_mid_training_keeps_the_training_and_names_what_was_not_
         assert sorted(steps) == list(range(1, 3 * 5 + 1))  # 450 images, batch 100: 5 steps an epoch, each once
         assert client.get_run(run_id).info.status == "FINISHED"
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop(server)
 
 
 def test_a_params_key_no_stage_reads_is_refused_by_dvc_repro(repo):

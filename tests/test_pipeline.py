@@ -1,15 +1,13 @@
 """End to end: `dvc repro` and `dvc exp run` in a temporary git copy, on a small stratified subset, 1 epoch."""
 
 import json
-import socket
-import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
 import yaml
-from conftest import VENV_BIN, reset_to_head, run, set_params, tool_env
+from conftest import free_port, reset_to_head, run, set_params, tool_env
 
 from fashion_compare import CLASS_NAMES
 
@@ -184,12 +182,6 @@ def test_logged_model_predicts_with_pyfunc(repo):
     assert run([sys.executable, "-c", code], repo).stdout.strip().endswith("(7, 10)")
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_unreachable_tracking_server_fails_fast_and_keeps_outputs(repo):
     before = {p: (repo / p).read_bytes() for p in ("metrics/train_cnn.json", "models/cnn.pt")}
     for uri in (f"http://127.0.0.1:{free_port()}", "nosuchscheme://tracking"):
@@ -280,32 +272,6 @@ def test_exp_in_temporary_workspace_logs_to_repo_root_store(repo):
 
 
 # ---------------------------------------------------------------- a real tracking server
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    port = free_port()
-    server = subprocess.Popen(
-        [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "artifacts")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=tool_env())
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        import urllib.request
-
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not start")
-        yield uri
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
 
 def test_runs_arrive_at_a_tracking_server(repo, mlflow_server):
     from mlflow.tracking import MlflowClient

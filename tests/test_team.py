@@ -2,63 +2,36 @@
 the run cache) and an MLflow tracking server on 127.0.0.1. Nobody retrains what was trained."""
 
 import json
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
-from conftest import SMOKE_PARAMS, VENV_BIN, commit_all, make_repo_copy, reset_to_head, run, set_params, tool_env
+from conftest import (
+    SMOKE_PARAMS,
+    VENV_BIN,
+    commit_all,
+    free_port,
+    make_repo_copy,
+    reset_to_head,
+    run,
+    set_params,
+    tool_env,
+    wait_until_up,
+)
 
 pytestmark = pytest.mark.e2e
 MODELS = ("resnet", "cnn")
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until_up(url, process, seconds=180):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        assert process.poll() is None, "the server exited"
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            return
-        except OSError:
-            time.sleep(0.5)
-    pytest.fail(f"{url} did not answer")
-
-
-@pytest.fixture
-def tracking_server(tmp_path):
-    """`mlflow server` as the README sets it up: sqlite backend, artifacts proxied by the server."""
-    port = free_port()
-    server = subprocess.Popen(
-        [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=tool_env())
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_up(f"{uri}/health", server)
-        yield uri
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def stages_run(output):
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
 
 
-def test_second_clone_pulls_instead_of_retraining(tmp_path, tracking_server):
+def test_second_clone_pulls_instead_of_retraining(tmp_path, mlflow_server):
     from mlflow.tracking import MlflowClient
 
-    env = tool_env(MLFLOW_TRACKING_URI=tracking_server)
+    env = tool_env(MLFLOW_TRACKING_URI=mlflow_server)
     remote = tmp_path / "dvc-remote"
     first = make_repo_copy((tmp_path / "machine-a").resolve(), **SMOKE_PARAMS)
     run(["dvc", "remote", "add", "-d", "shared", str(remote)], first)
@@ -79,7 +52,7 @@ def test_second_clone_pulls_instead_of_retraining(tmp_path, tracking_server):
     set_params(second, cnn__lr=0.002)
     assert stages_run(run(["dvc", "repro"], second, env=env).stdout) == {"train_cnn", "evaluate", "compare"}
 
-    client = MlflowClient(tracking_server)
+    client = MlflowClient(mlflow_server)
     experiment = client.get_experiment_by_name("fashion-mnist")
     found = client.search_runs([experiment.experiment_id])
     by_stage = {}

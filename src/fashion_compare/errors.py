@@ -33,13 +33,15 @@ class Interrupted(KeyboardInterrupt):
 
 
 def raise_on_sigterm():
-    """Turn SIGTERM (a CI cancel, a shutdown) into Interrupted, so cleanup runs as for Ctrl-C."""
+    """Turn SIGTERM (a CI cancel, a shutdown) into Interrupted, so cleanup runs as for Ctrl-C; and make
+    SIGINT interrupt too where the process started with it ignored (started by `cmd &` in a script)."""
     import signal
 
     def handler(signum, frame):
-        raise Interrupted("SIGTERM")
+        raise Interrupted("SIGTERM" if signum == signal.SIGTERM else "SIGINT")
 
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
 
 
 def exit_on_error(main):
