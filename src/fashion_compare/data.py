@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
-from .errors import DataError
+from .errors import DataError, first_line
 from .files import save_torch
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -323,5 +323,4 @@ def load_split(directory, name) -> dict:
     except FileNotFoundError:
         raise DataError(f"{path}: not found; run the prepare stage first (dvc repro prepare)") from None
     except Exception as error:  # truncated or overwritten: torch's message names neither the file nor the fix
-        reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
-        raise DataError(f"{path}: not readable ({reason}); run `dvc repro --force prepare`") from None
+        raise DataError(f"{path}: not readable ({first_line(error, 160)}); run `dvc repro --force prepare`") from None

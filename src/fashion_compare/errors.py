@@ -4,6 +4,13 @@ import functools
 import sys
 
 
+def first_line(error, limit=300) -> str:
+    """The first line of an error's message (its type when empty), cut at a word boundary if long."""
+    text = str(error).strip()
+    line = text.splitlines()[0] if text else type(error).__name__
+    return line if len(line) <= limit else line[:limit].rsplit(" ", 1)[0] + " …"
+
+
 class PipelineError(Exception):
     """A problem with the user's input or environment, reported as one line."""
 

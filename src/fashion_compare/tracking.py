@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .errors import TrackingError
+from .errors import TrackingError, first_line
 
 STORE_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
@@ -122,7 +122,7 @@ class Tracker:
                 else:
                     self.experiment_id = found.experiment_id
         except Exception as error:  # MlflowException, connection errors, bad URIs: all one line
-            raise TrackingError(f"MLflow tracking at {self.uri} failed: {_first_line(error)} "
+            raise TrackingError(f"MLflow tracking at {self.uri} failed: {first_line(error)} "
                                 "(check MLFLOW_TRACKING_URI, or set tracking.enabled: false)") from None
         self.seconds += time.perf_counter() - started
 
@@ -200,7 +200,7 @@ class Tracker:
         try:
             self.end_run(run_id, status)
         except Exception as error:
-            print(f"warning: could not mark MLflow run {run_id} {status}: {_first_line(error)}")
+            print(f"warning: could not mark MLflow run {run_id} {status}: {first_line(error)}")
 
     def reopen_run(self, run_id) -> bool:
         """Mark an interrupted run RUNNING again to go on logging into it; False if it is gone."""
@@ -293,23 +293,16 @@ class EpochLogger:
             self.unsent, self.last_error = [], None
         except Exception as error:  # the server is away: keep the points, try again next epoch
             self.last_error = error
-            print(f"warning: MLflow unreachable ({_first_line(error)}); {len(self.unsent)} metric points "
+            print(f"warning: MLflow unreachable ({first_line(error)}); {len(self.unsent)} metric points "
                   "kept to send later")
 
     def flush(self):
         self._send()
         if self.unsent:
             epochs = sorted({int(step) for key, _, step in self.unsent if key == "val/accuracy"})
-            raise TrackingError(f"MLflow tracking at {self.tracker.uri} failed: {_first_line(self.last_error)}; "
+            raise TrackingError(f"MLflow tracking at {self.tracker.uri} failed: {first_line(self.last_error)}; "
                                 f"{len(self.unsent)} metric points of epochs {epochs} were not logged "
                                 "(the stage's outputs are written)")
-
-
-def _first_line(error, limit=300) -> str:
-    """The first line of an error's message, cut at a word boundary if long."""
-    text = str(error).strip()
-    line = text.splitlines()[0] if text else type(error).__name__
-    return line if len(line) <= limit else line[:limit].rsplit(" ", 1)[0] + " …"
 
 
 def metric_key(name: str) -> str:
