@@ -1,18 +1,25 @@
-"""Benchmark: the project's training loop against bare PyTorch loops, side by side in one process.
+"""Benchmark: the project's training loop against plain and bare PyTorch loops, side by side in one run.
 
     python benchmarks/training_speed.py            (after `make repro`: uses data/prepared)
 
-Prints a table and writes metrics/benchmark.json. Goals are ratios, so the machine's speed cancels out:
+Prints a table and writes metrics/benchmark.json. Each loop runs in a fresh Python process of its own
+(the plain loop must not inherit the stage's process settings), the loops take turns (--repeats rounds,
+the best of each counts), so a drift of the machine's speed hits all alike. Goals are ratios:
 - stage/plain: the training stage against the loop a user would write first (stock torchvision
-  ResNet18 with nn.Conv2d everywhere, or the CNN in contiguous memory; default Adam): >= 2.5 for
-  ResNet18 at batch 20 on a CPU, >= 1.2 for the CNN;
-- stage/bare >= 0.95: the stage against a minimal loop over the same model and optimizer (what the
-  stage adds: batching, MLflow logging, resume state, progress bars);
+  ResNet18 with nn.Conv2d everywhere, or the CNN in contiguous memory; default Adam; a default
+  process): >= 2.5 for ResNet18 at batch 20 on a CPU, >= 1.2 for the CNN;
+- stage/bare >= 0.95: the stage against a minimal loop over the same model, optimizer and process
+  settings (what the stage adds: batching, MLflow logging, resume state, progress bars);
+- the speed-ups one at a time (ResNet18): plain, + fused Adam, + single-output convolutions as
+  matrix products, + the process settings (malloc keeping freed memory; no NaN-fill) = bare;
 - achieved FLOP/s / matmul FLOP/s (ResNet18, batch 20), evaluate stage inference in images/s,
   peak RSS per stage <= 3 GiB, no-op `dvc repro` <= 3 s.
+
+    python benchmarks/training_speed.py --loop plain --model resnet --steps 300    (one measurement)
 """
 
 import argparse
+import json
 import os
 import platform
 import resource
@@ -21,58 +28,137 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
-from fashion_compare import data, evaluation, models, tracking, training
-from fashion_compare.files import save_torch, write_json
-from fashion_compare.params import load_params, train_config
-
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "src"))  # this checkout's package, as the stages use it
+
+from fashion_compare import data, evaluation, models, tracking, training  # noqa: E402
+from fashion_compare.files import save_torch, write_json  # noqa: E402
+from fashion_compare.params import load_params, train_config  # noqa: E402
 
 
-def plain_model(name):
-    """The model as a user would first write it: for ResNet18, stock torchvision with nn.Conv2d."""
-    return models.to_stock(models.build_model(name))
+@dataclass(frozen=True)
+class Loop:
+    """One way of running the training steps: the model's form, the optimizer, the process settings."""
+    convs: str = "small-map"  # small-map: the project's ResNet18 (SmallMapConv2d); stock: nn.Conv2d everywhere
+    adam: str = "fused"  # fused | default (torch.optim.Adam's own choice: a for-loop over tensors on CPU)
+    process: str = "tuned"  # tuned: training.keep_freed_memory + seed_everything, as the stage; plain: defaults
+    memory_format: str = "config"  # config: the model's channels_last param; contiguous
+    stage: bool = False  # the project's training loop as the stage runs it, instead of a minimal loop
 
 
-def bare_loop(name, batches, channels_last=False, plain=False):
-    """The minimal loop: forward, loss, backward, Adam step, over pre-made batches. Returns seconds.
-    `plain`: the stock model and default Adam; otherwise the project's model and optimizer."""
-    training.seed_everything(0)
-    model = (plain_model(name) if plain else models.build_model(name)).train()
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in batches]
-    optimizer = (torch.optim.Adam(model.parameters(), lr=1e-3) if plain
-                 else training.make_optimizer(model, 1e-3, torch.device("cpu")))
+LOOPS = {
+    "plain": Loop(convs="stock", adam="default", process="plain", memory_format="contiguous"),
+    "bare": Loop(),
+    "stage": Loop(stage=True),
+}
+# ResNet18's speed-ups one at a time, each on top of the ones before
+ABLATION = {
+    "plain": LOOPS["plain"],
+    "+ fused Adam": Loop(convs="stock", adam="fused", process="plain", memory_format="contiguous"),
+    "+ single-output convolutions": Loop(adam="fused", process="plain", memory_format="contiguous"),
+    "+ process settings (= bare)": LOOPS["bare"],
+}
+
+
+def steps_of(name, params, steps):
+    """`steps` batches of the prepared training data (the same random images for every loop; the split is
+    stored sorted by class), and the config of `name`."""
+    config = train_config(params, name).model_copy(update={"epochs": 1, "device": "cpu"})
+    train_set = data.load_split(REPO / "data/prepared", "train")
+    chosen = torch.randperm(len(train_set["labels"]), generator=torch.Generator().manual_seed(0))
+    chosen = chosen[:steps * config.batch_size]
+    return config, {"images": train_set["images"][chosen], "labels": train_set["labels"][chosen]}
+
+
+def bare_loop(name, loop: Loop, config, subset):
+    """The minimal loop: forward, loss, backward, Adam step, over pre-made batches. Returns seconds."""
+    model = models.build_model(name)
+    if loop.convs == "stock":
+        model = models.to_stock(model)
+    model.train()
+    channels_last = config.channels_last and loop.memory_format == "config"
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    batches = [(x.contiguous(memory_format=memory_format), y)
+               for x, y in zip(subset["images"].split(config.batch_size), subset["labels"].split(config.batch_size))]
+    optimizer = (training.make_optimizer(model, config.lr, torch.device("cpu")) if loop.adam == "fused"
+                 else torch.optim.Adam(model.parameters(), lr=config.lr))
     loss_fn = torch.nn.CrossEntropyLoss()
-    started = time.perf_counter()
-    for x, y in batches:
+
+    def step(x, y):
         optimizer.zero_grad(set_to_none=True)
         loss_fn(model(x), y).backward()
         optimizer.step()
-    return time.perf_counter() - started
 
-
-def stage_loop(name, config, train_set, val_set, workdir):
-    """The project's loop as the train stage runs it: MLflow run and per-epoch logging to a temporary
-    sqlite store, progress bars, then the checkpoint. Returns seconds."""
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlflow.db'}"
-    tracker = tracking.Tracker("benchmark")  # connecting (schema creation) happens once per stage: not timed
+    for x, y in batches[:5]:  # warm-up: oneDNN primitives, allocator, caches
+        step(x, y)
     started = time.perf_counter()
-    run_id = tracker.start_run(name, config.model_dump(), {"dvc.stage": "benchmark"})
-    training.seed_everything(config.seed)
-    model = models.build_model(name)
-    resume = training.ResumeFile(workdir / "resume.pt", "benchmark")  # saved after every epoch, as in the stage
-    result = training.train(model, train_set, val_set, config, observers=[tracking.EpochLogger(tracker, run_id)],
-                            quiet=False, resume=resume)
-    save_torch(workdir / f"{name}.pt", training.checkpoint(result, config, models.parameter_count(model)))
-    tracker.end_run(run_id)
+    for x, y in batches:
+        step(x, y)
     return time.perf_counter() - started
+
+
+def stage_loop(name, config, subset):
+    """The project's loop as the train stage runs it: MLflow run and per-epoch logging to a temporary
+    sqlite store, progress bars, validation, the resume state, then the checkpoint. Returns seconds."""
+    workdir = Path(tempfile.mkdtemp(prefix="fashion-bench-"))
+    try:
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlflow.db'}"
+        tracker = tracking.Tracker("benchmark")  # connecting (schema creation) happens once per stage: not timed
+        val_subset = {key: tensor[:config.batch_size] for key, tensor in subset.items()}
+        warm_up = {key: tensor[:5 * config.batch_size] for key, tensor in subset.items()}
+        training.train(models.build_model(name), warm_up, val_subset, config, quiet=True)
+        started = time.perf_counter()
+        run_id = tracker.start_run(name, config.model_dump(), {"dvc.stage": "benchmark"})
+        training.seed_everything(config.seed)
+        model = models.build_model(name)
+        resume = training.ResumeFile(workdir / "resume.pt", "benchmark")  # saved after every epoch, as in the stage
+        result = training.train(model, subset, val_subset, config, quiet=False, resume=resume,
+                                observers=[tracking.EpochLogger(tracker, run_id)])
+        save_torch(workdir / f"{name}.pt", training.checkpoint(result, config, models.parameter_count(model)))
+        tracker.end_run(run_id)
+        return time.perf_counter() - started
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def measure(name, loop: Loop, steps):
+    """Run one loop in this process (a fresh one: see `run_measurement`). Returns seconds."""
+    torch.set_num_threads(training.thread_count("auto"))
+    if loop.process == "tuned":
+        training.keep_freed_memory()
+        training.seed_everything(0)
+    else:
+        torch.manual_seed(0)
+    config, subset = steps_of(name, load_params(REPO / "params.yaml"), steps)
+    return stage_loop(name, config, subset) if loop.stage else bare_loop(name, loop, config, subset)
+
+
+def run_measurement(name, loop: Loop, steps):
+    """Seconds for `steps` training steps of `loop`, measured in a fresh Python process."""
+    command = [sys.executable, __file__, "--model", name, "--steps", str(steps),
+               "--loop-json", json.dumps(asdict(loop))]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"measurement {name} {loop} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])["seconds"]
+
+
+def best_of_interleaved(name, loops: dict, steps, repeats):
+    """Images per second of each loop: the loops take turns, `repeats` rounds, the fastest round counts."""
+    seconds = {label: float("inf") for label in loops}
+    for _ in range(repeats):
+        for label, loop in loops.items():
+            seconds[label] = min(seconds[label], run_measurement(name, loop, steps))
+    images = steps * train_config(load_params(REPO / "params.yaml"), name).batch_size
+    return {label: images / value for label, value in seconds.items()}
 
 
 def training_step_flops(name, batch_size):
@@ -145,67 +231,67 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--resnet-steps", type=int, default=300, help="ResNet18 training steps per measurement")
     parser.add_argument("--cnn-steps", type=int, default=450, help="CNN training steps (one epoch of 45k)")
-    parser.add_argument("--repeats", type=int, default=2, help="interleaved bare/stage pairs; the best counts")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds of interleaved loops; the best counts")
+    parser.add_argument("--no-ablation", action="store_true", help="skip ResNet18's speed-ups one at a time")
     parser.add_argument("--memory-subset", type=int, default=2000)
     parser.add_argument("--out", default=str(REPO / "metrics" / "benchmark.json"))
+    parser.add_argument("--loop", choices=sorted(LOOPS), help="measure one loop (in this process) and exit")
+    parser.add_argument("--loop-json", help=argparse.SUPPRESS)  # a Loop, from run_measurement
+    parser.add_argument("--model", choices=["resnet", "cnn"], default="resnet")
+    parser.add_argument("--steps", type=int, default=300)
     args = parser.parse_args()
+    if args.loop or args.loop_json:
+        loop = LOOPS[args.loop] if args.loop else Loop(**json.loads(args.loop_json))
+        seconds = measure(args.model, loop, args.steps)
+        print(json.dumps({"seconds": seconds}))
+        return
+
     os.chdir(REPO)
     params = load_params("params.yaml")
-    train_set, val_set = data.load_split("data/prepared", "train"), data.load_split("data/prepared", "val")
     test_set = data.load_split("data/prepared", "test")
     matmul = matmul_flops_per_second()
     report = {"machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                           "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
                           "cuda": torch.cuda.is_available()},
-              "matmul_gflops": matmul / 1e9, "models": {}}
-    workdir = Path(tempfile.mkdtemp(prefix="fashion-bench-"))
-    try:
-        for name in ("resnet", "cnn"):
-            config = train_config(params, name).model_copy(update={"epochs": 1, "device": "cpu"})
-            steps = args.resnet_steps if name == "resnet" else args.cnn_steps
-            images = steps * config.batch_size
-            subset = {"images": train_set["images"][:images].clone(), "labels": train_set["labels"][:images].clone()}
-            val_subset = {key: tensor[:config.batch_size] for key, tensor in val_set.items()}
-            batches = [(subset["images"][i:i + config.batch_size], subset["labels"][i:i + config.batch_size])
-                       for i in range(0, images, config.batch_size)]
-            bare_loop(name, batches[:5])  # warm-up
-            bare_loop(name, batches[:5], plain=True)
-            bare, plain, stage = float("inf"), float("inf"), float("inf")
-            for _ in range(args.repeats):  # interleaved, so drifts of the machine hit all alike
-                plain = min(plain, bare_loop(name, batches, plain=True))
-                bare = min(bare, bare_loop(name, batches, config.channels_last))
-                stage = min(stage, stage_loop(name, config, subset, val_subset, workdir))
-            bare_other_format = bare_loop(name, batches, not config.channels_last)
-            flops = training_step_flops(name, config.batch_size) * steps / bare
-            model = models.build_model(name)
-            evaluation.predict(model, test_set["images"][:1000], params.evaluate.batch_size, torch.device("cpu"))
-            started = time.perf_counter()
-            evaluation.predict(model, test_set["images"], params.evaluate.batch_size, torch.device("cpu"))
-            inference = len(test_set["labels"]) / (time.perf_counter() - started)
-            report["models"][name] = {
-                "batch_size": config.batch_size, "steps": steps, "plain_images_per_s": images / plain,
-                "bare_images_per_s": images / bare, "stage_images_per_s": images / stage,
-                "stage_over_plain": plain / stage, "stage_over_bare": bare / stage, "achieved_gflops": flops / 1e9,
-                "flops_over_matmul": flops / matmul, "evaluate_images_per_s": inference,
-                "memory_format": "channels_last" if config.channels_last else "contiguous",
-                "bare_other_memory_format_images_per_s": images / bare_other_format}
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+              "matmul_gflops": matmul / 1e9, "repeats": args.repeats, "models": {}}
+    for name in ("resnet", "cnn"):
+        config = train_config(params, name)
+        steps = args.resnet_steps if name == "resnet" else args.cnn_steps
+        speed = best_of_interleaved(name, LOOPS, steps, args.repeats)
+        flops = training_step_flops(name, config.batch_size) * speed["bare"] / config.batch_size
+        model = models.build_model(name)
+        evaluation.predict(model, test_set["images"][:1000], params.evaluate.batch_size, torch.device("cpu"))
+        started = time.perf_counter()
+        evaluation.predict(model, test_set["images"], params.evaluate.batch_size, torch.device("cpu"))
+        inference = len(test_set["labels"]) / (time.perf_counter() - started)
+        report["models"][name] = {
+            "batch_size": config.batch_size, "steps": steps, "plain_images_per_s": speed["plain"],
+            "bare_images_per_s": speed["bare"], "stage_images_per_s": speed["stage"],
+            "stage_over_plain": speed["stage"] / speed["plain"], "stage_over_bare": speed["stage"] / speed["bare"],
+            "achieved_gflops": flops / 1e9, "flops_over_matmul": flops / matmul, "evaluate_images_per_s": inference,
+            "memory_format": "channels_last" if config.channels_last else "contiguous"}
+    if not args.no_ablation:
+        speed = best_of_interleaved("resnet", ABLATION, args.resnet_steps, args.repeats)
+        report["resnet_speedups"] = {label: {"images_per_s": value, "over_plain": value / speed["plain"]}
+                                     for label, value in speed.items()}
     report["peak_rss_gib"] = stage_memory(args.memory_subset)
     report["noop_repro_seconds"] = noop_repro_seconds()
     report["peak_rss_gib"]["benchmark process"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
     write_json(args.out, report)
 
-    print(f"\nmachine: {report['machine']}; float32 matmul {report['matmul_gflops']:.1f} GFLOP/s")
+    print(f"\nmachine: {report['machine']}; float32 matmul {report['matmul_gflops']:.1f} GFLOP/s; "
+          f"best of {args.repeats} interleaved rounds, each loop in a fresh process")
     print(f"{'model':8} {'batch':>5} {'plain img/s':>11} {'bare img/s':>11} {'stage img/s':>12} {'stage/plain':>11} "
-          f"{'stage/bare':>10} {'GFLOP/s':>8} {'/matmul':>8} {'eval img/s':>10} {'format':>13} "
-          f"{'bare, other format img/s':>24}")
+          f"{'stage/bare':>10} {'GFLOP/s':>8} {'/matmul':>8} {'eval img/s':>10} {'format':>13}")
     for name, row in report["models"].items():
         print(f"{name:8} {row['batch_size']:>5} {row['plain_images_per_s']:>11.1f} {row['bare_images_per_s']:>11.1f} "
               f"{row['stage_images_per_s']:>12.1f} {row['stage_over_plain']:>11.3f} "
               f"{row['stage_over_bare']:>10.3f} {row['achieved_gflops']:>8.1f} {row['flops_over_matmul']:>8.3f} "
-              f"{row['evaluate_images_per_s']:>10.1f} {row['memory_format']:>13} "
-              f"{row['bare_other_memory_format_images_per_s']:>24.1f}")
+              f"{row['evaluate_images_per_s']:>10.1f} {row['memory_format']:>13}")
+    if "resnet_speedups" in report:
+        print("\nResNet18, batch 20, the speed-ups one at a time (bare loop):")
+        for label, row in report["resnet_speedups"].items():
+            print(f"  {label:32} {row['images_per_s']:>7.1f} img/s  {row['over_plain']:.2f}x plain")
     for stage, gib in report["peak_rss_gib"].items():
         print(f"peak RSS {stage}: {gib:.2f} GiB")
     noop = report["noop_repro_seconds"]
