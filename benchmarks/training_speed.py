@@ -11,7 +11,7 @@ the best of each counts), so a drift of the machine's speed hits all alike. Goal
 - stage/bare >= 0.95: the stage against a minimal loop over the same model, optimizer and process
   settings (what the stage adds: batching, MLflow logging, resume state, progress bars);
 - the speed-ups one at a time (ResNet18): plain, + fused Adam, + single-output convolutions as
-  matrix products, + the process settings (malloc keeping freed memory; no NaN-fill) = bare;
+  matrix products, + Adam on the kernel taps that meet data only, + seed_everything's settings = bare;
 - achieved FLOP/s / matmul FLOP/s (ResNet18, batch 20), evaluate stage inference in images/s,
   peak RSS per stage <= 3 GiB, no-op `dvc repro` <= 3 s.
 
@@ -47,8 +47,9 @@ from fashion_compare.params import load_params, train_config  # noqa: E402
 class Loop:
     """One way of running the training steps: the model's form, the optimizer, the process settings."""
     convs: str = "small-map"  # small-map: the project's ResNet18 (SmallMapConv2d); stock: nn.Conv2d everywhere
-    adam: str = "fused"  # fused | default (torch.optim.Adam's own choice: a for-loop over tensors on CPU)
-    process: str = "tuned"  # tuned: training.keep_freed_memory + seed_everything, as the stage; plain: defaults
+    adam: str = "project"  # project: training.make_optimizer (fused, on ResNet18's live taps); fused: fused Adam
+    # on model.parameters(); default: torch.optim.Adam's own choice (a for-loop over the tensors on CPU)
+    process: str = "tuned"  # tuned: training.seed_everything as the stage (no NaN-fill); plain: torch.manual_seed
     memory_format: str = "config"  # config: the model's channels_last param; contiguous
     stage: bool = False  # the project's training loop as the stage runs it, instead of a minimal loop
 
@@ -63,7 +64,8 @@ ABLATION = {
     "plain": LOOPS["plain"],
     "+ fused Adam": Loop(convs="stock", adam="fused", process="plain", memory_format="contiguous"),
     "+ single-output convolutions": Loop(adam="fused", process="plain", memory_format="contiguous"),
-    "+ process settings (= bare)": LOOPS["bare"],
+    "+ Adam on the live taps only": Loop(process="plain", memory_format="contiguous"),
+    "+ deterministic, no NaN-fill (= bare)": LOOPS["bare"],
 }
 
 
@@ -88,8 +90,9 @@ def bare_loop(name, loop: Loop, config, subset):
     model = model.to(memory_format=memory_format)
     batches = [(x.contiguous(memory_format=memory_format), y)
                for x, y in zip(subset["images"].split(config.batch_size), subset["labels"].split(config.batch_size))]
-    optimizer = (training.make_optimizer(model, config.lr, torch.device("cpu")) if loop.adam == "fused"
-                 else torch.optim.Adam(model.parameters(), lr=config.lr))
+    optimizer = {"project": lambda: training.make_optimizer(model, config.lr, torch.device("cpu")),
+                 "fused": lambda: torch.optim.Adam(model.parameters(), lr=config.lr, fused=True),
+                 "default": lambda: torch.optim.Adam(model.parameters(), lr=config.lr)}[loop.adam]()
     loss_fn = torch.nn.CrossEntropyLoss()
 
     def step(x, y):
@@ -133,7 +136,6 @@ def measure(name, loop: Loop, steps):
     """Run one loop in this process (a fresh one: see `run_measurement`). Returns seconds."""
     torch.set_num_threads(training.thread_count("auto"))
     if loop.process == "tuned":
-        training.keep_freed_memory()
         training.seed_everything(0)
     else:
         torch.manual_seed(0)
@@ -229,7 +231,8 @@ def noop_repro_seconds():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--resnet-steps", type=int, default=300, help="ResNet18 training steps per measurement")
+    parser.add_argument("--resnet-steps", type=int, default=600, help="ResNet18 training steps per measurement")
+    parser.add_argument("--ablation-steps", type=int, default=300, help="ResNet18 steps per speed-up measurement")
     parser.add_argument("--cnn-steps", type=int, default=450, help="CNN training steps (one epoch of 45k)")
     parser.add_argument("--repeats", type=int, default=2, help="rounds of interleaved loops; the best counts")
     parser.add_argument("--no-ablation", action="store_true", help="skip ResNet18's speed-ups one at a time")
@@ -271,7 +274,7 @@ def main():
             "achieved_gflops": flops / 1e9, "flops_over_matmul": flops / matmul, "evaluate_images_per_s": inference,
             "memory_format": "channels_last" if config.channels_last else "contiguous"}
     if not args.no_ablation:
-        speed = best_of_interleaved("resnet", ABLATION, args.resnet_steps, args.repeats)
+        speed = best_of_interleaved("resnet", ABLATION, args.ablation_steps, args.repeats)
         report["resnet_speedups"] = {label: {"images_per_s": value, "over_plain": value / speed["plain"]}
                                      for label, value in speed.items()}
     report["peak_rss_gib"] = stage_memory(args.memory_subset)
@@ -289,7 +292,7 @@ def main():
               f"{row['stage_over_bare']:>10.3f} {row['achieved_gflops']:>8.1f} {row['flops_over_matmul']:>8.3f} "
               f"{row['evaluate_images_per_s']:>10.1f} {row['memory_format']:>13}")
     if "resnet_speedups" in report:
-        print("\nResNet18, batch 20, the speed-ups one at a time (bare loop):")
+        print(f"\nResNet18, batch 20, the speed-ups one at a time (bare loop, {args.ablation_steps} steps):")
         for label, row in report["resnet_speedups"].items():
             print(f"  {label:32} {row['images_per_s']:>7.1f} img/s  {row['over_plain']:.2f}x plain")
     for stage, gib in report["peak_rss_gib"].items():

@@ -1,8 +1,19 @@
+import functools
+
 import pytest
 import torch
 from torch import nn
 
-from fashion_compare.models import FashionCNN, SmallMapConv2d, build_model, parameter_count, resnet18_grey, to_stock
+from fashion_compare.models import (
+    FashionCNN,
+    SmallMapConv2d,
+    build_model,
+    kernel_window,
+    parameter_count,
+    parameters_to_train,
+    resnet18_grey,
+    to_stock,
+)
 
 
 def test_resnet18_takes_one_channel_and_predicts_ten_classes():
@@ -77,22 +88,160 @@ def test_fast_resnet_matches_stock_forward_and_every_gradient(batch, device):
         torch.testing.assert_close(parameter.grad, stock_params[name].grad, rtol=1e-4, atol=1e-4, msg=name)
 
 
+def resnet_conv_shapes():
+    """Every distinct convolution of ResNet18 at 28x28 input with the map it sees: (name, conv, input shape)."""
+    model, seen = stock_resnet18_grey(), {}
+
+    def record(name, module, args):
+        shape = (module.in_channels, module.out_channels, module.kernel_size, module.stride, args[0].shape[-2:])
+        seen.setdefault(shape, (name, module))
+
+    hooks = [module.register_forward_pre_hook(functools.partial(record, name))
+             for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+    model.eval()(torch.zeros(1, 1, 28, 28))
+    for hook in hooks:
+        hook.remove()
+    return [(name, module, shape[-1]) for shape, (name, module) in seen.items()]
+
+
+LAYER_SHAPES = resnet_conv_shapes()
+
+
+def test_resnet18_at_28x28_has_eleven_convolution_shapes_three_with_one_output_position():
+    maps = {name: tuple(size) for name, _, size in LAYER_SHAPES}
+    assert len(LAYER_SHAPES) == 11
+    assert maps["conv1"] == (28, 28) and maps["layer1.0.conv1"] == (7, 7) and maps["layer3.0.conv2"] == (2, 2)
+    single_output = [name for name, conv, size in LAYER_SHAPES
+                     if kernel_window(*size, conv.kernel_size, conv.stride, conv.padding) is not None]
+    assert single_output == ["layer4.0.conv1", "layer4.0.conv2", "layer4.0.downsample.0"]
+
+
+def test_kernel_window_marks_the_taps_that_meet_data():
+    centre = kernel_window(1, 1, (3, 3), (1, 1), (1, 1))  # 1x1 map, padding 1: only the centre tap
+    assert (centre.rows, centre.cols) == (1, 1) and centre.taps.nonzero().tolist() == [[0, 4]]
+    strided = kernel_window(2, 2, (3, 3), (2, 2), (1, 1))  # 2x2 map, stride 2: four taps, one per pixel
+    assert (strided.rows, strided.cols) == (2, 2)
+    assert strided.taps.nonzero().tolist() == [[0, 4], [1, 5], [2, 7], [3, 8]]
+    shortcut = kernel_window(2, 2, (1, 1), (2, 2), (0, 0))  # 1x1 shortcut: reads pixel (0, 0), whole kernel
+    assert (shortcut.rows, shortcut.cols, shortcut.taps) == (1, 1, None)
+    assert kernel_window(2, 2, (3, 3), (1, 1), (1, 1)) is None  # four output positions
+    assert kernel_window(7, 7, (3, 3), (1, 1), (1, 1)) is None
+
+
+def conv_outputs_and_gradients(conv, x, parameters):
+    """The output of `conv` on `x` and the gradients of a loss with respect to x and `parameters`."""
+    x = x.detach().clone().requires_grad_()
+    out = conv(x)
+    (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    return out.detach(), x.grad, [p.grad for p in parameters]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("batch", [1, 20, 64])
 @pytest.mark.parametrize("bias", [False, True])
-def test_small_map_conv_on_one_pixel_is_the_centre_tap(bias):
-    torch.manual_seed(0)
-    conv = nn.Conv2d(256, 512, kernel_size=3, padding=1, bias=bias)
-    fast = SmallMapConv2d(256, 512, kernel_size=3, padding=1, bias=bias)
+@pytest.mark.parametrize("name,stock,size", LAYER_SHAPES, ids=[name for name, _, _ in LAYER_SHAPES])
+def test_every_resnet_layer_shape_matches_nn_conv2d(name, stock, size, bias, batch, device):
+    """SmallMapConv2d against nn.Conv2d on every layer shape of ResNet18 at 28x28: output, input gradient and
+    weight (and bias) gradient; on single-output layers also with its live taps split off for training.
+    Tolerance: float32 sums in another order, |a - b| <= 1e-4 + 1e-4 |b| (observed ~1e-6)."""
+    torch.manual_seed(batch)
+    conv = nn.Conv2d(stock.in_channels, stock.out_channels, stock.kernel_size, stock.stride, stock.padding,
+                     bias=bias).to(device)
+    fast = SmallMapConv2d(stock.in_channels, stock.out_channels, stock.kernel_size, stock.stride, stock.padding,
+                          bias=bias).to(device)
     fast.load_state_dict(conv.state_dict())
-    x = torch.rand(20, 256, 1, 1, requires_grad=True)
-    x_fast = x.detach().clone().requires_grad_()
-    conv(x).square().sum().backward()
-    fast(x_fast).square().sum().backward()
-    torch.testing.assert_close(x_fast.grad, x.grad, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(fast.weight.grad, conv.weight.grad, rtol=1e-5, atol=1e-5)
-    assert fast.weight.grad[:, :, 0, 0].abs().max() == 0  # only the centre tap ever meets data
-    # larger maps and strided convolutions take nn.Conv2d's own path
-    x2 = torch.rand(4, 256, 2, 2)
-    torch.testing.assert_close(fast(x2), conv(x2))
+    x = torch.randn(batch, stock.in_channels, *size, device=device)
+    expected = conv_outputs_and_gradients(conv, x, list(conv.parameters()))
+    close = dict(rtol=1e-4, atol=1e-4)
+    out, x_grad, grads = conv_outputs_and_gradients(fast, x, list(fast.parameters()))
+    torch.testing.assert_close(out, expected[0], **close)
+    torch.testing.assert_close(x_grad, expected[1], **close)
+    for grad, want in zip(grads, expected[2]):
+        torch.testing.assert_close(grad, want, **close)
+
+    window = fast._kernel_window(x)
+    if window is None or window.taps is None:
+        return  # no taps on the padding: nothing to split off
+    assert device == "cpu"
+    fast.zero_grad(set_to_none=True)
+    live = fast.split_live_taps(window)
+    assert all(t.is_contiguous() and t.shape == (stock.out_channels, stock.in_channels) for t in live)
+    assert torch.equal(fast.weight, conv.weight)  # stored taps first, the same tensor
+    out, x_grad, grads = conv_outputs_and_gradients(fast, x, live + ([fast.bias] if bias else []))
+    torch.testing.assert_close(out, expected[0], **close)
+    torch.testing.assert_close(x_grad, expected[1], **close)
+    assert fast.weight.grad is None
+    (ph, pw), weight_grad = fast.padding, expected[2][0]
+    for (row, col), grad in zip(fast.live_taps, grads):
+        torch.testing.assert_close(grad, weight_grad[:, :, row + ph, col + pw], **close)
+    dead = torch.ones(fast.kernel_size, dtype=torch.bool)
+    for row, col in fast.live_taps:
+        dead[row + ph, col + pw] = False
+    assert weight_grad[:, :, dead].abs().max() == 0  # what nn.Conv2d computes for the others: zero
+    if bias:
+        torch.testing.assert_close(grads[-1], expected[2][1], **close)
+
+
+def test_adam_on_the_live_taps_is_adam_on_the_whole_weight():
+    """Fed the same gradients, the optimizer over the live taps and the one over every weight end with the
+    same parameters, bit for bit; the taps that meet only padding keep their initial values."""
+    torch.manual_seed(0)
+    fast = resnet18_grey().train()
+    stock = stock_resnet18_grey().train()
+    stock.load_state_dict(fast.state_dict())
+    initial = {k: v.clone() for k, v in stock.state_dict().items()}
+    fast_adam = torch.optim.Adam(parameters_to_train(fast), lr=0.01, fused=True)
+    stock_adam = torch.optim.Adam(stock.parameters(), lr=0.01, fused=True)
+    assert sum(t.numel() for t in fast_adam.param_groups[0]["params"]) == 4_228_554  # of 11,175,370
+    fast_convs = {name: m for name, m in fast.named_modules() if isinstance(m, SmallMapConv2d)}
+    for _ in range(3):
+        x, y = torch.rand(20, 1, 28, 28), torch.randint(0, 10, (20,))
+        stock_adam.zero_grad()
+        nn.functional.cross_entropy(stock(x), y).backward()
+        for name, parameter in stock.named_parameters():  # the stock gradients, handed to the fast model
+            module_name, _, kind = name.rpartition(".")
+            conv = fast_convs.get(module_name)
+            if kind == "weight" and conv is not None and conv.live_taps is not None:
+                (ph, pw) = conv.padding
+                for (row, col), taps in conv.live_taps.items():
+                    taps.grad = parameter.grad[:, :, row + ph, col + pw].clone()
+            else:
+                fast.get_parameter(name).grad = parameter.grad.clone()
+        stock_adam.step()
+        fast_adam.step()
+    for name, parameter in fast.named_parameters():  # batch norm statistics aside: only stock ran forward
+        assert torch.equal(parameter, stock.get_parameter(name)), name
+    weight = fast.layer4[1].conv2.weight
+    off_centre = torch.ones(3, 3, dtype=torch.bool)
+    off_centre[1, 1] = False
+    assert torch.equal(weight[:, :, off_centre], initial["layer4.1.conv2.weight"][:, :, off_centre])
+    assert not torch.equal(weight[:, :, 1, 1], initial["layer4.1.conv2.weight"][:, :, 1, 1])
+
+
+def test_live_taps_keep_the_model_a_stock_resnet18(tmp_path):
+    torch.manual_seed(0)
+    model = resnet18_grey()
+    keys = {k: v.shape for k, v in model.state_dict().items()}
+    parameters_to_train(model)
+    assert {k: v.shape for k, v in model.state_dict().items()} == keys
+    stock_names = [name for name, _ in stock_resnet18_grey().named_parameters()]
+    assert [name for name, _ in model.named_parameters()] == stock_names
+    assert list(map(id, parameters_to_train(model))) == list(map(id, parameters_to_train(model)))  # split once
+    with pytest.raises(RuntimeError, match="another input size"):
+        model.eval()(torch.rand(2, 1, 56, 56))  # layer4 maps are 2x2 there: the split does not apply
+    x = torch.rand(5, 1, 28, 28)
+    with torch.no_grad():
+        expected = model.eval()(x)
+    stock = to_stock(model)
+    assert not any(isinstance(m, SmallMapConv2d) for m in stock.modules())
+    assert all(p.is_contiguous() for p in stock.parameters()) and not hasattr(stock.layer4[1].conv2, "live_taps")
+    with torch.no_grad():
+        torch.testing.assert_close(stock(x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_models_without_single_output_convolutions_train_every_parameter():
+    model = FashionCNN()
+    assert list(map(id, parameters_to_train(model))) == list(map(id, model.parameters()))
 
 
 def test_checkpoint_weights_load_into_stock_torchvision_and_predict_the_same(real_raw):

@@ -42,11 +42,14 @@ def test_training_learns_and_records_curves(small_splits):
     assert result.best_epoch == max(result.epochs, key=lambda r: r.val_accuracy).epoch
 
 
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_training_is_deterministic_for_a_seed(small_splits, channels_last):
-    _, first = run(small_splits, config(epochs=1, channels_last=channels_last))
-    _, second = run(small_splits, config(epochs=1, channels_last=channels_last))
-    _, other_seed = run(small_splits, config(epochs=1, seed=4, channels_last=channels_last))
+@pytest.mark.parametrize("model,channels_last,batch_size",
+                         [("cnn", False, 50), ("cnn", True, 50), ("resnet", False, 20)])
+def test_training_is_deterministic_for_a_seed(small_splits, model, channels_last, batch_size):
+    """ResNet18 with its CPU paths (single-output convolutions, Adam on the live taps) included."""
+    cfg = config(model=model, epochs=1, channels_last=channels_last, batch_size=batch_size)
+    _, first = run(small_splits, cfg)
+    _, second = run(small_splits, cfg)
+    _, other_seed = run(small_splits, cfg.model_copy(update={"seed": 4}))
     assert [s[2] for s in first.steps] == [s[2] for s in second.steps]
     assert first.epochs[0].val_accuracy == second.epochs[0].val_accuracy
     assert [s[2] for s in first.steps] != [s[2] for s in other_seed.steps]
@@ -98,3 +101,4 @@ def test_non_finite_or_exploding_loss_stops_at_once(small_splits):
 
     with pytest.raises(TrainingDiverged, match=r"cnn: training loss is .* at epoch 1, step \d+ \(lr 1000\)"):
         run(small_splits, config(lr=1000.0, epochs=3))
+

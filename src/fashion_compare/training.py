@@ -6,11 +6,9 @@ state). A resumed run ends with the same weights, bit for bit, as one that was n
 """
 
 import contextlib
-import ctypes
 import hashlib
 import math
 import os
-import platform
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -49,26 +47,6 @@ def thread_count(setting="auto") -> int:
         if int(os.environ.get("OMP_NUM_THREADS", "")) > 0:
             return int(os.environ["OMP_NUM_THREADS"])
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-# glibc's mallopt(3) parameters
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc's ceiling for M_MMAP_THRESHOLD on 64-bit systems
-
-
-def keep_freed_memory() -> bool:
-    """Have glibc's malloc keep freed memory for reuse rather than give it back to the kernel.
-
-    Every training step frees and allocates again the same large buffers (activations, gradients:
-    ResNet18's layer4 weights are 9.4 MB each). By default glibc serves such blocks with mmap and
-    unmaps them on free, or trims the heap, so each step pays again for fresh zeroed pages: ~8,000
-    page faults a step for ResNet18 at batch 20, a fifth of the step. Blocks below 32 MiB now come from
-    the heap and stay there. This is what PyTorch's CPU performance guide gets from jemalloc or
-    tcmalloc, without a preloaded library. True if applied; False where the C library is not glibc."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    libc = ctypes.CDLL(None)
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX) and libc.mallopt(M_TRIM_THRESHOLD, 2**30))
 
 
 def seed_everything(seed: int):
