@@ -11,7 +11,7 @@ the best of each counts), so a drift of the machine's speed hits all alike. Goal
 - stage/bare >= 0.95: the stage against a minimal loop over the same model, optimizer and process
   settings (what the stage adds: batching, MLflow logging, resume state, progress bars);
 - the speed-ups one at a time (ResNet18): plain, + fused Adam, + single-output convolutions as
-  matrix products, + Adam on the kernel taps that meet data only, + seed_everything's settings = bare;
+  matrix products, + Adam on the kernel taps that meet data only, + the stage's process settings = bare;
 - achieved FLOP/s / matmul FLOP/s (ResNet18, batch 20), evaluate stage inference in images/s,
   peak RSS per stage <= 3 GiB, no-op `dvc repro` <= 3 s.
 
@@ -49,7 +49,8 @@ class Loop:
     convs: str = "small-map"  # small-map: the project's ResNet18 (SmallMapConv2d); stock: nn.Conv2d everywhere
     adam: str = "project"  # project: training.make_optimizer (fused, on ResNet18's live taps); fused: fused Adam
     # on model.parameters(); default: torch.optim.Adam's own choice (a for-loop over the tensors on CPU)
-    process: str = "tuned"  # tuned: training.seed_everything as the stage (no NaN-fill); plain: torch.manual_seed
+    process: str = "tuned"  # tuned: as the stage, training.keep_freed_memory and seed_everything (no NaN-fill)
+    # plain: torch.manual_seed only
     memory_format: str = "config"  # config: the model's channels_last param; contiguous
     stage: bool = False  # the project's training loop as the stage runs it, instead of a minimal loop
 
@@ -65,7 +66,7 @@ ABLATION = {
     "+ fused Adam": Loop(convs="stock", adam="fused", process="plain", memory_format="contiguous"),
     "+ single-output convolutions": Loop(adam="fused", process="plain", memory_format="contiguous"),
     "+ Adam on the live taps only": Loop(process="plain", memory_format="contiguous"),
-    "+ deterministic, no NaN-fill (= bare)": LOOPS["bare"],
+    "+ malloc keeps freed memory, no NaN-fill (= bare)": LOOPS["bare"],
 }
 
 
@@ -136,6 +137,7 @@ def measure(name, loop: Loop, steps):
     """Run one loop in this process (a fresh one: see `run_measurement`). Returns seconds."""
     torch.set_num_threads(training.thread_count("auto"))
     if loop.process == "tuned":
+        training.keep_freed_memory()
         training.seed_everything(0)
     else:
         torch.manual_seed(0)
@@ -294,7 +296,7 @@ def main():
     if "resnet_speedups" in report:
         print(f"\nResNet18, batch 20, the speed-ups one at a time (bare loop, {args.ablation_steps} steps):")
         for label, row in report["resnet_speedups"].items():
-            print(f"  {label:32} {row['images_per_s']:>7.1f} img/s  {row['over_plain']:.2f}x plain")
+            print(f"  {label:50} {row['images_per_s']:>7.1f} img/s  {row['over_plain']:.2f}x plain")
     for stage, gib in report["peak_rss_gib"].items():
         print(f"peak RSS {stage}: {gib:.2f} GiB")
     noop = report["noop_repro_seconds"]

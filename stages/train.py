@@ -37,6 +37,7 @@ def main():
     config = train_config(params, args.model)
     device = training.select_device(config.device)
     torch.set_num_threads(training.thread_count(params.threads))
+    training.keep_freed_memory()
     name = args.model
     outputs = {"checkpoint": f"models/{name}.pt", "epochs": f"plots/train/{name}_epochs.csv",
                "steps": f"plots/train/{name}_steps.csv", "metrics": f"metrics/train_{name}.json"}

@@ -6,9 +6,11 @@ state). A resumed run ends with the same weights, bit for bit, as one that was n
 """
 
 import contextlib
+import ctypes
 import hashlib
 import math
 import os
+import platform
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import DataError, ParamsError, TrainingDiverged
-from .files import save_torch
+from .files import atomic_path
 from .models import parameters_to_train
 from .params import TrainConfig
 
@@ -47,6 +49,26 @@ def thread_count(setting="auto") -> int:
         if int(os.environ.get("OMP_NUM_THREADS", "")) > 0:
             return int(os.environ["OMP_NUM_THREADS"])
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+# glibc's mallopt(3) parameters
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc's ceiling for M_MMAP_THRESHOLD on 64-bit systems
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed memory for reuse rather than give it back to the kernel.
+
+    Every training step frees and allocates again the same large buffers (the CNN's activations at
+    batch 100 are 10 MB each). By default glibc serves such blocks with mmap and unmaps them on free,
+    or trims the heap, so each step pays again for fresh zeroed pages: 6,000-7,000 page faults a step
+    for the CNN, a fifth of its step time. Blocks below 32 MiB now come from the heap and stay there.
+    This is what PyTorch's CPU performance guide gets from jemalloc or tcmalloc, without a preloaded
+    library. True if applied; False where the C library is not glibc."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(None)
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX) and libc.mallopt(M_TRIM_THRESHOLD, 2**30))
 
 
 def seed_everything(seed: int):
@@ -114,7 +136,9 @@ class ResumeFile:
         return state
 
     def save(self, state: dict):
-        save_torch(self.path, {"format": RESUME_FORMAT, "fingerprint": self.fingerprint, **self.metadata, **state})
+        """Atomically, straight to the file (a resume state need not be byte-stable, see files.save_torch)."""
+        with atomic_path(self.path) as tmp:
+            torch.save({"format": RESUME_FORMAT, "fingerprint": self.fingerprint, **self.metadata, **state}, tmp)
 
     def remove(self):
         self.path.unlink(missing_ok=True)
