@@ -1,3 +1,8 @@
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -103,7 +108,6 @@ def test_non_finite_or_exploding_loss_stops_at_once(small_splits):
         run(small_splits, config(lr=1000.0, epochs=3))
 
 
-
 FAULTS_PER_STEP = """
 import resource, sys, torch
 sys.path.insert(0, sys.argv[1])
@@ -131,11 +135,6 @@ def test_keep_freed_memory_stops_the_page_faults_of_every_step():
     """glibc hands large freed blocks back to the kernel, so each CNN training step (batch 100) faults
     their pages in again; after keep_freed_memory (glibc on Linux) the heap keeps them. Measured in fresh
     processes: mallopt settings are global to a process."""
-    import platform
-    import subprocess
-    import sys
-    from pathlib import Path
-
     src = str(Path(training.__file__).resolve().parents[1])
     faults = {}
     for mode in ("default", "keep"):
