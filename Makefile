@@ -7,18 +7,30 @@ DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 
 OFFLINE_PLOTS := build/dvc_plots_template.html
 
-.PHONY: repro test bench lint data browser setup mlflow-ui exp-show clean
+.PHONY: repro test test-fast bench lint data browser setup mlflow-ui exp-show clean
 
+# params.yaml is checked first: DVC compares params with `==`, so `epochs: true` after `epochs: 1` would
+# pass as "up to date" (see src/fashion_compare/params.py).
 repro: setup data
+	$(BIN)/python -m fashion_compare.params params.yaml
 	$(BIN)/dvc repro
 
+# Every test, on as many pytest-xdist workers as there are cores (they share the cores: tests/conftest.py).
 test: setup data browser
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto --dist loadgroup
 
-# Training speed against a bare PyTorch loop (needs data/prepared: run `make repro` first).
+# The inner loop: the tests that run no pipeline (under a minute).
+test-fast: setup data
+	$(BIN)/pytest -q -m "not e2e"
+
+# The benchmarks, each runnable alone (needs data/prepared: run `make repro` first); every figure goes to
+# metrics/benchmark.json as soon as it is measured.
 bench: setup
 	$(BIN)/python benchmarks/training_speed.py
+	$(BIN)/python benchmarks/resnet_speedups.py
+	$(BIN)/python benchmarks/compute.py
+	$(BIN)/python benchmarks/stage_costs.py
 
 lint: setup
 	$(BIN)/ruff check .

@@ -80,7 +80,7 @@ def main():
     parser.add_argument("--subset", type=int, default=6000)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # the venv dvc
     with tempfile.TemporaryDirectory(prefix="fashion-queue-") as folder:
         repo = scratch_copy(Path(folder), args.subset)
         seconds = {workers: grid_seconds(repo, workers) for workers in args.workers}

@@ -1,11 +1,11 @@
 """Stages train_resnet and train_cnn: train one model, keep its best-validation checkpoint, log to MLflow.
 
-Interrupted (Ctrl-C, SIGTERM, SIGKILL), the stage goes on from its last finished epoch when run again
-with the same config: the state is kept in .resume/<model>.pt until every output is written.
+Interrupted (Ctrl-C, SIGTERM, SIGKILL, or the `dvc` that started it killed), the stage goes on from its
+last finished epoch when run again with the same config: the state is kept in .resume/<model>.pt until
+every output is written.
 """
 
 import argparse
-import os
 import platform
 import sys
 import time
@@ -17,8 +17,8 @@ import torch
 # in a copy of the repository, and each must run its own code.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from fashion_compare import MODEL_NAMES, data, models, tracking, training
-from fashion_compare.errors import exit_on_error, raise_on_sigterm
+from fashion_compare import MODEL_NAMES, MODEL_TITLES, cpu_speedups, data, models, process, tracking, training
+from fashion_compare.errors import exit_on_error
 from fashion_compare.files import check_writable, save_torch, write_csv, write_json
 from fashion_compare.params import load_params, train_config
 
@@ -30,15 +30,16 @@ def main():
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data", default="data/prepared")
     args = parser.parse_args()
-    raise_on_sigterm()
+    process.raise_on_sigterm()
+    process.stop_with_parent()
     stage_started = time.perf_counter()
 
+    name = args.model
     params = load_params(args.params)
-    config = train_config(params, args.model)
+    config = train_config(params, name)
     device = training.select_device(config.device)
     torch.set_num_threads(training.thread_count(params.threads))
     training.keep_freed_memory()
-    name = args.model
     outputs = {"checkpoint": f"models/{name}.pt", "epochs": f"plots/train/{name}_epochs.csv",
                "steps": f"plots/train/{name}_steps.csv", "metrics": f"metrics/train_{name}.json"}
     training.seed_everything(config.seed)
@@ -46,66 +47,46 @@ def main():
     parameter_count = models.parameter_count(model)
     resume_path = Path(".resume") / f"{name}.pt"
     check_writable([*outputs.values(), resume_path], free_bytes_needed=4 * 4 * parameter_count + 2**27)
-    train_set, val_set = data.load_split(args.data, "train"), data.load_split(args.data, "val")
-    resume = training.ResumeFile(resume_path, training.fingerprint(config, train_set, val_set))
-    state = resume.load()
 
-    tracker = tracking.Tracker(params.tracking.experiment) if params.tracking.enabled else None
-    logger, run_id = None, None
-    if tracker:
-        run_id = state.get("mlflow_run_id") if state else None
-        if run_id and not tracker.reopen_run(run_id):
-            print(f"MLflow run {run_id} of the interrupted attempt is not in {tracker.uri}; starting a new run")
-            run_id = None
-        tracker.mark_orphans_killed(f"train_{name}", keep=run_id)
-        if run_id is None:
-            run_params = {**config.model_dump(), "device": str(device), "val_fraction": params.data.val_fraction,
-                          "subset": params.data.subset, "train_size": len(train_set["labels"]),
-                          "torch_version": torch.__version__, "python_version": platform.python_version(),
-                          "parameter_count": parameter_count}
-            run_id = tracker.start_run(models.MODEL_TITLES[name], run_params, tracking.run_tags(f"train_{name}"))
-        else:
-            tracker.set_tags(run_id, {"pid": str(os.getpid())})
-        logger = tracking.EpochLogger(tracker, run_id)
-    resume.metadata["mlflow_run_id"] = run_id
-
-    try:
-        result = training.train(model, train_set, val_set, config, observers=[logger] if logger else [],
-                                eval_batch_size=params.evaluate.batch_size, resume=resume, state=state)
-        save_torch(outputs["checkpoint"], training.checkpoint(result, config, parameter_count))
-        write_csv(outputs["epochs"], result.epoch_rows(name),
-                  ["model", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds"])
-        write_csv(outputs["steps"], result.step_rows(name), ["model", "step", "epoch", "train_loss"])
-        summary = {"model": name, "parameter_count": parameter_count, "epochs": config.epochs,
-                   "best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
-                   "final_val_accuracy": result.epochs[-1].val_accuracy,
-                   "final_train_loss": result.epochs[-1].train_loss, "train_seconds": result.train_seconds,
-                   "resumed_from_epoch": result.resumed_from_epoch, "threads": torch.get_num_threads(),
-                   "device": str(device), "mlflow_run_id": run_id}
-        if tracker:
-            logger.flush()
-            model.load_state_dict(result.best_state)
-            if params.tracking.log_model:
-                registered = f"fashion-mnist-{name}" if params.tracking.register_model else None
-                example = val_set["images"][:2].numpy()
-                summary["mlflow_model_uri"] = tracker.log_model(run_id, models.to_stock(model), example, registered)
-            tracker.log_metrics(run_id, {"best_val_accuracy": result.best_val_accuracy,
-                                         "train_seconds": result.train_seconds})
-            summary["tracking_seconds"] = tracker.seconds
-            summary["tracking_metrics_seconds"] = result.observer_seconds
-            summary["tracking_overhead"] = tracker.seconds / (time.perf_counter() - stage_started)
-        write_json(outputs["metrics"], summary)
-    except KeyboardInterrupt:  # SIGINT or SIGTERM: the finished epochs stay in the resume state
-        if tracker:
-            tracker.end_run_quietly(run_id, "KILLED")
-        raise
-    except BaseException:
-        if tracker:
-            tracker.end_run_quietly(run_id, "FAILED")
-        raise
-    if tracker:
-        tracker.end_run(run_id)  # FINISHED: only now that every output is written
-    resume.remove()
+    with process.exclusive(resume_path.with_suffix(".lock"), f"a training of {name}"):
+        train_set, val_set = data.load_split(args.data, "train"), data.load_split(args.data, "val")
+        resume = training.ResumeFile(resume_path, training.fingerprint(config, train_set, val_set))
+        saved = resume.load()
+        tracker = tracking.Tracker(params.tracking.experiment) if params.tracking.enabled else None
+        run_params = {**config.model_dump(), "device": str(device), "val_fraction": params.data.val_fraction,
+                      "subset": params.data.subset, "train_size": len(train_set["labels"]),
+                      "torch_version": torch.__version__, "python_version": platform.python_version(),
+                      "parameter_count": parameter_count}
+        with tracking.stage_run(tracker, f"train_{name}", MODEL_TITLES[name], run_params,
+                                resume_run_id=saved.get("mlflow_run_id") if saved else None) as run_id:
+            resume.metadata["mlflow_run_id"] = run_id
+            logger = tracking.EpochLogger(tracker, run_id) if run_id else None
+            result = training.train(model, train_set, val_set, config, observers=[logger] if logger else [],
+                                    eval_batch_size=params.evaluate.batch_size, resume=resume, state=saved)
+            save_torch(outputs["checkpoint"], training.checkpoint(result, config, parameter_count))
+            write_csv(outputs["epochs"], result.epoch_rows(name), ["model", "epoch", "train_loss", "train_accuracy",
+                                                                   "val_loss", "val_accuracy", "lr", "seconds"])
+            write_csv(outputs["steps"], result.step_rows(name), ["model", "step", "epoch", "train_loss"])
+            summary = {"model": name, "parameter_count": parameter_count, "epochs": config.epochs,
+                       "best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
+                       "final_val_accuracy": result.epochs[-1].val_accuracy,
+                       "final_train_loss": result.epochs[-1].train_loss, "train_seconds": result.train_seconds,
+                       "resumed_from_epoch": result.resumed_from_epoch, "threads": torch.get_num_threads(),
+                       "device": str(device), "mlflow_run_id": run_id}
+            if tracker:
+                logger.flush()
+                if params.tracking.log_model:
+                    model.load_state_dict(result.best_state)
+                    registered = f"fashion-mnist-{name}" if params.tracking.register_model else None
+                    summary["mlflow_model_uri"] = tracker.log_model(
+                        run_id, cpu_speedups.to_stock(model), val_set["images"][:2].numpy(), registered)
+                tracker.log_metrics(run_id, {"best_val_accuracy": result.best_val_accuracy,
+                                             "train_seconds": result.train_seconds})
+                summary["tracking_seconds"] = tracker.seconds
+                summary["tracking_metrics_seconds"] = result.observer_seconds
+                summary["tracking_overhead"] = tracker.seconds / (time.perf_counter() - stage_started)
+            write_json(outputs["metrics"], summary)
+        resume.remove()  # every output is written, and the run FINISHED
 
 
 if __name__ == "__main__":

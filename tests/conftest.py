@@ -17,6 +17,19 @@ from fashion_compare.data import DEBIAN_DIR, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
+# pytest-xdist workers share the cores: each worker, and every stage it starts (`threads: auto` reads
+# OMP_NUM_THREADS), gets its part of them. Two processes with all cores each would slow both down >10x.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    os.environ["OMP_NUM_THREADS"] = str(max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
+
+def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+        import torch
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 
 def idx_bytes(array: np.ndarray, magic: int) -> bytes:
     header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
@@ -115,10 +128,9 @@ def set_params(repo: Path, **changes):
 SMOKE_PARAMS = {"data__subset": 600, "epochs": 1, "resnet__epochs": 1, "evaluate__latency_repeats": 10}
 
 
-@pytest.fixture(scope="session")
-def repo(tmp_path_factory):
+def build_smoke_pipeline(path: Path) -> Path:
     """A temporary git copy where `dvc repro` ran on a stratified subset of 600 images for 1 epoch."""
-    path = make_repo_copy(tmp_path_factory.mktemp("pipeline"), **SMOKE_PARAMS)
+    make_repo_copy(path, **SMOKE_PARAMS)
     for stale in ("dvc.lock", "metrics", "plots"):  # prove the pipeline writes them itself
         target = path / stale
         shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
@@ -127,6 +139,33 @@ def repo(tmp_path_factory):
         assert f"Running stage '{stage}'" in result.stdout
     commit_all(path, "smoke run")
     return path
+
+
+@pytest.fixture(scope="session")
+def built_pipeline(tmp_path_factory, worker_id):
+    """The smoke pipeline, built once per test session (the first pytest-xdist worker to need it builds it;
+    the others wait for it). Read-only: tests work in copies of it (`repo`)."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    path = root / "built-pipeline"
+    with FileLock(str(root / "built-pipeline.lock")):
+        if not (path / ".git").is_dir():
+            path.mkdir()
+            build_smoke_pipeline(path)
+    return path
+
+
+def copy_built(built: Path, target: Path) -> Path:
+    """A copy of the built pipeline (git, DVC cache, MLflow store), as if built there."""
+    shutil.copytree(built, target, symlinks=True, dirs_exist_ok=True)
+    return target
+
+
+@pytest.fixture(scope="session")
+def repo(built_pipeline, tmp_path_factory):
+    """This worker's copy of the built smoke pipeline: tests may change it, and put it back (reset_to_head)."""
+    return copy_built(built_pipeline, tmp_path_factory.mktemp("pipeline"))
 
 
 # ---------------------------------------------------------------- an MLflow tracking server on loopback
@@ -179,3 +218,26 @@ def mlflow_server(tmp_path):
         yield f"http://127.0.0.1:{port}"
     finally:
         stop(server)
+
+
+# ---------------------------------------------------------------- raw data in the layouts users have
+
+def write_csv_layout(dataset, path):
+    """Write a dataset in the CSV layout (label, pixel1..pixel784), as Kaggle's copy of Fashion-MNIST has it."""
+    import pandas as pd
+
+    columns = {"label": dataset.labels}
+    flat = dataset.images.reshape(len(dataset.labels), -1)
+    columns.update({f"pixel{i + 1}": flat[:, i] for i in range(flat.shape[1])})
+    pd.DataFrame(columns).to_csv(path, index=False)
+
+
+def copy_raw(source_dir, target_dir):
+    """Copy the IDX files of source_dir into target_dir (a local copy in data/raw)."""
+    from fashion_compare.data import RAW_SPLITS, _idx_path
+
+    target_dir = Path(target_dir)
+    target_dir.mkdir(parents=True, exist_ok=True)
+    for split in RAW_SPLITS:
+        for name in (split.images_file, split.labels_file):
+            shutil.copy2(_idx_path(Path(source_dir), name), target_dir)

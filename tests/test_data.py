@@ -3,11 +3,12 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import idx_bytes, md5, write_idx_pair
+from conftest import copy_raw, free_port, idx_bytes, md5, write_csv_layout, write_idx_pair
 
 from fashion_compare import data
 from fashion_compare.data import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, DataError
@@ -84,7 +85,7 @@ def test_idx_counts_and_labels_must_agree(tmp_path):
 def test_csv_layout_matches_idx(tmp_path, real_raw):
     _, test = real_raw
     path = tmp_path / "fashion-mnist_test.csv"
-    data.write_csv_layout(test, path)
+    write_csv_layout(test, path)
     dataset = data.read_csv(path, count=10000)
     np.testing.assert_array_equal(dataset.images, test.images)
     np.testing.assert_array_equal(dataset.labels, test.labels)
@@ -102,7 +103,7 @@ def test_csv_invalid_is_refused(tmp_path, edit, message):
 
     images, labels = synthetic()
     path = tmp_path / "fashion-mnist_train.csv"
-    data.write_csv_layout(data.Dataset(images, labels.astype(np.int64)), path)
+    write_csv_layout(data.Dataset(images, labels.astype(np.int64)), path)
     edit(pd.read_csv(path)).to_csv(path, index=False)
     with pytest.raises(DataError, match=message):
         data.read_csv(path)
@@ -111,7 +112,7 @@ def test_csv_invalid_is_refused(tmp_path, edit, message):
 def test_csv_row_count_checked(tmp_path):
     images, labels = synthetic()
     path = tmp_path / "fashion-mnist_train.csv"
-    data.write_csv_layout(data.Dataset(images, labels.astype(np.int64)), path)
+    write_csv_layout(data.Dataset(images, labels.astype(np.int64)), path)
     with pytest.raises(DataError, match="30 rows, expected 60000"):
         data.read_csv(path, count=60000)
 
@@ -192,14 +193,38 @@ def test_download_uses_torchvision_mirror_and_gz_checksums(tmp_path, monkeypatch
             packed = gzip.compress(content)
             (mirror / f"{name}.gz").write_bytes(packed)
             resources.append((f"{name}.gz", md5(packed)))
-    monkeypatch.setattr(FashionMNIST, "mirrors", [url])
+    monkeypatch.setenv(data.MIRRORS_ENV, f"http://127.0.0.1:{free_port()}/ {url}")  # the first one is down
     monkeypatch.setattr(FashionMNIST, "resources", resources)
     data.download(tmp_path / "raw")
     assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == sorted(name for name, _ in resources)
 
     monkeypatch.setattr(FashionMNIST, "resources", [(resources[0][0], "0" * 32)])
-    with pytest.raises(DataError, match="download failed"):
+    with pytest.raises(DataError, match="download failed: .*MD5 differs from the published one"):
         data.download(tmp_path / "raw2")
+    assert not list((tmp_path / "raw2").iterdir())
+
+
+def test_a_mirror_that_never_answers_fails_in_one_line_within_the_timeout(tmp_path, monkeypatch):
+    """A loopback socket that accepts connections and never replies: no hang, one line naming the URL."""
+    import socket
+    import time
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # the kernel accepts the connections; nobody ever reads or writes
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}/"
+    monkeypatch.setenv(data.MIRRORS_ENV, url)
+    monkeypatch.setenv(data.TIMEOUT_ENV, "1")
+    started = time.perf_counter()
+    try:
+        with pytest.raises(DataError) as error:
+            data.download(tmp_path / "raw")
+    finally:
+        silent.close()
+    assert time.perf_counter() - started < 2 * data.ATTEMPTS + 5
+    message = str(error.value)
+    assert "\n" not in message and f"{url}train-images-idx3-ubyte.gz: no answer within the timeout" in message
+    assert data.MIRRORS_ENV in message and data.TIMEOUT_ENV in message
 
 
 def test_real_data_is_checked_and_complete(real_raw):
@@ -211,7 +236,7 @@ def test_real_data_is_checked_and_complete(real_raw):
 
 def test_corrupted_real_copy_is_refused(tmp_path):
     raw = tmp_path / "raw"
-    data.copy_raw(data.DEBIAN_DIR, raw)
+    copy_raw(data.DEBIAN_DIR, raw)
     labels = raw / "t10k-labels-idx1-ubyte.gz"
     content = bytearray(gzip.decompress(labels.read_bytes()))
     content[100] = (content[100] + 1) % 10  # still a valid IDX file, but not the original bytes
@@ -251,16 +276,15 @@ def test_tensors_scaled_and_shaped(real_raw):
         assert counts.max() - counts.min() <= 1, (split, counts)
 
 
-def test_saved_splits_load_fast_and_equal(tmp_path, real_raw):
-    import time
-
+def test_saved_splits_load_memory_mapped_and_equal(tmp_path, real_raw):
+    """load_split maps the file instead of reading it: the tensors' bytes live in the file's pages."""
     splits = data.prepare(*real_raw, 0.25, 0, seed=0)
     data.save_splits(splits, tmp_path)
-    started = time.perf_counter()
     loaded = data.load_split(tmp_path, "train")
-    elapsed = time.perf_counter() - started
     assert torch.equal(loaded["images"], splits["train"]["images"])
-    assert elapsed < 5  # "well under a second" in practice (mmap); generous bound for noisy machines
+    maps = Path("/proc/self/maps")
+    if maps.exists():
+        assert str(tmp_path / "train.pt") in maps.read_text()
     with pytest.raises(DataError, match="run the prepare stage first"):
         data.load_split(tmp_path, "missing")
 
@@ -290,7 +314,7 @@ def csv_copy(tmp_path_factory, real_raw):
     rng = np.random.default_rng(0)
     for split, dataset in zip(data.RAW_SPLITS, real_raw):
         order = rng.permutation(len(dataset.labels))
-        data.write_csv_layout(data.Dataset(dataset.images[order], dataset.labels[order]), folder / split.csv_file)
+        write_csv_layout(data.Dataset(dataset.images[order], dataset.labels[order]), folder / split.csv_file)
     return folder
 
 
@@ -322,7 +346,7 @@ def test_a_users_raw_dir_must_be_complete_no_silent_fallback(tmp_path):
     with pytest.raises(DataError, match="does not exist; data.raw_dir needs the four IDX files"):
         data.locate_raw(tmp_path / "typo", fetch=pytest.fail, required=True)
     partial = tmp_path / "partial"
-    data.copy_raw(data.DEBIAN_DIR, partial)
+    copy_raw(data.DEBIAN_DIR, partial)
     (partial / "t10k-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(DataError, match=r"only .*train-images-idx3-ubyte\.gz.*; data.raw_dir needs"):
         data.locate_raw(partial, fetch=pytest.fail)  # incomplete: an error even for the default folder

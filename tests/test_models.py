@@ -4,16 +4,19 @@ import pytest
 import torch
 from torch import nn
 
-from fashion_compare.models import (
-    FashionCNN,
+from fashion_compare.cpu_speedups import (
     SmallMapConv2d,
-    build_model,
     kernel_window,
-    parameter_count,
-    parameters_to_train,
-    resnet18_grey,
+    prepare_for_cpu_training,
     to_stock,
+    use_small_map_convolutions,
 )
+from fashion_compare.models import FashionCNN, build_model, parameter_count, resnet18_grey
+
+
+def fast_resnet18_grey():
+    """The project's ResNet18 with its convolutions ready for the CPU speed path (cpu_speedups)."""
+    return use_small_map_convolutions(resnet18_grey())
 
 
 def test_resnet18_takes_one_channel_and_predicts_ten_classes():
@@ -66,7 +69,7 @@ def test_fast_resnet_matches_stock_forward_and_every_gradient(batch, device):
     """Every layer shape ResNet18 has at 28x28 (7x7 down to 1x1 maps), through the whole network.
     Tolerance: float32 sums in another order, |a - b| <= 1e-4 + 1e-4 |b| (observed ~1e-6)."""
     torch.manual_seed(batch)
-    fast = resnet18_grey().to(device)
+    fast = fast_resnet18_grey().to(device)
     stock = stock_resnet18_grey().to(device)
     assert list(fast.state_dict()) == list(stock.state_dict())
     stock.load_state_dict(fast.state_dict())
@@ -186,11 +189,11 @@ def test_adam_on_the_live_taps_is_adam_on_the_whole_weight():
     """Fed the same gradients, the optimizer over the live taps and the one over every weight end with the
     same parameters, bit for bit; the taps that meet only padding keep their initial values."""
     torch.manual_seed(0)
-    fast = resnet18_grey().train()
+    fast = fast_resnet18_grey().train()
     stock = stock_resnet18_grey().train()
     stock.load_state_dict(fast.state_dict())
     initial = {k: v.clone() for k, v in stock.state_dict().items()}
-    fast_adam = torch.optim.Adam(parameters_to_train(fast), lr=0.01, fused=True)
+    fast_adam = torch.optim.Adam(prepare_for_cpu_training(fast), lr=0.01, fused=True)
     stock_adam = torch.optim.Adam(stock.parameters(), lr=0.01, fused=True)
     assert sum(t.numel() for t in fast_adam.param_groups[0]["params"]) == 4_228_554  # of 11,175,370
     fast_convs = {name: m for name, m in fast.named_modules() if isinstance(m, SmallMapConv2d)}
@@ -220,13 +223,14 @@ def test_adam_on_the_live_taps_is_adam_on_the_whole_weight():
 
 def test_live_taps_keep_the_model_a_stock_resnet18(tmp_path):
     torch.manual_seed(0)
-    model = resnet18_grey()
+    model = fast_resnet18_grey()
     keys = {k: v.shape for k, v in model.state_dict().items()}
-    parameters_to_train(model)
+    prepare_for_cpu_training(model)
     assert {k: v.shape for k, v in model.state_dict().items()} == keys
     stock_names = [name for name, _ in stock_resnet18_grey().named_parameters()]
     assert [name for name, _ in model.named_parameters()] == stock_names
-    assert list(map(id, parameters_to_train(model))) == list(map(id, parameters_to_train(model)))  # split once
+    first, again = prepare_for_cpu_training(model), prepare_for_cpu_training(model)
+    assert list(map(id, first)) == list(map(id, again))  # split once
     with pytest.raises(RuntimeError, match="another input size"):
         model.eval()(torch.rand(2, 1, 56, 56))  # layer4 maps are 2x2 there: the split does not apply
     x = torch.rand(5, 1, 28, 28)
@@ -241,7 +245,7 @@ def test_live_taps_keep_the_model_a_stock_resnet18(tmp_path):
 
 def test_models_without_single_output_convolutions_train_every_parameter():
     model = FashionCNN()
-    assert list(map(id, parameters_to_train(model))) == list(map(id, model.parameters()))
+    assert list(map(id, prepare_for_cpu_training(model))) == list(map(id, model.parameters()))
 
 
 def test_checkpoint_weights_load_into_stock_torchvision_and_predict_the_same(real_raw):
@@ -249,10 +253,8 @@ def test_checkpoint_weights_load_into_stock_torchvision_and_predict_the_same(rea
 
     test = data.to_tensors(data.stratified_sample(real_raw[1], 500, seed=0))
     torch.manual_seed(1)
-    fast = resnet18_grey().eval()
+    fast = fast_resnet18_grey().eval()
     stock = stock_resnet18_grey().eval()
     stock.load_state_dict(fast.state_dict())  # strict: the same keys and shapes
     with torch.inference_mode():
         assert torch.equal(fast(test["images"]).argmax(1), stock(test["images"]).argmax(1))
-    back = to_stock(resnet18_grey())
-    assert not any(isinstance(m, SmallMapConv2d) for m in back.modules())

@@ -51,6 +51,12 @@ def test_model_section_overrides_top_level(tmp_path, defaults):
     (lambda p: p["data"].update(subset=50), "data.subset", "at least 100"),
     (lambda p: p["data"].update(subset=70000), "data.subset", "less than or equal to 60000"),
     (lambda p: p.update(threads=0), "threads", "'auto' or a number of threads"),
+    # values DVC's `==` takes for the last run's (1 == 1.0 == True): refused, so they never pass as "up to date"
+    (lambda p: p.update(epochs=1.0), "epochs", "valid integer"),
+    (lambda p: p["resnet"].update(batch_size=20.0), "resnet.batch_size", "valid integer"),
+    (lambda p: p.update(lr=True), "lr", "not a boolean"),
+    (lambda p: p["cnn"].update(channels_last=1), "cnn.channels_last", "valid boolean"),
+    (lambda p: p["tracking"].update(enabled=0), "tracking.enabled", "valid boolean"),
 ])
 def test_invalid_params_name_the_key_in_one_line(tmp_path, defaults, change, key, message):
     change(defaults)
@@ -68,3 +74,14 @@ def test_unreadable_params_files(tmp_path):
         load_params(write(tmp_path, "lr: 1\n  bad: [\n"))
     with pytest.raises(ParamsError, match="mapping"):
         load_params(write(tmp_path, "- 1\n"))
+
+
+def test_params_check_command(tmp_path, defaults, capsys):
+    """`python -m fashion_compare.params`, which `make repro` runs before `dvc repro`."""
+    from fashion_compare.params import main
+
+    assert main([str(write(tmp_path, yaml.safe_dump(defaults)))]) == 0
+    defaults["epochs"] = True
+    path = write(tmp_path, yaml.safe_dump(defaults))
+    assert main([str(path)]) == 1
+    assert capsys.readouterr().err == f"error: {path}: epochs: Input should be a valid integer\n"

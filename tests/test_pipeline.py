@@ -6,7 +6,6 @@ import time
 
 import numpy as np
 import pytest
-import yaml
 from conftest import free_port, reset_to_head, run, set_params, tool_env
 
 from fashion_compare import CLASS_NAMES
@@ -127,6 +126,12 @@ def test_invalid_params_are_refused_before_any_work(repo):
         assert len(runs_by_name(repo)) == runs_before  # no MLflow run was started
         result = run(["dvc", "repro"], repo, check=False)
         assert result.returncode != 0 and "cnn.batch_size: Input should be greater than 0" in result.stderr
+        assert "`git checkout -- metrics plots && dvc checkout`" in result.stderr  # what DVC removed, back
+        run(["git", "checkout", "--", "params.yaml"], repo)
+        (repo / "params.yaml").write_text((repo / "params.yaml").read_text() + "learning_rate: 0.01\n")
+        result = run(["dvc", "repro"], repo, check=False)  # a key no stage reads: compare reads them all
+        assert result.returncode != 0 and "error: params.yaml: learning_rate: unknown key" in result.stderr
+        assert "Running stage 'train_" not in result.stdout
     finally:
         run(["git", "checkout", "--", "params.yaml"], repo)
         run(["dvc", "checkout", "-q"], repo, check=False)
@@ -244,14 +249,24 @@ def test_cnn_only_change_leaves_resnet_cached(repo):
         run(["git", "checkout", "--", "params.yaml"], repo)
 
 
-def test_exp_run_with_new_lr(repo):
-    run(["dvc", "exp", "run", "-S", "lr=0.01", "-n", "lr-high"], repo)
-    for model in MODELS:
-        runs = runs_by_name(repo, **{"dvc.exp_name": "lr-high", "dvc.stage": f"train_{model}"})
-        assert len(runs) == 1 and float(next(iter(runs.values())).data.params["lr"]) == 0.01
-    import torch
+@pytest.fixture(scope="module")
+def lr_experiment(repo):
+    """`dvc exp run --temp -S cnn.lr=0.01`, in a temporary workspace (as queued runs are); one model retrains
+    (the top-level lr resolves into both models' configs: test_params.py)."""
+    reset_to_head(repo)
+    run(["dvc", "exp", "run", "--temp", "-S", "cnn.lr=0.01", "-n", "lr-high"], repo)
+    return "lr-high"
 
-    assert torch.load(repo / "models/cnn.pt", weights_only=True)["config"]["lr"] == 0.01
+
+@pytest.mark.xdist_group("lr_experiment")
+def test_exp_run_with_new_lr_logs_to_the_repo_root_store(repo, lr_experiment):
+    runs = runs_by_name(repo, **{"dvc.exp_name": lr_experiment, "dvc.stage": "train_cnn"})
+    assert len(runs) == 1 and float(next(iter(runs.values())).data.params["lr"]) == 0.01
+    runs = runs_by_name(repo, **{"dvc.exp_name": lr_experiment})
+    assert set(runs) == {"Small CNN", "ResNet18 vs CNN"}  # ResNet18 came from the cache, untrained
+    assert all(run_info.data.metrics.get("test_accuracy") is not None
+               for name, run_info in runs.items() if name != "ResNet18 vs CNN")
+    assert not list((repo / ".dvc" / "tmp").rglob("mlflow.db"))
     shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
     text = json.dumps(shown)
     assert '"lr-high"' in text and "0.01" in text and "test_accuracy" in text
@@ -260,30 +275,6 @@ def test_exp_run_with_new_lr(repo):
     points = plot_points(diff.get("data", diff), "plots/compare/f1_per_class.csv")
     assert {(point["rev"], point["model"]) for point in points} == {
         (rev, model) for rev in ("HEAD", "lr-high") for model in ("ResNet18", "Small CNN")}
-
-
-def test_exp_in_temporary_workspace_logs_to_repo_root_store(repo):
-    run(["dvc", "exp", "run", "--temp", "-S", "lr=0.002", "-n", "in-temp"], repo)
-    runs = runs_by_name(repo, **{"dvc.exp_name": "in-temp"})
-    assert {"ResNet18", "Small CNN", "ResNet18 vs CNN"} <= set(runs)
-    assert all(run_info.data.metrics.get("test_accuracy") is not None
-               for name, run_info in runs.items() if name != "ResNet18 vs CNN")
-    assert not list((repo / ".dvc" / "tmp").rglob("mlflow.db"))
-
-
-# ---------------------------------------------------------------- a real tracking server
-
-def test_runs_arrive_at_a_tracking_server(repo, mlflow_server):
-    from mlflow.tracking import MlflowClient
-
-    run(["dvc", "repro", "--force"], repo, env=tool_env(MLFLOW_TRACKING_URI=mlflow_server))
-    server_client = MlflowClient(mlflow_server)
-    experiment = server_client.get_experiment_by_name("fashion-mnist")
-    runs = {r.info.run_name: r for r in server_client.search_runs([experiment.experiment_id])}
-    assert {"ResNet18", "Small CNN", "ResNet18 vs CNN"} <= set(runs)
-    assert "test_f1_Ankle_boot" in runs["Small CNN"].data.metrics
-    assert runs["Small CNN"].info.run_id == load(repo, "metrics/train_cnn.json")["mlflow_run_id"]
-    assert yaml.safe_load((repo / "params.yaml").read_text())["data"]["subset"] == 600
 
 
 # ---------------------------------------------------------------- caching
@@ -297,19 +288,24 @@ def output_bytes(repo):
     return {path: hashlib.md5((repo / path).read_bytes()).hexdigest() for path in paths}
 
 
-def test_params_that_ran_before_are_restored_from_the_run_cache(repo):
+@pytest.mark.xdist_group("lr_experiment")
+def test_params_that_ran_before_are_restored_from_the_run_cache(repo, lr_experiment):
+    """cnn.lr=0.01 ran as an experiment: set in the workspace, every stage it changes is restored, none
+    runs; back to the committed value, the committed outputs come back the same way."""
+    import torch
+
     reset_to_head(repo)
     first = output_bytes(repo)
-    set_params(repo, lr=0.0015)  # a value no other test runs
     try:
-        changed = run(["dvc", "repro"], repo).stdout
-        assert "Running stage 'train_resnet'" in changed and "Running stage 'train_cnn'" in changed
-        assert output_bytes(repo)["models/cnn.pt"] != first["models/cnn.pt"]
-        set_params(repo, lr=0.001)
-        back = run(["dvc", "repro"], repo).stdout
-        assert "Running stage" not in back
-        for stage in ("train_resnet", "train_cnn", "evaluate", "compare"):
-            assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in back
+        for expected_lr in (0.01, None):
+            set_params(repo, cnn__lr=expected_lr)
+            restored = run(["dvc", "repro"], repo).stdout
+            assert "Running stage" not in restored
+            for stage in ("train_cnn", "evaluate", "compare"):
+                assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in restored
+            assert torch.load(repo / "models/cnn.pt", weights_only=True)["config"]["lr"] == (expected_lr or 0.001)
+            if expected_lr == 0.01:
+                assert output_bytes(repo)["models/cnn.pt"] != first["models/cnn.pt"]
         assert output_bytes(repo) == first
         assert run(["git", "status", "--porcelain", "dvc.lock", "metrics", "plots"], repo).stdout == ""
     finally:

@@ -1,3 +1,8 @@
+import contextlib
+import os
+
+import pytest
+
 from fashion_compare import tracking
 
 
@@ -30,3 +35,117 @@ def test_tracker_creates_experiment_with_artifacts_at_the_root(tmp_path, monkeyp
 def test_metric_keys_are_readable():
     assert tracking.metric_key("T-shirt/top") == "T-shirt_top"
     assert tracking.metric_key("Ankle boot") == "Ankle_boot"
+
+
+# ---------------------------------------------------------------- without a server: a fake tracker
+
+class FakeTracker:
+    """What EpochLogger and stage_run use of a Tracker, in memory; `down` makes every call fail."""
+
+    uri = "fake://tracking"
+
+    def __init__(self):
+        self.points, self.statuses, self.tags, self.down, self.started = [], {}, {}, False, []
+
+    def _check(self):
+        if self.down:
+            raise ConnectionError("Connection refused")
+
+    def log_metric_series(self, run_id, points):
+        self._check()
+        self.points += list(points)
+
+    def logged_steps(self, run_id, key):
+        self._check()
+        return {step for name, _, step in self.points if name == key}
+
+    def start_run(self, run_name, params, tags):
+        self.started.append((run_name, params, tags))
+        self.statuses["new-run"] = "RUNNING"
+        return "new-run"
+
+    def reopen_run(self, run_id):
+        if run_id not in self.statuses:
+            return False
+        self.statuses[run_id] = "RUNNING"
+        return True
+
+    def mark_orphans_killed(self, stage, keep=None):
+        pass
+
+    def set_tags(self, run_id, tags):
+        self.tags.update(tags)
+
+    def end_run(self, run_id, status="FINISHED"):
+        self.statuses[run_id] = status
+
+    def end_run_quietly(self, run_id, status):
+        self.end_run(run_id, status)
+
+
+def record(epoch):
+    from fashion_compare.training import EpochRecord
+
+    return EpochRecord(epoch=epoch, train_loss=1.0 / epoch, train_accuracy=0.5, val_loss=1.0, val_accuracy=0.6,
+                       lr=0.001, seconds=1.0)
+
+
+def test_epoch_logger_keeps_what_an_outage_stops_and_names_it(capsys):
+    from fashion_compare.errors import TrackingError
+
+    fake = FakeTracker()
+    logger = tracking.EpochLogger(fake, "run")
+    logger.on_epoch(record(1), [(1, 1, 0.9), (2, 1, 0.8)])
+    assert [(k, s) for k, _, s in fake.points if k == "train/loss_step"] == [("train/loss_step", 1),
+                                                                            ("train/loss_step", 2)]
+    fake.down = True
+    logger.on_epoch(record(2), [(3, 2, 0.7), (4, 2, 0.6)])
+    logger.on_epoch(record(3), [(5, 3, 0.5), (6, 3, 0.4)])
+    assert "metric points kept to send later" in capsys.readouterr().out
+    with pytest.raises(TrackingError, match=r"fake://tracking failed: Connection refused; 16 metric points of "
+                                            r"epochs \[2, 3\] were not logged"):
+        logger.flush()
+    fake.down = False  # back: the next attempt sends what is missing, and nothing twice
+    resumed = tracking.EpochLogger(fake, "run")
+    steps = [(1, 1, 0.9), (2, 1, 0.8), (3, 2, 0.7), (4, 2, 0.6), (5, 3, 0.5), (6, 3, 0.4)]
+    resumed.on_resume([record(1), record(2), record(3)], steps)
+    resumed.flush()
+    assert sorted(s for k, _, s in fake.points if k == "train/loss_step") == [1, 2, 3, 4, 5, 6]
+    assert sorted(s for k, _, s in fake.points if k == "val/accuracy") == [1, 2, 3]
+
+
+@pytest.mark.parametrize("raised, status", [(None, "FINISHED"), (KeyboardInterrupt, "KILLED"),
+                                            (ValueError, "FAILED")])
+def test_stage_run_ends_with_the_status_of_the_block(raised, status):
+    fake = FakeTracker()
+    with pytest.raises(raised) if raised else contextlib.nullcontext():
+        with tracking.stage_run(fake, "train_cnn", "Small CNN", {"lr": 0.1}) as run_id:
+            assert fake.statuses[run_id] == "RUNNING"
+            if raised:
+                raise raised()
+    assert fake.statuses == {"new-run": status}
+    assert fake.started[0][0] == "Small CNN" and fake.started[0][2]["dvc.stage"] == "train_cnn"
+
+
+def test_stage_run_goes_on_in_the_interrupted_run_when_it_exists(capsys):
+    fake = FakeTracker()
+    fake.statuses["old-run"] = "KILLED"
+    with tracking.stage_run(fake, "train_cnn", "Small CNN", {}, resume_run_id="old-run") as run_id:
+        assert run_id == "old-run" and fake.tags["pid"] == str(os.getpid())
+    assert fake.statuses["old-run"] == "FINISHED" and not fake.started
+    with tracking.stage_run(fake, "train_cnn", "Small CNN", {}, resume_run_id="gone") as run_id:
+        assert run_id == "new-run"
+    assert "MLflow run gone of the interrupted attempt is not in fake://tracking" in capsys.readouterr().out
+    with tracking.stage_run(None, "train_cnn", "Small CNN", {}) as run_id:
+        assert run_id is None
+
+
+def test_comparison_run_params_merge_what_the_models_share():
+    children = {"resnet": {"lr": "0.001", "batch_size": "20", "model": "resnet", "epochs": "10"},
+                "cnn": {"lr": "0.001", "batch_size": "100", "model": "cnn", "epochs": "10"}}
+    merged = tracking.comparison_run_params(children, {"alpha": 0.05, "confidence": 0.95}, seed=42)
+    assert merged == {"lr": "0.001", "epochs": "10", "resnet.batch_size": "20", "cnn.batch_size": "100",
+                      "resnet.model": "resnet", "cnn.model": "cnn", "compare.alpha": 0.05,
+                      "compare.confidence": 0.95, "seed": 42}
+    only_one = tracking.comparison_run_params({"cnn": children["cnn"]}, {"alpha": 0.05}, seed=1)
+    assert only_one == {"compare.alpha": 0.05, "seed": 1}  # a model trained without tracking: no merge

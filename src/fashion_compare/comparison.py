@@ -4,9 +4,7 @@ Point estimates come from metrics/evaluate.json; confidence intervals and the pa
 per-image predictions of both models on the same test images (see uncertainty.py).
 """
 
-from . import CLASS_NAMES
-from .evaluation import PER_CLASS_METRICS
-from .models import MODEL_TITLES
+from . import CLASS_NAMES, MODEL_TITLES, PER_CLASS_METRICS
 from .uncertainty import excludes_zero, mcnemar_exact, paired_bootstrap
 
 DEEP, SMALL = "resnet", "cnn"

@@ -9,21 +9,20 @@ rows: both layouts give bit-identical splits.
 
 import gzip
 import hashlib
-import shutil
+import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
+from . import NUM_CLASSES
 from .errors import DataError, first_line
 from .files import save_torch
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 IMAGE_SIDE = 28
-NUM_CLASSES = 10
 IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
 
@@ -67,7 +66,8 @@ def read_bytes(path) -> bytes:
                 return handle.read()
         return path.read_bytes()
     except (OSError, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
-        raise DataError(f"{path}: cannot read ({error})") from None
+        raise DataError(f"{path}: cannot read ({first_line(error, 120)}); the file is damaged: replace it with "
+                        "a good copy, or remove it to have the prepare stage find or download another") from None
 
 
 def parse_idx(content: bytes, path, magic: int, shape_tail=()) -> np.ndarray:
@@ -171,22 +171,59 @@ def _has_csv(directory: Path) -> bool:
     return all((directory / split.csv_file).is_file() for split in RAW_SPLITS)
 
 
-def download(directory: Path):
-    """Download the four .gz files from the official mirror torchvision uses, checking published MD5s."""
+MIRRORS_ENV = "FASHION_MNIST_MIRRORS"  # space-separated base URLs, tried in order, instead of torchvision's
+TIMEOUT_ENV = "FASHION_MNIST_TIMEOUT"  # seconds to connect, and between two reads (default 30)
+ATTEMPTS = 2  # per file and mirror
+
+
+def download_mirrors() -> list:
     from torchvision.datasets import FashionMNIST
-    from torchvision.datasets.utils import download_url
+
+    return os.environ.get(MIRRORS_ENV, "").split() or list(FashionMNIST.mirrors)
+
+
+def _fetch(url: str, target: Path, timeout: float):
+    """One HTTP(S) download to `target`, atomically; `timeout` bounds the connect and every read."""
+    import urllib.request
+
+    from .files import atomic_path
+
+    request = urllib.request.Request(url, headers={"User-Agent": "fashion-compare"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        content = response.read()  # at most 26 MB
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(content)
+
+
+def download(directory: Path):
+    """Download the four .gz files (torchvision's file list and published MD5s) from the first mirror that
+    answers; each file gets ATTEMPTS tries per mirror, each try a connect and read timeout."""
+    from torchvision.datasets import FashionMNIST
+    from torchvision.datasets.utils import check_integrity
 
     directory.mkdir(parents=True, exist_ok=True)
-    errors = []
+    timeout = float(os.environ.get(TIMEOUT_ENV) or 30)
     for filename, md5 in FashionMNIST.resources:
-        for mirror in FashionMNIST.mirrors:
-            try:
-                download_url(mirror + filename, root=str(directory), filename=filename, md5=md5)
-                break
-            except Exception as error:  # urllib and checksum errors alike: try the next mirror
-                errors.append(f"{mirror}{filename}: {error}")
+        target, failures = directory / filename, []
+        for mirror in download_mirrors():
+            url = mirror.rstrip("/") + "/" + filename
+            for _ in range(ATTEMPTS):
+                try:
+                    _fetch(url, target, timeout)
+                except Exception as error:  # timeouts, refused connections, HTTP errors: try again, then on
+                    reason = "no answer within the timeout" if "timed out" in str(error) else first_line(error, 120)
+                    failures.append(f"{url}: {reason}")
+                    continue
+                if check_integrity(str(target), md5):
+                    break
+                target.unlink(missing_ok=True)
+                failures.append(f"{url}: MD5 differs from the published one")
+            else:
+                continue
+            break
         else:
-            raise DataError(f"download failed: {errors[-1]}")
+            raise DataError(f"download failed: {failures[-1]} ({len(failures)} tries; set {MIRRORS_ENV} to a "
+                            f"mirror you can reach, {TIMEOUT_ENV} to wait longer, or copy the files into data/raw)")
 
 
 def _raw_files_present(directory: Path) -> list:
@@ -246,28 +283,11 @@ def load_raw(raw_dir, debian_dir=DEBIAN_DIR, fetch=download, required=False):
     return sets["train"], sets["test"], f"{directory} ({layout})"
 
 
-def write_csv_layout(dataset: Dataset, path):
-    """Write a dataset in the CSV layout (label, pixel1..pixel784): used by tests and converters."""
-    import pandas as pd
-
-    columns = {"label": dataset.labels}
-    flat = dataset.images.reshape(len(dataset.labels), -1)
-    columns.update({f"pixel{i + 1}": flat[:, i] for i in range(flat.shape[1])})
-    pd.DataFrame(columns).to_csv(path, index=False)
-
-
-def copy_raw(source_dir, target_dir):
-    """Copy the IDX files of source_dir into target_dir (e.g. to pin a local copy in data/raw)."""
-    target_dir = Path(target_dir)
-    target_dir.mkdir(parents=True, exist_ok=True)
-    for split in RAW_SPLITS:
-        for name in (split.images_file, split.labels_file):
-            shutil.copy2(_idx_path(Path(source_dir), name), target_dir)
-
-
 # ---------------------------------------------------------------- preparing tensors
 
 def stratified_sample(dataset: Dataset, size: int, seed: int) -> Dataset:
+    from sklearn.model_selection import train_test_split  # here: the train stages import this module too
+
     if size >= len(dataset.labels):
         return dataset
     index, _ = train_test_split(np.arange(len(dataset.labels)), train_size=size,
@@ -278,6 +298,8 @@ def stratified_sample(dataset: Dataset, size: int, seed: int) -> Dataset:
 
 def split_train_val(dataset: Dataset, val_fraction: float, seed: int):
     """Stratified, seeded train/validation split; returns (train, val)."""
+    from sklearn.model_selection import train_test_split
+
     try:
         train_index, val_index = train_test_split(np.arange(len(dataset.labels)), test_size=val_fraction,
                                                   stratify=dataset.labels, random_state=seed)

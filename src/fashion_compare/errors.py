@@ -1,14 +1,20 @@
 """Errors a user can act on, and the wrapper that turns them into one line."""
 
 import functools
+import os
 import sys
 
 
 def first_line(error, limit=300) -> str:
-    """The first line of an error's message (its type when empty), cut at a word boundary if long."""
+    """The first line of an error's message (its type when empty). A longer line is cut after its last
+    whole sentence that fits (or, with none, at a word boundary, marked with " …")."""
     text = str(error).strip()
     line = text.splitlines()[0] if text else type(error).__name__
-    return line if len(line) <= limit else line[:limit].rsplit(" ", 1)[0] + " …"
+    if len(line) <= limit:
+        return line
+    head = line[:limit]
+    end = head.rfind(". ")
+    return head[:end + 1] if end > 0 else head.rsplit(" ", 1)[0] + " …"
 
 
 class PipelineError(Exception):
@@ -39,18 +45,6 @@ class Interrupted(KeyboardInterrupt):
         self.signal_name = signal_name
 
 
-def raise_on_sigterm():
-    """Turn SIGTERM (a CI cancel, a shutdown) into Interrupted, so cleanup runs as for Ctrl-C; and make
-    SIGINT interrupt too where the process started with it ignored (started by `cmd &` in a script)."""
-    import signal
-
-    def handler(signum, frame):
-        raise Interrupted("SIGTERM" if signum == signal.SIGTERM else "SIGINT")
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-
-
 def exit_on_error(main):
     """Run a stage's main(); a PipelineError becomes `error: <message>` and exit status 1."""
 
@@ -59,7 +53,11 @@ def exit_on_error(main):
         try:
             return main(*args, **kwargs)
         except PipelineError as error:
-            print(f"error: {error}", file=sys.stderr)
+            hint = ""
+            if isinstance(error, ParamsError) and "DVC_STAGE" in os.environ:
+                hint = ("; DVC removed this stage's outputs before running it: fix params.yaml, or bring the "
+                        "committed ones back with `git checkout -- metrics plots && dvc checkout`")
+            print(f"error: {error}{hint}", file=sys.stderr)
             sys.exit(1)
         except KeyboardInterrupt as interrupt:
             name = getattr(interrupt, "signal_name", "SIGINT")

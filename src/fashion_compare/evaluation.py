@@ -6,9 +6,10 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix
 
-from . import CLASS_NAMES
+from . import CLASS_NAMES, MODEL_NAMES
+from .errors import PipelineError
 
-PER_CLASS_METRICS = ("precision", "recall", "f1")
+PREDICTIONS_FILE = "data/predictions/test.csv"  # the evaluate stage's output, compare's input
 
 
 @torch.inference_mode()
@@ -18,10 +19,6 @@ def predict_probabilities(model, images, batch_size, device) -> np.ndarray:
     batches = [torch.softmax(model(images[start:start + batch_size].to(device)).double(), dim=1).cpu()
                for start in range(0, len(images), batch_size)]
     return torch.cat(batches).numpy()
-
-
-def predict(model, images, batch_size, device) -> np.ndarray:
-    return predict_probabilities(model, images, batch_size, device).argmax(axis=1)
 
 
 def prediction_rows(y_true, probabilities: dict) -> list:
@@ -36,6 +33,29 @@ def prediction_rows(y_true, probabilities: dict) -> list:
             row.update({f"{model}_p{k}": round(float(p), 6) for k, p in enumerate(probs[index])})
         rows.append(row)
     return rows
+
+
+def write_predictions(path, y_true, probabilities: dict):
+    from .files import write_csv
+
+    rows = prediction_rows(y_true, probabilities)
+    write_csv(path, rows, list(rows[0]))
+
+
+def read_predictions(path=PREDICTIONS_FILE) -> dict:
+    """What compare needs of the predictions file: the labels and each model's predicted class, as arrays
+    in test-set order ({"label": ..., "resnet": ..., "cnn": ...})."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        return {key: np.array([int(row[column]) for row in rows])
+                for key, column in (("label", "label"), *((m, f"{m}_predicted") for m in MODEL_NAMES))}
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: not found; run the evaluate stage first (dvc repro evaluate)") from None
+    except (KeyError, ValueError, TypeError) as error:
+        raise PipelineError(f"{path}: not the evaluate stage's predictions ({error}); rerun evaluate") from None
 
 
 def classification_metrics(y_true, y_pred) -> dict:

@@ -72,7 +72,26 @@ def write_json(path, data):
 
 
 def read_json(path):
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """A JSON file another stage wrote; missing or unreadable is one line naming it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: not found; run the stage that writes it first (dvc repro)") from None
+    except (OSError, ValueError) as error:
+        raise PipelineError(f"{path}: not readable JSON ({type(error).__name__}); rerun the stage that "
+                            "writes it (dvc repro --force <stage>)") from None
+
+
+def read_csv_rows(path) -> list[dict]:
+    """A CSV file another stage wrote, as a list of dicts; missing is one line naming it."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: not found; run the stage that writes it first (dvc repro)") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise PipelineError(f"{path}: not readable CSV ({type(error).__name__}); rerun the stage that "
+                            "writes it") from None
 
 
 def write_csv(path, rows, fieldnames):

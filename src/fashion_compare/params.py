@@ -1,10 +1,17 @@
-"""params.yaml, validated: every key known, every value in range, one-line errors."""
+"""params.yaml, validated: every key known, every value in range and of its type, one-line errors.
+
+Types are strict because DVC decides whether a stage must rerun by comparing params with Python's `==`:
+after a run with `epochs: 1`, `epochs: true` or `epochs: 1.0` compare equal and DVC would call the
+pipeline "up to date". So an integer param refuses booleans and floats, a boolean param refuses 0 and 1,
+and a float param refuses booleans. `python -m fashion_compare.params` checks params.yaml on its own
+(`make repro` runs it before `dvc repro`).
+"""
 
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 from pydantic import Strict as StrictValue
 
 from .errors import ParamsError
@@ -16,12 +23,20 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+def _not_a_boolean(value):
+    if isinstance(value, bool):
+        raise ValueError("Input should be a number, not a boolean")
+    return value
+
+
 Int = Annotated[int, StrictValue()]  # `epochs: true` or `epochs: 2.5` is an error, not 1 or 2
+Bool = Annotated[bool, StrictValue()]  # `channels_last: 1` is an error, not true
+Float = Annotated[float, BeforeValidator(_not_a_boolean)]  # `lr: true` is an error; 1 and "1e-3" are numbers
 
 
 class DataParams(Strict):
     raw_dir: str = "data/raw"
-    val_fraction: float = Field(0.25, gt=0, lt=1)
+    val_fraction: Float = Field(0.25, gt=0, lt=1)
     subset: Int = Field(0, ge=0, le=60000, description="training images to draw (stratified); 0 = all")
 
     @field_validator("subset")
@@ -34,11 +49,11 @@ class DataParams(Strict):
 
 class ModelParams(Strict):
     batch_size: Int = Field(gt=0)
-    lr: float | None = Field(None, gt=0, description="overrides the top-level lr")
+    lr: Float | None = Field(None, gt=0, description="overrides the top-level lr")
     epochs: Int | None = Field(None, gt=0, description="overrides the top-level epochs")
     step_size: Int | None = Field(None, gt=0, description="StepLR period in epochs; null = constant lr")
-    gamma: float = Field(0.1, gt=0, le=1)
-    channels_last: bool = Field(False, description="NHWC memory format (faster for the CNN on CPU)")
+    gamma: Float = Field(0.1, gt=0, le=1)
+    channels_last: Bool = Field(False, description="NHWC memory format (faster for the CNN on CPU)")
 
 
 class EvaluateParams(Strict):
@@ -47,27 +62,27 @@ class EvaluateParams(Strict):
 
 
 class TrackingParams(Strict):
-    enabled: bool = True
+    enabled: Bool = True
     experiment: str = Field("fashion-mnist", min_length=1)
-    register_model: bool = False
-    log_model: bool = True
+    register_model: Bool = False
+    log_model: Bool = True
 
 
 class CompareParams(Strict):
-    min_accuracy_gain: float = Field(0.01, ge=0, le=1, description="accuracy the deep model must add")
-    alpha: float = Field(0.05, gt=0, lt=1, description="McNemar's p-value must be below this")
+    min_accuracy_gain: Float = Field(0.01, ge=0, le=1, description="accuracy the deep model must add")
+    alpha: Float = Field(0.05, gt=0, lt=1, description="McNemar's p-value must be below this")
     bootstrap_samples: Int = Field(2000, ge=100, description="paired bootstrap resamples of the test set")
-    confidence: float = Field(0.95, gt=0, lt=1, description="level of the confidence intervals")
+    confidence: Float = Field(0.95, gt=0, lt=1, description="level of the confidence intervals")
 
 
 class Params(Strict):
     seed: Int = Field(42, ge=0)
-    lr: float = Field(0.001, gt=0)
+    lr: Float = Field(0.001, gt=0)
     epochs: Int = Field(10, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: Literal["auto"] | int = Field(
         "auto", description="CPU threads per stage; auto: OMP_NUM_THREADS when set, else the cores available")
-    mixed_precision: bool = False
+    mixed_precision: Bool = False
     data: DataParams = DataParams()
     resnet: ModelParams
     cnn: ModelParams
@@ -142,3 +157,21 @@ def train_config(params: Params, model: str) -> TrainConfig:
         device=params.device,
         mixed_precision=params.mixed_precision,
     )
+
+
+def main(argv=None):
+    """`python -m fashion_compare.params [params.yaml]`: check the file; one line and exit 1 if invalid."""
+    import sys
+
+    path = (argv if argv is not None else sys.argv[1:] or [PARAMS_FILE])[0]
+    try:
+        load_params(path)
+    except ParamsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"{path}: valid")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

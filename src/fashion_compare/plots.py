@@ -6,8 +6,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from . import CLASS_NAMES  # noqa: E402
-from .models import MODEL_TITLES  # noqa: E402
+from . import CLASS_NAMES, MODEL_TITLES  # noqa: E402
 
 COLOURS = {"resnet": "#4C72B0", "cnn": "#DD8452"}
 METRIC_TITLES = {"precision": "Precision", "recall": "Recall", "f1": "F1"}

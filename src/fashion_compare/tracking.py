@@ -7,6 +7,7 @@ a temporary workspace. Metrics are sent in batches, once per epoch, so logging s
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import os
 import subprocess
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 from .errors import TrackingError, first_line
+from .process import signals_deferred
 
 STORE_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
@@ -87,113 +89,151 @@ def run_tags(stage: str, params_file="params.yaml") -> dict:
     return tags
 
 
+def configure_mlflow_client():
+    """Fail within seconds instead of retrying for minutes (where the user has not chosen otherwise), and
+    keep MLflow's database-creation log ("Creating initial MLflow database tables...") off stderr, where
+    it would read as noise before a stage's own one-line error."""
+    import logging
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    for name in ("mlflow.store.db.utils", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def check_scheme(uri: str):
+    scheme = uri.split("://", 1)[0].split("+", 1)[0] if "://" in uri else ""
+    if scheme and scheme not in TRACKING_SCHEMES:
+        raise TrackingError(f"MLflow tracking at {uri} failed: unsupported scheme '{scheme}://' "
+                            f"(use one of {', '.join(s + '://' for s in TRACKING_SCHEMES)}; check "
+                            "MLFLOW_TRACKING_URI, or set tracking.enabled: false)")
+
+
+def _timed(method):
+    """Add the time a Tracker method takes to `tracker.seconds` (the outermost call only); an interrupt
+    waits for the call to end."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        self._depth += 1
+        started = time.perf_counter()
+        try:
+            with signals_deferred():  # SIGTERM waits for the end of the call: the store stays usable
+                return method(self, *args, **kwargs)
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                self.seconds += time.perf_counter() - started
+
+    return wrapper
+
+
 class Tracker:
-    """A connection to one MLflow experiment. Fails fast, in one line, when the store is unreachable."""
+    """A connection to one MLflow experiment, through MLflow's client API. Fails fast, in one line, when the
+    store is unreachable. `seconds`: the time spent talking to MLflow."""
 
     def __init__(self, experiment: str):
-        # Fail within seconds instead of retrying for minutes (only where the user has not chosen).
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-        import logging
+        configure_mlflow_client()
+        self.uri = tracking_uri()
+        check_scheme(self.uri)
+        self.seconds, self._depth = 0.0, 0
+        self.experiment_id = self._connect(experiment)
 
+    @_timed
+    def _connect(self, experiment: str) -> str:
         import mlflow
-
-        # "Creating initial MLflow database tables..." on stderr, before a stage's own one-line error, is noise
-        for name in ("mlflow.store.db.utils", "alembic"):
-            logging.getLogger(name).setLevel(logging.WARNING)
         from mlflow.tracking import MlflowClient
 
-        self.uri = tracking_uri()
-        scheme = self.uri.split("://", 1)[0].split("+", 1)[0] if "://" in self.uri else ""
-        if scheme and scheme not in TRACKING_SCHEMES:
-            raise TrackingError(f"MLflow tracking at {self.uri} failed: unsupported scheme '{scheme}://' "
-                                f"(use one of {', '.join(s + '://' for s in TRACKING_SCHEMES)}; check "
-                                "MLFLOW_TRACKING_URI, or set tracking.enabled: false)")
-        self.seconds = 0.0  # time spent talking to MLflow
-        started = time.perf_counter()
         try:
             with _store_lock(self.uri):
-                mlflow.set_tracking_uri(self.uri)
+                mlflow.set_tracking_uri(self.uri)  # for log_model, the one call that needs the fluent API
                 self.client = MlflowClient(self.uri)
                 found = self.client.get_experiment_by_name(experiment)
-                if found is None:
-                    location = (repo_root() / ARTIFACT_DIR).as_uri() if _is_default_store(self.uri) else None
-                    self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
-                else:
-                    self.experiment_id = found.experiment_id
+                if found is not None:
+                    return found.experiment_id
+                location = (repo_root() / ARTIFACT_DIR).as_uri() if _is_default_store(self.uri) else None
+                return self.client.create_experiment(experiment, artifact_location=location)
         except Exception as error:  # MlflowException, connection errors, bad URIs: all one line
-            raise TrackingError(f"MLflow tracking at {self.uri} failed: {first_line(error)} "
-                                "(check MLFLOW_TRACKING_URI, or set tracking.enabled: false)") from None
-        self.seconds += time.perf_counter() - started
+            remedy = "check MLFLOW_TRACKING_URI, or set tracking.enabled: false"
+            if _is_default_store(self.uri):
+                remedy = (f"if {STORE_FILE} is damaged, move it aside (mv {STORE_FILE} {STORE_FILE}.broken) and "
+                          "run again to start a new store; or set tracking.enabled: false")
+            raise TrackingError(f"MLflow tracking at {self.uri} failed: {first_line(error, 200)} ({remedy})") from None
 
-    @contextlib.contextmanager
-    def _timed(self):
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds += time.perf_counter() - started
-
+    @_timed
     def start_run(self, run_name: str, params: dict, tags: dict) -> str:
-        with self._timed():
-            run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
-            self.log_params(run.info.run_id, params)
-            return run.info.run_id
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
 
+    @_timed
     def run_params(self, run_id) -> dict:
-        with self._timed():
-            return dict(self.client.get_run(run_id).data.params)
+        return dict(self.client.get_run(run_id).data.params)
 
+    @_timed
     def has_run(self, run_id) -> bool:
         from mlflow.exceptions import MlflowException
 
-        with self._timed():
-            try:
-                self.client.get_run(run_id)
-                return True
-            except MlflowException:
-                return False
+        try:
+            self.client.get_run(run_id)
+            return True
+        except MlflowException:
+            return False
 
+    @_timed
     def log_params(self, run_id, params: dict):
         from mlflow.entities import Param
 
-        with self._timed():
-            self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
 
     def log_metrics(self, run_id, values: dict, step=0):
         """Log {key: value} at `step`, in as few calls as MLflow allows."""
         self.log_metric_series(run_id, [(key, value, step) for key, value in values.items()])
 
+    @_timed
     def log_metric_series(self, run_id, points):
         """Log (key, value, step) points in batches of at most BATCH_LIMIT."""
         from mlflow.entities import Metric
 
-        with self._timed():
-            now = int(time.time() * 1000)
-            metrics = [Metric(key, float(value), now, int(step)) for key, value, step in points]
-            for start in range(0, len(metrics), BATCH_LIMIT):
-                self.client.log_batch(run_id, metrics=metrics[start:start + BATCH_LIMIT])
+        now = int(time.time() * 1000)
+        metrics = [Metric(key, float(value), now, int(step)) for key, value, step in points]
+        for start in range(0, len(metrics), BATCH_LIMIT):
+            self.client.log_batch(run_id, metrics=metrics[start:start + BATCH_LIMIT])
 
+    @_timed
+    def logged_steps(self, run_id, key) -> set:
+        """The steps at which metric `key` has been logged in the run."""
+        return {metric.step for metric in self.client.get_metric_history(run_id, key)}
+
+    @_timed
     def set_tags(self, run_id, tags: dict):
-        with self._timed():
-            for key, value in tags.items():
-                self.client.set_tag(run_id, key, str(value))
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, str(value))
 
+    @_timed
     def log_artifact(self, run_id, path, artifact_path=None):
-        with self._timed():
-            self.client.log_artifact(run_id, str(path), artifact_path)
+        self.client.log_artifact(run_id, str(path), artifact_path)
 
+    @_timed
     def log_text(self, run_id, text, artifact_file):
-        with self._timed():
-            self.client.log_text(run_id, text, artifact_file)
+        self.client.log_text(run_id, text, artifact_file)
 
+    @_timed
     def log_dict(self, run_id, data, artifact_file):
-        with self._timed():
-            self.client.log_dict(run_id, data, artifact_file)
+        self.client.log_dict(run_id, data, artifact_file)
 
+    @_timed
+    def log_figure(self, run_id, figure, artifact_file):
+        from .files import save_figure
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(artifact_file).name
+            save_figure(path, figure)
+            self.log_artifact(run_id, path, str(Path(artifact_file).parent) if "/" in artifact_file else None)
+
+    @_timed
     def end_run(self, run_id, status="FINISHED"):
-        with self._timed():
-            self.client.set_terminated(run_id, status)
+        self.client.set_terminated(run_id, status)
 
     def end_run_quietly(self, run_id, status):
         """end_run on the way out of a failure: a second failure must not hide the first."""
@@ -202,49 +242,84 @@ class Tracker:
         except Exception as error:
             print(f"warning: could not mark MLflow run {run_id} {status}: {first_line(error)}")
 
+    @_timed
     def reopen_run(self, run_id) -> bool:
         """Mark an interrupted run RUNNING again to go on logging into it; False if it is gone."""
         from mlflow.exceptions import MlflowException
 
-        with self._timed():
-            try:
-                self.client.update_run(run_id, status="RUNNING")
-                return True
-            except MlflowException:
-                return False
+        try:
+            self.client.update_run(run_id, status="RUNNING")
+            return True
+        except MlflowException:
+            return False
 
+    @_timed
     def mark_orphans_killed(self, stage: str, keep=None):
         """Runs of `stage` left RUNNING by a process on this host that no longer exists (SIGKILL)."""
         import socket
 
         host, stage = socket.gethostname(), os.environ.get("DVC_STAGE", stage)
-        with self._timed():
-            runs = self.client.search_runs([self.experiment_id], f"attributes.status = 'RUNNING' and "
-                                           f"tags.`dvc.stage` = '{stage}' and tags.`host` = '{host}'")
+        runs = self.client.search_runs([self.experiment_id], f"attributes.status = 'RUNNING' and "
+                                       f"tags.`dvc.stage` = '{stage}' and tags.`host` = '{host}'")
         for run in runs:
             pid = int(run.data.tags.get("pid", "0") or 0)
             if run.info.run_id != keep and pid and not _process_alive(pid):
                 self.end_run(run.info.run_id, "KILLED")
                 print(f"marked MLflow run {run.info.run_id} KILLED (its process {pid} is gone)")
 
+    @_timed
     def log_model(self, run_id, model, example, registered_name=None):
-        """Log with MLflow's PyTorch flavour: signature and input example (N x 1 x 28 x 28 float32)."""
+        """Log with MLflow's PyTorch flavour: signature and input example (N x 1 x 28 x 28 float32).
+        mlflow.pytorch.log_model takes no run id: it logs into the fluent API's active run."""
         import mlflow
         import numpy as np
         import torch
         from mlflow.models import infer_signature
 
-        model = model.eval().to("cpu")
+        # Contiguous weights: a channels_last model (the CNN) made torch.export's archive writer warn
+        # "No complete tensor found in the group!" for every non-contiguous weight.
+        model = model.eval().to("cpu", memory_format=torch.contiguous_format)
         with torch.inference_mode():
             output = model(torch.from_numpy(example)).numpy()
         signature = infer_signature(example, output)
-        with self._timed(), mlflow.start_run(run_id=run_id, nested=False):
+        with mlflow.start_run(run_id=run_id, nested=False):
             # Explicit requirements: MLflow's inference of them costs ~10 s per model.
             requirements = [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"]
             info = mlflow.pytorch.log_model(model, name="model", signature=signature, input_example=example,
                                             pip_requirements=requirements,
                                             registered_model_name=registered_name)
         return info.model_uri
+
+
+@contextlib.contextmanager
+def stage_run(tracker: Tracker | None, stage: str, run_name: str, params: dict, tags=None, resume_run_id=None):
+    """The MLflow run of one stage, from start to final status; yields its id (None without a tracker).
+
+    Goes on in `resume_run_id` when that run still exists (an interrupted training), else starts a new run
+    with `params` and the stage's tags. Runs of this stage left RUNNING by a process that is gone are marked
+    KILLED first. The run ends FINISHED when the block completes (every output written), KILLED on
+    SIGINT/SIGTERM, FAILED on any other error."""
+    if tracker is None:
+        yield None
+        return
+    run_id = resume_run_id
+    if run_id and not tracker.reopen_run(run_id):
+        print(f"MLflow run {run_id} of the interrupted attempt is not in {tracker.uri}; starting a new run")
+        run_id = None
+    tracker.mark_orphans_killed(stage, keep=run_id)
+    if run_id is None:
+        run_id = tracker.start_run(run_name, params, {**run_tags(stage), **(tags or {})})
+    else:
+        tracker.set_tags(run_id, {"pid": str(os.getpid())})
+    try:
+        yield run_id
+    except KeyboardInterrupt:  # SIGINT or SIGTERM (process.raise_on_sigterm)
+        tracker.end_run_quietly(run_id, "KILLED")
+        raise
+    except BaseException:
+        tracker.end_run_quietly(run_id, "FAILED")
+        raise
+    tracker.end_run(run_id)
 
 
 class EpochLogger:
@@ -275,8 +350,7 @@ class EpochLogger:
     def on_resume(self, records, steps):
         """Send the epochs of an interrupted attempt that did not reach MLflow (none twice)."""
         try:
-            with self.tracker._timed():
-                logged = {m.step for m in self.tracker.client.get_metric_history(self.run_id, "val/accuracy")}
+            logged = self.tracker.logged_steps(self.run_id, "val/accuracy")
         except Exception as error:
             self.last_error = error
             logged = set()
@@ -310,10 +384,63 @@ def metric_key(name: str) -> str:
     return name.replace("/", "_").replace(" ", "_")
 
 
-def log_figure(tracker: Tracker, run_id, figure, artifact_file):
-    from .files import save_figure
+def evaluation_metrics(result: dict) -> dict:
+    """A model's test metrics as MLflow metric keys (test_accuracy, test_f1_macro, test_f1_Ankle_boot, ...)."""
+    from . import CLASS_NAMES, PER_CLASS_METRICS
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / Path(artifact_file).name
-        save_figure(path, figure)
-        tracker.log_artifact(run_id, path, str(Path(artifact_file).parent) if "/" in artifact_file else None)
+    values = {"test_accuracy": result["accuracy"], "test_latency_ms_per_image": result["latency_ms_per_image"]}
+    for average in ("macro_avg", "weighted_avg"):
+        for metric in PER_CLASS_METRICS:
+            values[f"test_{metric}_{average.split('_')[0]}"] = result[average][metric]
+    for name in CLASS_NAMES:
+        for metric in PER_CLASS_METRICS:
+            values[f"test_{metric}_{metric_key(name)}"] = result["per_class"][name][metric]
+    return values
+
+
+def log_evaluation(tracker: Tracker, run_id, result: dict, report: str, confusion_figure):
+    """Add a model's test metrics, report and confusion matrix to its training run."""
+    tracker.log_metrics(run_id, evaluation_metrics(result))
+    tracker.log_text(run_id, report, "evaluation/classification_report.txt")
+    tracker.log_dict(run_id, {k: v for k, v in result.items() if k != "mlflow_run_id"},
+                     "evaluation/classification_report.json")
+    tracker.log_figure(run_id, confusion_figure, "evaluation/confusion_matrix.png")
+
+
+def comparison_run_params(child_params: dict, compare_settings: dict, seed) -> dict:
+    """The params of a comparison's parent run: what shaped the comparison (`compare.*`, the seed) and the
+    children's params, once where the models agree and prefixed with the model where they differ
+    (`resnet.batch_size`, `cnn.batch_size`), so that a grid of experiments sorts in the runs list.
+    `child_params`: {model: its run's params}; with a model missing, the children's params are left out."""
+    from . import MODEL_NAMES
+
+    merged = {}
+    if set(child_params) == set(MODEL_NAMES):
+        for key in sorted(set().union(*child_params.values())):
+            values = {name: child_params[name].get(key) for name in MODEL_NAMES}
+            if len(set(values.values())) == 1:
+                merged[key] = values[MODEL_NAMES[0]]
+            else:
+                merged.update({f"{name}.{key}": value for name, value in values.items()})
+    return {**merged, **{f"compare.{k}": v for k, v in compare_settings.items()}, "seed": seed}
+
+
+def comparison_metrics(verdict: dict) -> dict:
+    """The verdict's numbers as MLflow metrics: the gains with their CI bounds, McNemar's b, c and p."""
+    values = {k: float(v) for k, v in verdict.items() if isinstance(v, (int, float))}
+    values.update({"mcnemar_p": verdict["mcnemar"]["p_value"], "mcnemar_b": verdict["mcnemar"]["b"],
+                   "mcnemar_c": verdict["mcnemar"]["c"]})
+    for key in ("accuracy_gain", "macro_f1_gain"):
+        values[f"{key}_lower"], values[f"{key}_upper"] = verdict[f"{key}_ci"]
+    return values
+
+
+def log_comparison(tracker: Tracker, run_id, child_run_ids: dict, figures, summary: str, result: dict):
+    """The comparison's metrics, figures and summary in its run; the models' runs become its children."""
+    tracker.log_metrics(run_id, comparison_metrics(result["verdict"]))
+    for path in figures:
+        tracker.log_artifact(run_id, path, "comparison")
+    tracker.log_text(run_id, summary, "comparison/SUMMARY.md")
+    tracker.log_dict(run_id, result, "comparison/compare.json")
+    for child in child_run_ids.values():
+        tracker.set_tags(child, {"mlflow.parentRunId": run_id, "compare_run_id": run_id})

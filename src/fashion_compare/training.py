@@ -21,9 +21,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .errors import DataError, ParamsError, TrainingDiverged
+from .cpu_speedups import prepare_for_cpu_training
+from .errors import DataError, ParamsError, TrainingDiverged, first_line
 from .files import atomic_path
-from .models import parameters_to_train
 from .params import TrainConfig
 
 RESUME_FORMAT = 1
@@ -95,6 +95,8 @@ class EpochRecord:
 
 @dataclass
 class TrainResult:
+    """What a run has produced so far. RESUMED lists what a resume state keeps of it."""
+
     epochs: list = field(default_factory=list)  # EpochRecord per epoch
     steps: list = field(default_factory=list)  # (global step, epoch, train loss) per iteration
     best_state: dict = None
@@ -104,12 +106,63 @@ class TrainResult:
     observer_seconds: float = 0.0  # time spent in observers (e.g. MLflow logging)
     resumed_from_epoch: int = 0  # 0: trained from the start
 
+    RESUMED = ("epochs", "steps", "best_state", "best_epoch", "best_val_accuracy", "train_seconds")
+
+    def add_epoch(self, record: EpochRecord, losses: list, model: nn.Module) -> list:
+        """Record an epoch (and the model's state if it is the best so far); returns its step tuples."""
+        first_step = len(self.steps) + 1
+        steps = [(first_step + i, record.epoch, loss) for i, loss in enumerate(losses)]
+        self.epochs.append(record)
+        self.steps.extend(steps)
+        if record.val_accuracy > self.best_val_accuracy or self.best_state is None:
+            self.best_state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+            self.best_epoch, self.best_val_accuracy = record.epoch, record.val_accuracy
+        return steps
+
     def epoch_rows(self, model_name):
         return [{"model": model_name, **asdict(record)} for record in self.epochs]
 
     def step_rows(self, model_name):
         return [{"model": model_name, "step": step, "epoch": epoch, "train_loss": loss}
                 for step, epoch, loss in self.steps]
+
+
+@dataclass
+class TrainingState:
+    """Everything a run needs to go on after an interruption: model, optimizer, scheduler, the RNGs
+    (batch order among them) and the result so far. It saves and restores itself (state_dict)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    batch_generator: torch.Generator
+    result: TrainResult = field(default_factory=TrainResult)
+
+    @classmethod
+    def start(cls, model: nn.Module, config: TrainConfig, device: torch.device) -> "TrainingState":
+        optimizer = make_optimizer(model, config.lr, device)
+        scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
+                     if config.step_size else None)
+        return cls(model, optimizer, scheduler, torch.Generator().manual_seed(config.seed))
+
+    def state_dict(self) -> dict:
+        saved = {name: getattr(self.result, name) for name in TrainResult.RESUMED}
+        saved["epochs"] = [asdict(record) for record in self.result.epochs]
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+                "rng": _rng_states(self.batch_generator), **saved}
+
+    def load_state_dict(self, saved: dict):
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        if self.scheduler:
+            self.scheduler.load_state_dict(saved["scheduler"])
+        _restore_rng_states(saved["rng"], self.batch_generator)
+        for name in TrainResult.RESUMED:
+            setattr(self.result, name, saved[name])
+        self.result.epochs = [EpochRecord(**record) for record in saved["epochs"]]
+        self.result.steps = [tuple(step) for step in saved["steps"]]
+        self.result.resumed_from_epoch = len(self.result.epochs)
 
 
 class ResumeFile:
@@ -150,7 +203,7 @@ def fingerprint(config: TrainConfig, train_set: dict, val_set: dict) -> str:
     for tensors in (train_set, val_set):
         for key in ("images", "labels"):
             digest.update(tensors[key].numpy().tobytes())
-    for module in ("training.py", "models.py"):
+    for module in ("training.py", "models.py", "cpu_speedups.py"):
         digest.update((Path(__file__).parent / module).read_bytes())
     digest.update(torch.__version__.encode())
     return digest.hexdigest()
@@ -195,18 +248,52 @@ def _restore_rng_states(states, generator):
 
 def make_optimizer(model: nn.Module, lr: float, device: torch.device):
     """Adam; its fused kernel (one pass over all parameters) where PyTorch has one for the device.
-    Call it after moving the model: on a CPU, ResNet18's layer4 hands over only its kernel taps that
-    meet data (models.parameters_to_train), which share memory with the weights."""
-    return torch.optim.Adam(parameters_to_train(model), lr=lr, fused=device.type in ("cpu", "cuda"))
+    Call it after moving the model: on a CPU the model is first prepared for fast training
+    (cpu_speedups.prepare_for_cpu_training), and Adam gets ResNet18's live kernel taps."""
+    parameters = prepare_for_cpu_training(model) if device.type == "cpu" else list(model.parameters())
+    return torch.optim.Adam(parameters, lr=lr, fused=device.type in ("cpu", "cuda"))
+
+
+def _check_finite(loss: float, config: TrainConfig, where: str):
+    if not math.isfinite(loss) or loss > DIVERGED_LOSS:
+        raise TrainingDiverged(f"{config.model}: {where} (lr {config.lr:g}): training diverged; try a lower lr")
+
+
+def train_one_epoch(state: TrainingState, images, labels, config: TrainConfig, epoch: int, memory_format,
+                    quiet=None):
+    """One pass over the training set in a seeded random order. Returns the per-step losses and the
+    training accuracy; stops at the first step whose loss is not finite (or huge)."""
+    model, optimizer, device = state.model, state.optimizer, images.device
+    use_amp = config.mixed_precision and device.type == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
+    model.train()
+    batches = shuffled_batches(len(labels), config.batch_size, state.batch_generator)
+    step_losses, correct = [], torch.zeros((), device=device, dtype=torch.long)
+    step_bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=quiet)
+    for index in step_bar:
+        index = index.to(device, non_blocking=True)
+        x, y = images[index].contiguous(memory_format=memory_format), labels[index]
+        optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            logits = model(x)
+            loss = nn.functional.cross_entropy(logits, y)
+        _check_finite(loss.item(), config, f"training loss is {loss.item()} at epoch {epoch}, step "
+                                           f"{len(state.result.steps) + len(step_losses) + 1}")
+        loss.backward()
+        optimizer.step()
+        step_losses.append(loss.detach())
+        correct += (logits.argmax(dim=1) == y).sum()
+        if len(step_losses) % 50 == 0 and not step_bar.disable:
+            step_bar.set_postfix(loss=f"{loss.item():.4f}")
+    return torch.stack(step_losses).float().cpu().tolist(), correct.item() / len(labels)
 
 
 def train(model: nn.Module, train_set: dict, val_set: dict, config: TrainConfig,
           observers=(), eval_batch_size=1000, quiet=None, resume: ResumeFile = None, state=None) -> TrainResult:
     """Train `model`; keep the state with the best validation accuracy.
 
-    `observers` get `on_epoch(record, steps)` after every epoch with that epoch's
-    (global step, epoch, loss) tuples, so loggers can send them in one batch; on a resumed run,
-    `on_resume(records, steps)` first, with what earlier attempts trained.
+    `observers` get `on_epoch(record, steps)` after every epoch with that epoch's (global step, epoch,
+    loss) tuples; on a resumed run, `on_resume(records, steps)` first, with what earlier attempts trained.
     `resume`: where to save the state after every epoch; `state`: a state loaded from it, to go on from.
     `quiet=None` shows progress bars only on a terminal.
     """
@@ -215,89 +302,35 @@ def train(model: nn.Module, train_set: dict, val_set: dict, config: TrainConfig,
     model.to(device, memory_format=memory_format)
     images, labels = train_set["images"].to(device), train_set["labels"].to(device)
     val_images, val_labels = val_set["images"].to(device), val_set["labels"].to(device)
-    optimizer = make_optimizer(model, config.lr, device)
-    scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
-                 if config.step_size else None)
-    loss_fn = nn.CrossEntropyLoss()
-    use_amp = config.mixed_precision and device.type == "cuda"
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
-    generator = torch.Generator().manual_seed(config.seed)
-
-    result = TrainResult()
+    training = TrainingState.start(model, config, device)
+    result = training.result
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler:
-            scheduler.load_state_dict(state["scheduler"])
-        _restore_rng_states(state["rng"], generator)
-        result.epochs = [EpochRecord(**record) for record in state["epochs"]]
-        result.steps = [tuple(step) for step in state["steps"]]
-        result.best_state, result.best_epoch = state["best_state"], state["best_epoch"]
-        result.best_val_accuracy, result.train_seconds = state["best_val_accuracy"], state["train_seconds"]
-        result.resumed_from_epoch = len(result.epochs)
+        training.load_state_dict(state)
         print(f"{config.model}: resuming from epoch {result.resumed_from_epoch + 1} "
               f"({result.resumed_from_epoch} of {config.epochs} done)")
         for observer in observers:
             if hasattr(observer, "on_resume"):
                 observer.on_resume(result.epochs, result.steps)
 
-    global_step = len(result.steps)
     started = time.perf_counter() - result.train_seconds
-    first_epoch = result.resumed_from_epoch + 1
-    epoch_bar = tqdm(range(first_epoch, config.epochs + 1), desc=config.model, unit="epoch", disable=quiet,
-                     initial=first_epoch - 1, total=config.epochs)
+    epoch_bar = tqdm(range(result.resumed_from_epoch + 1, config.epochs + 1), desc=config.model, unit="epoch",
+                     disable=quiet, initial=result.resumed_from_epoch, total=config.epochs)
     for epoch in epoch_bar:
         epoch_started = time.perf_counter()
-        model.train()
-        batches = shuffled_batches(len(labels), config.batch_size, generator)
-        step_losses, correct = [], torch.zeros((), device=device, dtype=torch.long)
-        step_bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=quiet)
-        for index in step_bar:
-            index = index.to(device, non_blocking=True)
-            x, y = images[index].contiguous(memory_format=memory_format), labels[index]
-            optimizer.zero_grad(set_to_none=True)
-            with autocast():
-                logits = model(x)
-                loss = loss_fn(logits, y)
-            if not math.isfinite(loss.item()) or loss.item() > DIVERGED_LOSS:
-                raise TrainingDiverged(
-                    f"{config.model}: training loss is {loss.item()} at epoch {epoch}, step "
-                    f"{global_step + len(step_losses) + 1} (lr {config.lr:g}): training diverged; "
-                    "try a lower lr")
-            loss.backward()
-            optimizer.step()
-            step_losses.append(loss.detach())
-            correct += (logits.argmax(dim=1) == y).sum()
-            if len(step_losses) % 50 == 0 and not step_bar.disable:
-                step_bar.set_postfix(loss=f"{loss.item():.4f}")
-        losses = torch.stack(step_losses).float().cpu().tolist()
+        losses, train_accuracy = train_one_epoch(training, images, labels, config, epoch, memory_format, quiet)
         val_loss, val_accuracy = loss_and_accuracy(model, val_images, val_labels, eval_batch_size, device,
                                                    memory_format)
-        if not math.isfinite(val_loss) or val_loss > DIVERGED_LOSS:
-            raise TrainingDiverged(f"{config.model}: validation loss is {val_loss} after epoch {epoch} "
-                                   f"(lr {config.lr:g}): training diverged; try a lower lr")
-        lr = optimizer.param_groups[0]["lr"]
-        if scheduler:
-            scheduler.step()
-        record = EpochRecord(epoch=epoch, train_loss=sum(losses) / len(losses),
-                             train_accuracy=correct.item() / len(labels), val_loss=val_loss,
-                             val_accuracy=val_accuracy, lr=lr, seconds=time.perf_counter() - epoch_started)
-        steps = [(global_step + i + 1, epoch, loss) for i, loss in enumerate(losses)]
-        global_step += len(losses)
-        result.epochs.append(record)
-        result.steps.extend(steps)
-        if val_accuracy > result.best_val_accuracy or result.best_state is None:
-            result.best_state = {k: v.detach().to("cpu", copy=True).contiguous()
-                                 for k, v in model.state_dict().items()}
-            result.best_epoch, result.best_val_accuracy = epoch, val_accuracy
+        _check_finite(val_loss, config, f"validation loss is {val_loss} after epoch {epoch}")
+        lr = training.optimizer.param_groups[0]["lr"]
+        if training.scheduler:
+            training.scheduler.step()
+        record = EpochRecord(epoch=epoch, train_loss=sum(losses) / len(losses), train_accuracy=train_accuracy,
+                             val_loss=val_loss, val_accuracy=val_accuracy, lr=lr,
+                             seconds=time.perf_counter() - epoch_started)
+        steps = result.add_epoch(record, losses, model)
         result.train_seconds = time.perf_counter() - started
         if resume is not None:
-            resume.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict() if scheduler else None,
-                         "rng": _rng_states(generator), "epochs": [asdict(r) for r in result.epochs],
-                         "steps": result.steps, "best_state": result.best_state,
-                         "best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
-                         "train_seconds": result.train_seconds})
+            resume.save(training.state_dict())
         observer_started = time.perf_counter()
         for observer in observers:
             observer.on_epoch(record, steps)
@@ -322,8 +355,8 @@ def load_checkpoint(path, map_location="cpu", expected_model=None):
     except FileNotFoundError:
         raise DataError(f"{path}: checkpoint not found; run its train stage first") from None
     except Exception as error:  # truncated, not a torch file, or refused by the weights_only loader
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise DataError(f"{path}: not a readable checkpoint ({reason[:160]}); rerun its train stage") from None
+        raise DataError(f"{path}: not a readable checkpoint ({first_line(error, 160)}); "
+                        "rerun its train stage") from None
     if not isinstance(saved, dict) or not {"state_dict", "config"} <= set(saved) or \
             saved["config"].get("model") not in MODEL_BUILDERS:
         raise DataError(f"{path}: not a checkpoint of this project (no state_dict and config); "
@@ -335,5 +368,6 @@ def load_checkpoint(path, map_location="cpu", expected_model=None):
     try:
         model.load_state_dict(saved["state_dict"])
     except RuntimeError as error:
-        raise DataError(f"{path}: weights do not fit the model ({str(error).splitlines()[0][:160]})") from None
+        raise DataError(f"{path}: weights do not fit the model ({first_line(error, 160)}); "
+                        "rerun its train stage") from None
     return model.eval(), saved

@@ -12,10 +12,7 @@ predicted and true counts of all resamples are three matrix products.
 import numpy as np
 from scipy.stats import binomtest
 
-from . import CLASS_NAMES
-
-NUM_CLASSES = len(CLASS_NAMES)
-METRICS = ("precision", "recall", "f1")
+from . import NUM_CLASSES
 
 
 def mcnemar_exact(y_true, pred_a, pred_b) -> dict:

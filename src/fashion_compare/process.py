@@ -1,0 +1,130 @@
+"""How a stage process lives and ends: SIGTERM and SIGINT become an orderly stop, a stage never outlives
+the `dvc` that started it, and one workspace trains one model once at a time."""
+
+import contextlib
+import ctypes
+import fcntl
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from .errors import Interrupted, PipelineError
+
+PR_SET_PDEATHSIG = 1  # prctl(2)
+SHELLS = {"sh", "dash", "bash", "zsh", "fish", "ksh"}
+PARENT_POLL_SECONDS = 1.0
+
+
+_deferred = {"depth": 0, "pending": None}  # signals_deferred's state
+
+
+def raise_on_sigterm():
+    """Turn SIGTERM (a CI cancel, a shutdown, the parent's death) into Interrupted, so cleanup runs as for
+    Ctrl-C; and make SIGINT interrupt too where the process started with it ignored (`cmd &` in a script).
+    Inside `signals_deferred()` the interrupt waits for the end of the block."""
+
+    def handler(signum, frame):
+        name = "SIGTERM" if signum == signal.SIGTERM else "SIGINT"
+        if _deferred["depth"]:
+            _deferred["pending"] = name
+            return
+        raise Interrupted(name)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Hold SIGINT and SIGTERM until the block ends: a write to the tracking store cut in half by an exception
+    leaves its session unusable, and then the run could not be marked KILLED."""
+    _deferred["depth"] += 1
+    try:
+        yield
+    finally:
+        _deferred["depth"] -= 1
+    if _deferred["depth"] == 0 and _deferred["pending"]:
+        name, _deferred["pending"] = _deferred["pending"], None
+        raise Interrupted(name)
+
+
+def _command_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _parent_of(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def stop_with_parent():
+    """When the process that started this stage dies (`kill <pid of dvc>`, a CI runner's cancel), stop as
+    on our own SIGTERM. Only under DVC (it sets DVC_STAGE): a stage run by hand with nohup may outlive its
+    shell on purpose.
+
+    Linux's prctl(PR_SET_PDEATHSIG) delivers SIGTERM the moment the parent exits; a watcher thread also
+    checks every second, for a shell that DVC's command line may have left between dvc and us (then dvc
+    is watched too) and for systems without prctl."""
+    if "DVC_STAGE" not in os.environ:
+        return
+    parent = os.getppid()
+    watched = [parent]
+    if _command_name(parent) in SHELLS and _parent_of(parent) > 1:
+        watched.append(_parent_of(parent))
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    def watch():
+        stop = threading.Event()
+        while not stop.wait(PARENT_POLL_SECONDS):
+            if os.getppid() != parent or not all(map(_alive, watched)):
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def exclusive(lock_path, what: str):
+    """Hold an exclusive lock on `lock_path` (the file names the holder's PID) for the block; refuse in one
+    line while another live process holds it. The kernel drops the lock when its holder dies, however."""
+    lock_path = Path(lock_path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise PipelineError(f"{lock_path}: {what} is already running in this workspace (PID {holder}); "
+                                "wait for it to finish or stop it, then run again") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)

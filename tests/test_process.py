@@ -1,0 +1,46 @@
+"""How a stage process lives: the single-instance lock, and one-line errors that end at a sentence."""
+
+import subprocess
+import sys
+
+import pytest
+
+from fashion_compare import process
+from fashion_compare.errors import PipelineError, first_line
+
+HOLD_LOCK = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from fashion_compare import process
+with process.exclusive(sys.argv[2], "a training of cnn"):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_second_holder_of_the_lock_is_refused_naming_the_first(tmp_path):
+    from pathlib import Path
+
+    lock = tmp_path / ".resume" / "cnn.lock"
+    src = str(Path(process.__file__).resolve().parents[1])
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, src, str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(PipelineError) as error:
+            with process.exclusive(lock, "a training of cnn"):
+                pass
+        assert str(error.value) == (f"{lock}: a training of cnn is already running in this workspace "
+                                    f"(PID {holder.pid}); wait for it to finish or stop it, then run again")
+    finally:
+        holder.kill()
+        holder.wait()
+    with process.exclusive(lock, "a training of cnn"):  # its holder is gone: the kernel dropped the lock
+        pass
+
+
+def test_long_messages_are_cut_after_a_whole_sentence():
+    long = "Weights only load failed. " + "This file can still be loaded with more words " * 10
+    assert first_line(ValueError(long), 100) == "Weights only load failed."
+    assert first_line(ValueError("x" * 20 + " " + "y" * 200), 100) == "x" * 20 + " …"
+    assert first_line(ValueError("short\nsecond line")) == "short"
+    assert first_line(ValueError()) == "ValueError"
