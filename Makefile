@@ -7,13 +7,21 @@ DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 
 OFFLINE_PLOTS := build/dvc_plots_template.html
 
-.PHONY: repro test test-fast bench lint data browser setup mlflow-ui exp-show clean
+.PHONY: repro study test test-fast bench lint data browser setup mlflow-ui exp-show clean
 
 # params.yaml is checked first: DVC compares params with `==`, so `epochs: true` after `epochs: 1` would
 # pass as "up to date" (see src/fashion_compare/params.py).
 repro: setup data
 	$(BIN)/python -m fashion_compare.params params.yaml
 	$(BIN)/dvc repro
+
+# The seed study: the pipeline once per seed of study.seeds (or SEEDS="3 4": a slice, for one machine of a
+# team), JOBS at a time, then metrics/study.json and plots/study/ once every seed has its results.
+SEEDS ?=
+JOBS ?=
+study: setup data
+	$(BIN)/python -m fashion_compare.params params.yaml
+	$(BIN)/python stages/study.py all $(if $(SEEDS),--seeds $(SEEDS)) $(if $(JOBS),--jobs $(JOBS))
 
 # Every test, on as many pytest-xdist workers as there are cores (they share the cores: tests/conftest.py).
 test: setup data browser

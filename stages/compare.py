@@ -42,8 +42,8 @@ def main():
     figures[f"{OUT}/learning_curves.png"] = plots.learning_curves(epochs, steps)
     summary = comparison.summary_markdown(result)
 
-    child_run_ids = {name: train[name]["mlflow_run_id"] for name in MODEL_NAMES if train[name]["mlflow_run_id"]}
-    child_params = {name: tracker.run_params(run_id) for name, run_id in child_run_ids.items()} if tracker else {}
+    child_run_ids = tracking.existing_runs(tracker, {name: train[name]["mlflow_run_id"] for name in MODEL_NAMES})
+    child_params = {name: tracker.run_params(run_id) for name, run_id in child_run_ids.items()}
     run_params = tracking.comparison_run_params(child_params, params.compare.model_dump(), params.seed)
     tags = {f"{name}_run_id": run_id for name, run_id in child_run_ids.items()}
     with tracking.stage_run(tracker, "compare", "ResNet18 vs CNN", run_params, tags) as run_id:

@@ -66,16 +66,11 @@ def main():
     evaluation.write_predictions(evaluation.PREDICTIONS_FILE, y_true, probabilities)
     write_json("metrics/evaluate.json", results)
 
-    for name, result in results.items():
-        if not (tracker and result["mlflow_run_id"]):
-            continue
-        if not tracker.has_run(result["mlflow_run_id"]):
-            print(f"warning: MLflow run {result['mlflow_run_id']} of {name} is not in {tracker.uri}; "
-                  "test metrics not logged (was it trained with another MLFLOW_TRACKING_URI?)")
-            continue
+    for name, run_id in tracking.existing_runs(tracker, run_ids).items():
+        result = results[name]
         figure = plots.confusion_figure(result["confusion_matrix"], f"{MODEL_TITLES[name]}: test confusion matrix")
         report = evaluation.report_text(y_true, probabilities[name].argmax(axis=1))
-        tracking.log_evaluation(tracker, result["mlflow_run_id"], result, report, figure)
+        tracking.log_evaluation(tracker, run_id, result, report, figure)
         plots.close(figure)
 
 

@@ -75,6 +75,11 @@ class CompareParams(Strict):
     confidence: Float = Field(0.95, gt=0, lt=1, description="level of the confidence intervals")
 
 
+class StudyParams(Strict):
+    seeds: list[Int] = Field([42, 43, 44, 45, 46], description="a seed study's seeds (make study)")
+    jobs: Int = Field(1, ge=1, description="seeds trained at once; the cores are shared among them")
+
+
 class Params(Strict):
     seed: Int = Field(42, ge=0)
     lr: Float = Field(0.001, gt=0)
@@ -89,6 +94,7 @@ class Params(Strict):
     evaluate: EvaluateParams = EvaluateParams()
     tracking: TrackingParams = TrackingParams()
     compare: CompareParams = CompareParams()
+    study: StudyParams = StudyParams()
 
     @field_validator("threads", mode="before")
     @classmethod

@@ -127,3 +127,76 @@ def write_offline_html_template(path, vl_version="5.20"):
 
     bundle = vl_convert.javascript_bundle(vl_version=vl_version)
     write_text(path, OFFLINE_PAGE.replace("BUNDLE", bundle))
+
+
+# ---------------------------------------------------------------- the seed study (metrics/study.json)
+
+def seed_accuracy(study: dict):
+    """Each model's test accuracy per seed (a dot each), with the mean over seeds and its t-interval."""
+    figure, axes = plt.subplots(figsize=(6, 4.5))
+    confidence = study["verdict"]["confidence"]
+    for position, model in enumerate(("resnet", "cnn")):
+        values = np.array([row[f"{model}_test_accuracy"] for row in study["per_seed"]])
+        offsets = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else np.zeros(1)
+        axes.scatter(position + offsets, values, color=COLOURS[model], zorder=3, label=MODEL_TITLES[model])
+        for offset, value, row in zip(offsets, values, study["per_seed"]):
+            axes.annotate(str(row["seed"]), (position + offset, value), textcoords="offset points", xytext=(5, 0),
+                          fontsize=7, va="center")
+        lower, upper = study["models"][model]["test_accuracy_ci"]
+        mean = study["models"][model]["test_accuracy"]["mean"]
+        axes.errorbar(position + 0.3, mean, yerr=[[mean - lower], [upper - mean]], fmt="D", color="black",
+                      capsize=4)
+    axes.set_xticks([0, 1], [MODEL_TITLES["resnet"], MODEL_TITLES["cnn"]])
+    axes.set_xlim(-0.5, 1.6)
+    axes.set_ylabel("test accuracy")
+    axes.set_title(f"Test accuracy per seed (dots; labels: seed) and mean over {study['k']} seeds "
+                   f"(black: {confidence:.0%} t-interval)", fontsize=9)
+    axes.grid(axis="y", alpha=0.3)
+    return figure
+
+
+def seed_forest(study: dict):
+    """Per class, the mean F1 difference over seeds with its t-interval; beside each class, in how many seeds
+    the single run's own CI excluded 0."""
+    names = list(CLASS_NAMES)[::-1]
+    figure, axes = plt.subplots(figsize=(8, 5))
+    for row, name in enumerate(names):
+        entry = study["per_class"][name]
+        lower, upper = entry["f1_difference_ci"]
+        colour = COLOURS["resnet"] if lower > 0 else COLOURS["cnn"] if upper < 0 else "#888888"
+        axes.plot([lower, upper], [row, row], color=colour, linewidth=2)
+        axes.plot(entry["f1_difference_mean"], row, "o", color=colour)
+        axes.annotate(f"{entry['seeds_single_run_ci_excludes_zero']}/{study['k']}", (upper, row),
+                      textcoords="offset points", xytext=(6, 0), fontsize=7, va="center")
+    axes.axvline(0, color="black", linewidth=0.8)
+    axes.set_yticks(range(len(names)), names)
+    axes.set_xlabel(f"mean F1 difference over {study['k']} seeds, {MODEL_TITLES['resnet']} - {MODEL_TITLES['cnn']} "
+                    f"({study['verdict']['confidence']:.0%} t-interval)")
+    axes.set_title("Per-class F1 difference over seeds; n/k: seeds whose single-run CI excluded 0", fontsize=9)
+    axes.grid(axis="x", alpha=0.3)
+    return figure
+
+
+def seed_gains(study: dict):
+    """The accuracy gain of each seed's run with that run's own CI, and the mean over seeds with its t-interval:
+    how far one run can be from the answer of several."""
+    rows = study["per_seed"]
+    figure, axes = plt.subplots(figsize=(8, 1.6 + 0.45 * len(rows)))
+    for y, row in enumerate(rows):
+        lower, upper = (100 * value for value in row["accuracy_gain_ci"])
+        colour = COLOURS["resnet"] if lower > 0 else COLOURS["cnn"] if upper < 0 else "#888888"
+        axes.plot([lower, upper], [y, y], color=colour, linewidth=2)
+        axes.plot(100 * row["accuracy_gain"], y, "o", color=colour)
+    mean_row = len(rows) + 0.5
+    lower, upper = (100 * value for value in study["accuracy_gain"]["ci"])
+    axes.plot([lower, upper], [mean_row, mean_row], color="black", linewidth=3)
+    axes.plot(100 * study["accuracy_gain"]["mean"], mean_row, "D", color="black")
+    axes.axvline(0, color="black", linewidth=0.8)
+    axes.axvline(100 * study["verdict"]["min_accuracy_gain"], color="#444444", linewidth=0.8, linestyle="--")
+    axes.set_yticks([*range(len(rows)), mean_row], [f"seed {row['seed']}" for row in rows] + [f"mean of {len(rows)}"])
+    axes.invert_yaxis()
+    axes.set_xlabel(f"test accuracy gain of {MODEL_TITLES['resnet']} over {MODEL_TITLES['cnn']}, percentage points "
+                    f"(per seed: paired bootstrap CI; mean: t-interval; dashed: the gain asked for)")
+    axes.set_title("One run per seed against the answer over seeds", fontsize=9)
+    axes.grid(axis="x", alpha=0.3)
+    return figure

@@ -384,6 +384,21 @@ def metric_key(name: str) -> str:
     return name.replace("/", "_").replace(" ", "_")
 
 
+def existing_runs(tracker: Tracker | None, run_ids: dict) -> dict:
+    """The {model: run id} of runs that are in the tracker's store; the others are left out with a warning
+    (trained with tracking off, or with another MLFLOW_TRACKING_URI)."""
+    if tracker is None:
+        return {}
+    found = {}
+    for name, run_id in run_ids.items():
+        if run_id and tracker.has_run(run_id):
+            found[name] = run_id
+        elif run_id:
+            print(f"warning: MLflow run {run_id} of {name} is not in {tracker.uri} (was it trained with another "
+                  "MLFLOW_TRACKING_URI?); it is left out of this run's links")
+    return found
+
+
 def evaluation_metrics(result: dict) -> dict:
     """A model's test metrics as MLflow metric keys (test_accuracy, test_f1_macro, test_f1_Ankle_boot, ...)."""
     from . import CLASS_NAMES, PER_CLASS_METRICS
@@ -444,3 +459,28 @@ def log_comparison(tracker: Tracker, run_id, child_run_ids: dict, figures, summa
     tracker.log_dict(run_id, result, "comparison/compare.json")
     for child in child_run_ids.values():
         tracker.set_tags(child, {"mlflow.parentRunId": run_id, "compare_run_id": run_id})
+
+
+def log_study(tracker: Tracker, run_id, study: dict, figures, summary: str):
+    """The study's metrics, figures and summary in its run; every seed's runs tagged with the study and their
+    seed (the runs list groups by it), each seed's comparison run a child of the study's run."""
+    values = {"k": study["k"], "accuracy_gain_mean": study["accuracy_gain"]["mean"],
+              "accuracy_gain_lower": study["accuracy_gain"]["ci"][0],
+              "accuracy_gain_upper": study["accuracy_gain"]["ci"][1],
+              "paired_t_p": study["paired_t_test"]["p_value"], "p_resnet_better": study["p_resnet_better"]["value"],
+              "deep_model_worth_it": float(study["verdict"]["deep_model_worth_it"])}
+    for model, entry in study["models"].items():
+        values.update({f"{model}_test_accuracy_{k}": v for k, v in entry["test_accuracy"].items()})
+    tracker.log_metrics(run_id, values)
+    for path in figures:
+        tracker.log_artifact(run_id, path, "study")
+    tracker.log_text(run_id, summary, "study/SUMMARY.md")
+    tracker.log_dict(run_id, study, "study/study.json")
+    for row in study["per_seed"]:
+        for role, child in row.get("mlflow_run_ids", {}).items():
+            if not child or not tracker.has_run(child):
+                continue
+            tags = {"study_run_id": run_id, "seed": row["seed"]}
+            if role == "compare":
+                tags["mlflow.parentRunId"] = run_id
+            tracker.set_tags(child, tags)
