@@ -48,6 +48,9 @@ def record(part: str, key: str, value, path: Path = REPORT):
     from fashion_compare.files import write_json
 
     report = json.loads(path.read_text()) if path.exists() else {}
+    if report.get("machine", {}).get("cpu") not in (None, cpu_model()):  # another machine's figures: start over
+        say(f"{path}: held figures of another machine ({report['machine']['cpu']}); starting a new report")
+        report = {}
     report.setdefault("machine", machine())
     report.setdefault(part, {})[key] = value
     write_json(path, report)
