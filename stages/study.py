@@ -3,8 +3,9 @@
     python stages/study.py run [--seeds 42 43] [--jobs 2]   run the seeds that have no results yet
     python stages/study.py aggregate [--seeds ...]          metrics/study.json, plots/study/, an MLflow run
 
-Not a DVC stage: it drives DVC. Each seed is `dvc exp run --queue -S seed=<seed>` (the same params and code,
-only the seed differs), started with `dvc queue start -j <jobs>`, the workers sharing the cores. A stage that
+Not a DVC stage: it drives DVC. Each seed is a DVC experiment, `-S seed=<seed>` (the same params and code, only
+the seed differs): with jobs 1 `dvc exp run --temp`, one after another; with more, `dvc exp run --queue` and
+`dvc queue start -j <jobs>`, the workers sharing the cores (OMP_NUM_THREADS = cores / jobs). A stage that
 ran before with the same params and code is restored from DVC's run cache, not retrained. As each seed
 finishes, its metrics and per-image test predictions are written to metrics/study/seeds/<seed>/ (kept in
 git): a study cut short keeps every finished seed, and `run` again (here, or on another machine from what
@@ -145,39 +146,65 @@ def run_seeds(seeds: list, jobs: int, params: dict) -> dict:
     if git("status", "--porcelain", "--untracked-files=no", "--", "src", "stages", "dvc.yaml", "params.yaml"):
         raise PipelineError("src/, stages/, dvc.yaml or params.yaml has uncommitted changes; commit them first "
                             "(a study's experiments run the committed code, with only the seed changed)")
+    for seed in todo:
+        dvc("exp", "remove", experiment_name(seed), check=False)  # an earlier attempt's experiment, if any
+    print(f"running seeds {', '.join(map(str, todo))}, {jobs} at a time", flush=True)
+    started = time.perf_counter()
+
+    def report(seed):
+        top = read_json(seed_dir(seed) / "headline.json")
+        print(f"seed {seed}: finished after {(time.perf_counter() - started) / 60:.1f} min: ResNet18 "
+              f"{top['resnet']['test_accuracy']:.4f}, Small CNN {top['cnn']['test_accuracy']:.4f}, "
+              f"gain {100 * top['accuracy_gain']:+.2f} points", flush=True)
+
+    def fail(seed, why):
+        write_json(seed_dir(seed) / "failed.json", {"seed": seed, "error": why})
+        print(f"seed {seed}: FAILED ({why})", flush=True)
+        return why
+
+    failed = {}
+    if jobs == 1:  # one after another, each in a temporary workspace: no queue to start
+        for seed in todo:
+            attempt = subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "exp", "run", "--temp", "-S",
+                                        f"seed={seed}", "-n", experiment_name(seed)],
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            try:
+                output = attempt.communicate()[0]
+            except KeyboardInterrupt:  # the experiment (and, through it, its stage) stops with us
+                attempt.terminate()
+                attempt.wait()
+                raise
+            if attempt.returncode == 0:
+                collect(seed, fingerprint)
+                report(seed)
+            else:
+                failed[seed] = fail(seed, next((line for line in reversed(output.splitlines())
+                                                if line.startswith("ERROR")), "failed").strip())
+        return failed
+
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    env = {**os.environ}
-    if jobs > 1:
-        env["OMP_NUM_THREADS"] = str(max(1, cores // jobs))  # threads: auto reads it; the workers share the cores
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // jobs))}  # threads: auto reads it
     names = {experiment_name(seed): seed for seed in todo}
     for name, seed in names.items():
-        dvc("exp", "remove", name, check=False)  # an earlier attempt's experiment of this seed, if any
         dvc("exp", "run", "--queue", "-S", f"seed={seed}", "-n", name, env=env)
-    print(f"running seeds {', '.join(map(str, todo))}: {jobs} at a time"
-          + (f", {env['OMP_NUM_THREADS']} thread(s) each" if jobs > 1 else ""), flush=True)
-    failed, started = {}, time.perf_counter()
     dvc("queue", "start", "-j", str(jobs), env=env)
+    pending = dict(names)
     try:
-        pending = dict(names)
         while pending:
             time.sleep(POLL_SECONDS)
             for name, state in queue_states(pending).items():
                 seed = pending[name]
                 if state == "Success":
                     collect(seed, fingerprint)
-                    top = read_json(seed_dir(seed) / "headline.json")
-                    print(f"seed {seed}: finished after {(time.perf_counter() - started) / 60:.1f} min: ResNet18 "
-                          f"{top['resnet']['test_accuracy']:.4f}, Small CNN {top['cnn']['test_accuracy']:.4f}, "
-                          f"gain {100 * top['accuracy_gain']:+.2f} points", flush=True)
+                    report(seed)
                     del pending[name]
                 elif state == "Failed":
                     log = dvc("queue", "logs", name, check=False).stdout.strip().splitlines()
-                    failed[seed] = next((line for line in reversed(log) if line.startswith("ERROR")), "failed")
-                    write_json(seed_dir(seed) / "failed.json", {"seed": seed, "error": failed[seed]})
-                    print(f"seed {seed}: FAILED ({failed[seed]}); `dvc queue logs {name}` has the whole log")
+                    why = next((line for line in reversed(log) if line.startswith("ERROR")), "failed").strip()
+                    failed[seed] = fail(seed, f"{why} (`dvc queue logs {name}` has the whole log)")
                     del pending[name]
     except KeyboardInterrupt:
-        dvc("queue", "kill", *[name for name in pending], check=False)
+        dvc("queue", "kill", *pending, check=False)
         raise
     finally:
         dvc("queue", "stop", check=False)
