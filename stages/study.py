@@ -5,7 +5,8 @@
 
 Not a DVC stage: it drives DVC. Each seed is a DVC experiment, `-S seed=<seed>` (the same params and code, only
 the seed differs): with jobs 1 `dvc exp run --temp`, one after another; with more, `dvc exp run --queue` and
-`dvc queue start -j <jobs>`, the workers sharing the cores (OMP_NUM_THREADS = cores / jobs). A stage that
+`dvc queue start -j <jobs>`, the workers sharing the cores (OMP_NUM_THREADS = cores / jobs), and a remainder
+that cannot fill the workers alone with every core. A stage that
 ran before with the same params and code is restored from DVC's run cache, not retrained. As each seed
 finishes, its metrics and per-image test predictions are written to metrics/study/seeds/<seed>/ (kept in
 git): a study cut short keeps every finished seed, and `run` again (here, or on another machine from what
@@ -38,10 +39,18 @@ SEED_METRICS = ("data", "train_resnet", "train_cnn", "evaluate", "compare", "hea
 POLL_SECONDS = 5
 
 
+def tool_env(env=None) -> dict:
+    """The environment for dvc and the stages it runs: this virtualenv's commands first on PATH (a stage's
+    command is `python stages/...`)."""
+    env = dict(env or os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
 def dvc(*args, check=True, env=None) -> subprocess.CompletedProcess:
     """The virtualenv's dvc (beside this Python), whatever PATH says."""
     command = [str(Path(sys.executable).parent / "dvc"), *args]
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    result = subprocess.run(command, capture_output=True, text=True, env=tool_env(env))
     if check and result.returncode != 0:
         raise PipelineError(f"`dvc {' '.join(args)}` failed: {(result.stderr or result.stdout).strip()[-400:]}")
     return result
@@ -136,7 +145,10 @@ def queue_states(names) -> dict:
 
 
 def run_seeds(seeds: list, jobs: int, params: dict) -> dict:
-    """Run the seeds that have no results yet; returns {seed: why} for those that failed."""
+    """Run the seeds that have no results yet; returns {seed: why} for those that failed.
+
+    With jobs > 1, seeds go `jobs` at a time through DVC's queue, each stage with cores / jobs threads; a
+    remainder that cannot fill the workers (the 5th of 5 seeds with 2 jobs) runs alone with every core."""
     fingerprint = code_fingerprint()
     todo = [seed for seed in seeds if not finished(seed, params, fingerprint)]
     for seed in sorted(set(seeds) - set(todo)):
@@ -148,26 +160,40 @@ def run_seeds(seeds: list, jobs: int, params: dict) -> dict:
                             "(a study's experiments run the committed code, with only the seed changed)")
     for seed in todo:
         dvc("exp", "remove", experiment_name(seed), check=False)  # an earlier attempt's experiment, if any
+    jobs = min(jobs, len(todo))
+    together = len(todo) - len(todo) % jobs if jobs > 1 else 0
     print(f"running seeds {', '.join(map(str, todo))}, {jobs} at a time", flush=True)
-    started = time.perf_counter()
+    runner = SeedRunner(fingerprint)
+    if together:
+        runner.in_queue(todo[:together], jobs)
+    runner.one_at_a_time(todo[together:])
+    return runner.failed
 
-    def report(seed):
+
+class SeedRunner:
+    """Runs seeds as DVC experiments and collects each as it finishes."""
+
+    def __init__(self, fingerprint):
+        self.fingerprint, self.failed, self.started = fingerprint, {}, time.perf_counter()
+
+    def finished(self, seed):
+        collect(seed, self.fingerprint)
         top = read_json(seed_dir(seed) / "headline.json")
-        print(f"seed {seed}: finished after {(time.perf_counter() - started) / 60:.1f} min: ResNet18 "
+        print(f"seed {seed}: finished after {(time.perf_counter() - self.started) / 60:.1f} min: ResNet18 "
               f"{top['resnet']['test_accuracy']:.4f}, Small CNN {top['cnn']['test_accuracy']:.4f}, "
               f"gain {100 * top['accuracy_gain']:+.2f} points", flush=True)
 
-    def fail(seed, why):
+    def fail(self, seed, why):
+        self.failed[seed] = why
         write_json(seed_dir(seed) / "failed.json", {"seed": seed, "error": why})
         print(f"seed {seed}: FAILED ({why})", flush=True)
-        return why
 
-    failed = {}
-    if jobs == 1:  # one after another, each in a temporary workspace: no queue to start
-        for seed in todo:
+    def one_at_a_time(self, seeds):
+        """`dvc exp run --temp` per seed: a temporary workspace each, no queue to start."""
+        for seed in seeds:
             attempt = subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "exp", "run", "--temp", "-S",
                                         f"seed={seed}", "-n", experiment_name(seed)],
-                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=tool_env())
             try:
                 output = attempt.communicate()[0]
             except KeyboardInterrupt:  # the experiment (and, through it, its stage) stops with us
@@ -175,40 +201,34 @@ def run_seeds(seeds: list, jobs: int, params: dict) -> dict:
                 attempt.wait()
                 raise
             if attempt.returncode == 0:
-                collect(seed, fingerprint)
-                report(seed)
+                self.finished(seed)
             else:
-                failed[seed] = fail(seed, next((line for line in reversed(output.splitlines())
-                                                if line.startswith("ERROR")), "failed").strip())
-        return failed
+                self.fail(seed, next((line for line in reversed(output.splitlines()) if line.startswith("ERROR")),
+                                     "failed").strip())
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // jobs))}  # threads: auto reads it
-    names = {experiment_name(seed): seed for seed in todo}
-    for name, seed in names.items():
-        dvc("exp", "run", "--queue", "-S", f"seed={seed}", "-n", name, env=env)
-    dvc("queue", "start", "-j", str(jobs), env=env)
-    pending = dict(names)
-    try:
-        while pending:
-            time.sleep(POLL_SECONDS)
-            for name, state in queue_states(pending).items():
-                seed = pending[name]
-                if state == "Success":
-                    collect(seed, fingerprint)
-                    report(seed)
-                    del pending[name]
-                elif state == "Failed":
-                    log = dvc("queue", "logs", name, check=False).stdout.strip().splitlines()
-                    why = next((line for line in reversed(log) if line.startswith("ERROR")), "failed").strip()
-                    failed[seed] = fail(seed, f"{why} (`dvc queue logs {name}` has the whole log)")
-                    del pending[name]
-    except KeyboardInterrupt:
-        dvc("queue", "kill", *pending, check=False)
-        raise
-    finally:
-        dvc("queue", "stop", check=False)
-    return failed
+    def in_queue(self, seeds, jobs):
+        """`dvc exp run --queue` per seed, `dvc queue start -j jobs`; the workers share the cores."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // jobs))}  # threads: auto reads it
+        pending = {experiment_name(seed): seed for seed in seeds}
+        for name, seed in pending.items():
+            dvc("exp", "run", "--queue", "-S", f"seed={seed}", "-n", name, env=env)
+        dvc("queue", "start", "-j", str(jobs), env=env)
+        try:
+            while pending:
+                time.sleep(POLL_SECONDS)
+                for name, state in queue_states(pending).items():
+                    if state == "Success":
+                        self.finished(pending.pop(name))
+                    elif state == "Failed":
+                        log = dvc("queue", "logs", name, check=False).stdout.strip().splitlines()
+                        why = next((line for line in reversed(log) if line.startswith("ERROR")), "failed").strip()
+                        self.fail(pending.pop(name), f"{why} (`dvc queue logs {name}` has the whole log)")
+        except KeyboardInterrupt:
+            dvc("queue", "kill", *pending, check=False)
+            raise
+        finally:
+            dvc("queue", "stop", check=False)
 
 
 def load_seed_runs(seeds: list):

@@ -1,9 +1,11 @@
-"""A team on one machine: two clones stand for two machines, sharing a DVC remote (a local folder, with
+"""A team on one machine: clones stand for machines, sharing a DVC remote (a local folder, with
 the run cache) and an MLflow tracking server on 127.0.0.1. Nobody retrains what was trained."""
 
 import json
+import signal
 import subprocess
 import sys
+import time
 import urllib.request
 
 import pytest
@@ -102,3 +104,78 @@ def test_served_model_answers_like_the_evaluate_stage(repo):
     header = lines[0].split(",")
     column = header.index("cnn_predicted")
     assert served == [int(line.split(",")[column]) for line in lines[1:4]]
+
+
+def study_env(server):
+    # one thread per stage on every clone, so that the same seed gives the same bits on each of them
+    return tool_env(MLFLOW_TRACKING_URI=server, OMP_NUM_THREADS="1")
+
+
+def study(clone, env, *args, check=True):
+    return run([sys.executable, "stages/study.py", *args], clone, env=env, check=check)
+
+
+def push(clone, env, message, paths):
+    run(["git", "add", *paths], clone)
+    run(["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid", "commit", "-qm", message], clone)
+    run(["git", "pull", "-q", "--rebase"], clone)
+    run(["git", "push", "-q"], clone)
+    run(["dvc", "push", "-q", "--run-cache"], clone, env=env)
+
+
+def test_a_study_split_over_machines_is_gathered_without_training(tmp_path, built_pipeline, mlflow_server):
+    """Clone A runs seeds 1 and 2, is killed after seed 1 and rerun: it trains seed 2 only. A pushes seed 1,
+    clone B runs seed 2 and pushes it; clone C pulls both and aggregates without training anything, and gets
+    the numbers A got running both seeds itself."""
+    from mlflow.tracking import MlflowClient
+
+    env = study_env(mlflow_server)
+    origin = tmp_path / "origin.git"
+    seed_repo = copy_built(built_pipeline, tmp_path / "seed-repo")
+    reset_to_head(seed_repo)
+    set_params(seed_repo, data__subset=200, study__seeds=[1, 2], study__jobs=1)
+    run(["dvc", "remote", "add", "-d", "shared", str(tmp_path / "dvc-remote")], seed_repo)
+    commit_all(seed_repo, "a study of seeds 1 and 2, shared DVC remote")
+    run(["git", "clone", "-q", "--bare", str(seed_repo), str(origin)], tmp_path)
+    clones = {}
+    for name in ("a", "b", "c"):
+        clones[name] = tmp_path / f"machine-{name}"
+        run(["git", "clone", "-q", str(origin), str(clones[name])], tmp_path)
+    a, b, c = clones["a"], clones["b"], clones["c"]
+
+    runner = subprocess.Popen([sys.executable, "stages/study.py", "run"], cwd=a, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not (a / "metrics/study/seeds/1/run.json").exists():
+        assert runner.poll() is None and time.time() < deadline, runner.communicate()[0]
+        time.sleep(0.2)
+    runner.send_signal(signal.SIGTERM)  # while seed 2 runs
+    output = runner.communicate(timeout=120)[0]
+    assert runner.returncode == 143 and "error: interrupted (SIGTERM)" in output, output
+    assert (a / "metrics/study/seeds/1/predictions.csv").exists() and not (a / "metrics/study/seeds/2").exists()
+    rerun = study(a, env, "run").stdout
+    assert "seed 1: done already" in rerun and "running seeds 2, 1 at a time" in rerun and "seed 2: finished" in rerun
+    one_machine = study(a, env, "aggregate").stdout
+    assert "## Verdict" not in one_machine and "Is the deep model worth its cost" in one_machine
+    reference = json.loads((a / "metrics/study.json").read_text())
+    push(a, env, "seed 1", ["metrics/study/seeds/1"])
+
+    assert "seed 2: finished" in study(b, env, "run", "--seeds", "2").stdout
+    push(b, env, "seed 2", ["metrics/study/seeds/2"])
+
+    run(["git", "pull", "-q"], c)
+    run(["dvc", "pull", "-q", "--run-cache"], c, env=env)
+    gathered = study(c, env, "all").stdout
+    assert "seed 1: done already" in gathered and "seed 2: done already" in gathered
+    assert "running seeds" not in gathered and not (c / ".dvc/tmp/exps").exists()  # nothing trained in C
+    result = json.loads((c / "metrics/study.json").read_text())
+    for key in ("seeds", "models", "accuracy_gain", "paired_t_test", "p_resnet_better", "per_class", "verdict"):
+        assert result[key] == reference[key], key
+    assert result["k"] == 2 and (c / "plots/study/gain_per_seed.png").read_bytes()[:4] == b"\x89PNG"
+
+    client = MlflowClient(mlflow_server)  # the study's run on the server, every seed's runs findable from it
+    study_run = client.get_run(result["mlflow_run_id"])
+    assert study_run.data.metrics["k"] == 2 and study_run.data.params["seeds"] == "1 2"
+    children = client.search_runs([study_run.info.experiment_id], f"tags.study_run_id = '{study_run.info.run_id}'")
+    assert {(r.data.tags["seed"], r.data.tags["dvc.stage"]) for r in children} == {
+        (seed, stage) for seed in ("1", "2") for stage in ("train_resnet", "train_cnn", "compare")}
