@@ -241,3 +241,14 @@ def copy_raw(source_dir, target_dir):
     for split in RAW_SPLITS:
         for name in (split.images_file, split.labels_file):
             shutil.copy2(_idx_path(Path(source_dir), name), target_dir)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Longest first, so that pytest-xdist workers finish together: the seed-study test (which also builds the
+    shared smoke pipeline), then the tests that need no pipeline, then the other end-to-end tests."""
+    def order(item):
+        if item.name.startswith("test_a_study_split_over_machines"):
+            return 0
+        return 2 if item.get_closest_marker("e2e") else 1
+
+    items.sort(key=order)

@@ -99,8 +99,9 @@ def test_what_is_not_a_study_is_refused_in_one_line(runs, message):
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
-def test_seed_threads_and_the_study_section_may_differ():
-    runs = [seed_run(1, 0.9, 0.9), seed_run(2, 0.91, 0.9, threads=1, study={"seeds": [2], "jobs": 2})]
+def test_seed_threads_and_what_does_not_shape_the_predictions_may_differ():
+    runs = [seed_run(1, 0.9, 0.9), seed_run(2, 0.91, 0.9, threads=1, study={"seeds": [2], "jobs": 2},
+                                            compare={"alpha": 0.01}, tracking={"enabled": False})]
     assert study.aggregate(runs, SETTINGS)["k"] == 2
 
 

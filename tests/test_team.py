@@ -17,6 +17,8 @@ from conftest import (
     reset_to_head,
     run,
     set_params,
+    start_mlflow_server,
+    stop,
     tool_env,
     wait_until_up,
 )
@@ -25,15 +27,27 @@ pytestmark = pytest.mark.e2e
 MODELS = ("resnet", "cnn")
 
 
+@pytest.fixture(scope="module")
+def team_server(tmp_path_factory):
+    """The team's MLflow server on loopback, for this module's tests (each uses an experiment of its own)."""
+    folder = tmp_path_factory.mktemp("team-server")
+    server = start_mlflow_server(folder, free_port())
+    try:
+        yield f"http://127.0.0.1:{server.args[server.args.index('--port') + 1]}"
+    finally:
+        stop(server)
+
+
 def stages_run(output):
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
 
 
-def test_second_clone_pulls_instead_of_retraining(tmp_path, built_pipeline, mlflow_server):
+def test_second_clone_pulls_instead_of_retraining(tmp_path, built_pipeline, team_server):
     """Machine A has run the pipeline and pushes its outputs and run cache; machine B pulls them and retrains
     nothing; B's own change runs only the stages it touches, and its runs arrive at the team's server."""
     from mlflow.tracking import MlflowClient
 
+    mlflow_server = team_server
     env = tool_env(MLFLOW_TRACKING_URI=mlflow_server)
     remote = tmp_path / "dvc-remote"
     first = copy_built(built_pipeline, (tmp_path / "machine-a").resolve())
@@ -123,17 +137,19 @@ def push(clone, env, message, paths):
     run(["dvc", "push", "-q", "--run-cache"], clone, env=env)
 
 
-def test_a_study_split_over_machines_is_gathered_without_training(tmp_path, built_pipeline, mlflow_server):
+def test_a_study_split_over_machines_is_gathered_without_training(tmp_path, built_pipeline, team_server):
     """Clone A runs seeds 1 and 2, is killed after seed 1 and rerun: it trains seed 2 only. A pushes seed 1,
     clone B runs seed 2 and pushes it; clone C pulls both and aggregates without training anything, and gets
     the numbers A got running both seeds itself."""
     from mlflow.tracking import MlflowClient
 
+    mlflow_server = team_server  # its own experiment there: team-study
     env = study_env(mlflow_server)
     origin = tmp_path / "origin.git"
     seed_repo = copy_built(built_pipeline, tmp_path / "seed-repo")
     reset_to_head(seed_repo)
-    set_params(seed_repo, data__subset=200, study__seeds=[1, 2], study__jobs=1)
+    set_params(seed_repo, data__subset=200, study__seeds=[1, 2], study__jobs=1, tracking__log_model=False,
+               tracking__experiment="team-study")
     run(["dvc", "remote", "add", "-d", "shared", str(tmp_path / "dvc-remote")], seed_repo)
     commit_all(seed_repo, "a study of seeds 1 and 2, shared DVC remote")
     run(["git", "clone", "-q", "--bare", str(seed_repo), str(origin)], tmp_path)

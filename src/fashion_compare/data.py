@@ -317,12 +317,18 @@ def to_tensors(dataset: Dataset) -> dict:
     return {"images": images.contiguous(), "labels": torch.from_numpy(dataset.labels)}
 
 
+TEST_SAMPLE_SEED = 0  # the test images of a subset run do not depend on `seed`: a seed study's runs are paired
+
+
 def prepare(train: Dataset, test: Dataset, val_fraction: float, subset: int, seed: int):
-    """Subset (when asked), split, scale. Returns {'train'|'val'|'test': tensors}."""
+    """Subset (when asked), split, scale. Returns {'train'|'val'|'test': tensors}.
+
+    `seed` draws the training subset and the validation split; the test set is the whole 10k, or with a
+    subset a stratified sample that is the same for every seed."""
     if subset:
         test_size = max(NUM_CLASSES, round(subset * len(test.labels) / len(train.labels)))
         train = stratified_sample(train, subset, seed)
-        test = stratified_sample(test, test_size, seed)
+        test = stratified_sample(test, test_size, TEST_SAMPLE_SEED)
     train, val = split_train_val(train, val_fraction, seed)
     return {"train": to_tensors(train), "val": to_tensors(val), "test": to_tensors(test)}
 

@@ -52,9 +52,11 @@ def flatten(params: dict, prefix="") -> dict:
     return flat
 
 
-IGNORED_PARAMS = {"seed", "threads", "device"}  # what may differ between a study's seeds (device, threads:
-# the same results up to rounding) ...
-IGNORED_SECTIONS = ("study.",)  # ... and the study's own settings
+# What may differ between a study's seeds: the seed; the thread count (the same results up to rounding);
+# and what does not shape a seed's predictions: how long latency is measured, MLflow, the verdict rule and
+# its statistics (the aggregate applies today's `compare` to every seed alike), the study's own settings.
+IGNORED_PARAMS = {"seed", "threads", "evaluate.latency_repeats"}
+IGNORED_SECTIONS = ("study.", "compare.", "tracking.")
 
 
 def check_runs(runs: list[SeedRun]):
