@@ -152,6 +152,7 @@ def test_a_study_split_over_machines_is_gathered_without_training(tmp_path, buil
                tracking__experiment="team-study")
     run(["dvc", "remote", "add", "-d", "shared", str(tmp_path / "dvc-remote")], seed_repo)
     commit_all(seed_repo, "a study of seeds 1 and 2, shared DVC remote")
+    run(["dvc", "push", "-q"], seed_repo)  # the repository's own outputs, as its first machine left them
     run(["git", "clone", "-q", "--bare", str(seed_repo), str(origin)], tmp_path)
     clones = {}
     for name in ("a", "b", "c"):
