@@ -61,7 +61,8 @@ def test_idx_truncated_gzip_is_refused(tmp_path):
     images, labels = synthetic()
     images_path, labels_path = write_idx_pair(tmp_path, images, labels)
     images_path.write_bytes(images_path.read_bytes()[:200])
-    with pytest.raises(DataError, match=f"{images_path}: cannot read"):
+    with pytest.raises(DataError, match=f"{images_path}: cannot read .*; the file is damaged: replace it with a "
+                                        "good copy, or remove it to have the prepare stage find or download another"):
         data.read_idx_pair(images_path, labels_path)
 
 

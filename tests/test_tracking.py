@@ -32,6 +32,28 @@ def test_tracker_creates_experiment_with_artifacts_at_the_root(tmp_path, monkeyp
     assert tracker.has_run(run_id) and not tracker.has_run("0" * 32)
 
 
+def test_a_damaged_store_says_to_move_it_aside(tmp_path, monkeypatch):
+    from fashion_compare.errors import TrackingError
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    (tmp_path / "mlflow.db").write_bytes(b"not a database, " * 1000)
+    with pytest.raises(TrackingError) as error:
+        tracking.Tracker("unit-test")
+    message = str(error.value)
+    assert message.startswith(f"MLflow tracking at sqlite:///{tmp_path / 'mlflow.db'} failed: ") and "\n" not in message
+    assert "move it aside (mv mlflow.db mlflow.db.broken) and run again to start a new store" in message
+
+
+def test_the_statistics_and_plotting_modules_do_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; import fashion_compare.comparison, fashion_compare.uncertainty, fashion_compare.study, "
+            "fashion_compare.plots; print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
 def test_metric_keys_are_readable():
     assert tracking.metric_key("T-shirt/top") == "T-shirt_top"
     assert tracking.metric_key("Ankle boot") == "Ankle_boot"
