@@ -6,7 +6,8 @@ In a temporary git copy of the repository (a stratified `subset`, 1 epoch), queu
 lr = 0.0005, 0.001, 0.002, 0.004 and time `dvc queue start -j N` until every experiment has finished,
 for each N. With N workers each stage gets OMP_NUM_THREADS = cores / N (the `threads: auto` rule): two
 workers with all cores each would oversubscribe the CPU. The run cache is cleared before each
-measurement, so every point really trains. Prints seconds per N and the ratio to N = 1.
+measurement, so every point really trains. Prints seconds per N and the ratio to N = 1; records them in
+metrics/benchmark.json.
 """
 
 import argparse
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 import yaml
+from common import record
 
 REPO = Path(__file__).resolve().parent.parent
 GRID = ("0.0005", "0.001", "0.002", "0.004")
@@ -87,8 +89,11 @@ def main():
     cores = len(os.sched_getaffinity(0))
     print(f"{len(GRID)}-point grid (lr), data.subset {args.subset}, 1 epoch, {cores} cores")
     for workers, value in seconds.items():
+        ratio = value / seconds[args.workers[0]]
         print(f"dvc queue start -j {workers} (OMP_NUM_THREADS={max(1, cores // workers)}): {value:.1f} s, "
-              f"{value / seconds[args.workers[0]]:.2f} x the -j {args.workers[0]} time")
+              f"{ratio:.2f} x the -j {args.workers[0]} time")
+        record("queue_workers", f"j{workers}", {"seconds": value, "grid_points": len(GRID), "subset": args.subset,
+                                                "threads_per_stage": max(1, cores // workers), "over_first": ratio})
 
 
 if __name__ == "__main__":
