@@ -96,10 +96,11 @@ def experiment_name(seed: int) -> str:
     return f"study-seed-{seed}"
 
 
-def collect(seed: int, fingerprint: str):
-    """Copy a finished experiment's metrics and per-image predictions into metrics/study/seeds/<seed>/."""
+def collect(seed: int, fingerprint: str, baseline: str):
+    """Copy a finished experiment's metrics and per-image predictions into metrics/study/seeds/<seed>/.
+    `baseline`: the commit the experiment ran from (DVC files the experiment under it)."""
     name = experiment_name(seed)
-    head = git("rev-parse", "HEAD").strip()
+    head = baseline
     ref = f"refs/exps/{head[:2]}/{head[2:]}/{name}"
     show = lambda path: git("show", f"{ref}:{path}")  # noqa: E731
     lock = yaml.safe_load(show("dvc.lock"))
@@ -175,9 +176,10 @@ class SeedRunner:
 
     def __init__(self, fingerprint):
         self.fingerprint, self.failed, self.started = fingerprint, {}, time.perf_counter()
+        self.baseline = git("rev-parse", "HEAD").strip()  # the experiments' baseline, whatever HEAD does later
 
     def finished(self, seed):
-        collect(seed, self.fingerprint)
+        collect(seed, self.fingerprint, self.baseline)
         top = read_json(seed_dir(seed) / "headline.json")
         print(f"seed {seed}: finished after {(time.perf_counter() - self.started) / 60:.1f} min: ResNet18 "
               f"{top['resnet']['test_accuracy']:.4f}, Small CNN {top['cnn']['test_accuracy']:.4f}, "
@@ -213,7 +215,10 @@ class SeedRunner:
         pending = {experiment_name(seed): seed for seed in seeds}
         for name, seed in pending.items():
             dvc("exp", "run", "--queue", "-S", f"seed={seed}", "-n", name, env=env)
-        dvc("queue", "start", "-j", str(jobs), env=env)
+        # Not captured: the workers it starts inherit its output and outlive it (a pipe would stay open until
+        # the queue is empty, and we would collect no seed before the last one).
+        subprocess.run([str(Path(sys.executable).parent / "dvc"), "queue", "start", "-j", str(jobs)],
+                       env=tool_env(env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
         try:
             while pending:
                 time.sleep(POLL_SECONDS)
