@@ -37,8 +37,9 @@ def test_the_answer_on_the_first_screen_is_the_study_verdict():
                 f"[{100 * gain['ci'][0]:+.2f}, {100 * gain['ci'][1]:+.2f}]")
     assert expected in first_screen
     assert f"paired t-test p = {result['paired_t_test']['p_value']:.2g}" in first_screen
-    assert (f"P(ResNet18 > CNN) = {superiority['value']:.2f} [{superiority['ci'][0]:.2f}, "
-            f"{superiority['ci'][1]:.2f}]") in first_screen
+    assert (f"P(ResNet18 > CNN) = {superiority['value']:.2f} (bootstrap over seeds [{superiority['ci'][0]:.2f}, "
+            f"{superiority['ci'][1]:.2f}], exact [{superiority['exact_ci'][0]:.2f}, "
+            f"{superiority['exact_ci'][1]:.2f}])") in first_screen
     assert f"over {result['k']} paired training runs" in first_screen
 
 

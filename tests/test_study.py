@@ -51,6 +51,8 @@ def test_the_numbers_over_seeds_are_the_textbook_ones():
     assert result["models"]["resnet"]["test_accuracy"] == pytest.approx(
         {"mean": 0.91, "sd": 0.01, "min": 0.90, "max": 0.92})
     assert result["p_resnet_better"]["value"] == 1.0 and result["p_resnet_better"]["ci"] == [1.0, 1.0]
+    # 3 of 3 seeds won: Clopper-Pearson's 95 % interval is [(0.025)^(1/3), 1] = [0.292, 1]
+    assert result["p_resnet_better"]["exact_ci"] == pytest.approx([0.025 ** (1 / 3), 1.0])
 
     deep_f1 = [f1_score(LABELS, run.predictions["resnet"], average=None) for run in runs]
     small_f1 = [f1_score(LABELS, run.predictions["cnn"], average=None) for run in runs]
