@@ -260,6 +260,7 @@ def load_study(seeds: list):
         raise study.StudyError(f"study.seeds: seed {', '.join(map(str, repeated))} appears more than once")
     runs, failed, missing = load_seed_runs(seeds)
     if missing:
-        raise study.StudyError(f"seeds {', '.join(map(str, missing))} have no results in {SEEDS_DIR}; run them "
-                               "first (make study), or pull them from the machine that ran them (git pull)")
+        which = f"seeds {', '.join(map(str, missing))} have" if len(missing) > 1 else f"seed {missing[0]} has"
+        raise study.StudyError(f"{which} no results in {SEEDS_DIR}; run them first (make study), or pull them "
+                               "from the machine that ran them (git pull)")
     return runs, failed
