@@ -29,7 +29,7 @@ def test_the_study_tables_are_those_of_metrics_study_json():
 
 def test_the_answer_on_the_first_screen_is_the_study_verdict():
     result = json.loads((REPO / "metrics/study.json").read_text())
-    first_screen = "\n".join(README.splitlines()[:40])
+    first_screen = " ".join("\n".join(README.splitlines()[:40]).split())  # lines wrapped anywhere
     gain, superiority = result["accuracy_gain"], result["p_resnet_better"]
     answer = "**Yes.**" if result["verdict"]["deep_model_worth_it"] else "**No.**"
     assert answer in first_screen
@@ -40,7 +40,7 @@ def test_the_answer_on_the_first_screen_is_the_study_verdict():
     assert (f"P(ResNet18 > CNN) = {superiority['value']:.2f} (bootstrap over seeds [{superiority['ci'][0]:.2f}, "
             f"{superiority['ci'][1]:.2f}], exact [{superiority['exact_ci'][0]:.2f}, "
             f"{superiority['exact_ci'][1]:.2f}])") in first_screen
-    assert f"over {result['k']} paired training runs" in first_screen
+    assert f"Over {result['k']} paired training runs" in first_screen
 
 
 def test_the_single_run_tables_are_those_of_metrics_compare_json():
