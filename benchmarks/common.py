@@ -6,7 +6,6 @@ script), so a run cut short keeps what it measured; and prints each figure when 
 
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,8 @@ VENV_BIN = Path(sys.executable).parent  # dvc, mlflow: the virtualenv's own, wha
 REPORT = REPO / "metrics" / "benchmark.json"
 sys.path.insert(0, str(REPO / "src"))  # this checkout's package, as the stages use it
 
+from fashion_compare.study_runs import cpu_model  # noqa: E402  (the name a seed's run.json records too)
+
 
 def tool(name: str) -> str:
     """The virtualenv's command `name` (dvc, mlflow), found beside this Python."""
@@ -23,16 +24,6 @@ def tool(name: str) -> str:
     if not path.exists():
         sys.exit(f"{path}: not found; run `make setup` (or the script with the virtualenv's python)")
     return str(path)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine() -> dict:
