@@ -64,7 +64,8 @@ def _parent_of(pid: int) -> int:
         return 0
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether a process with this PID exists (one of another user's counts)."""
     try:
         os.kill(pid, 0)
         return True
@@ -95,7 +96,7 @@ def stop_with_parent():
     def watch():
         stop = threading.Event()
         while not stop.wait(PARENT_POLL_SECONDS):
-            if os.getppid() != parent or not all(map(_alive, watched)):
+            if os.getppid() != parent or not all(map(alive, watched)):
                 os.kill(os.getpid(), signal.SIGTERM)
                 return
 

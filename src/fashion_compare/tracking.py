@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from .errors import TrackingError, first_line
-from .process import signals_deferred
+from .process import alive, signals_deferred
 
 STORE_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
@@ -66,16 +66,6 @@ def git_commit() -> str:
         return out.stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
 
 
 def run_tags(stage: str, params_file="params.yaml") -> dict:
@@ -263,7 +253,7 @@ class Tracker:
                                        f"tags.`dvc.stage` = '{stage}' and tags.`host` = '{host}'")
         for run in runs:
             pid = int(run.data.tags.get("pid", "0") or 0)
-            if run.info.run_id != keep and pid and not _process_alive(pid):
+            if run.info.run_id != keep and pid and not alive(pid):
                 self.end_run(run.info.run_id, "KILLED")
                 print(f"marked MLflow run {run.info.run_id} KILLED (its process {pid} is gone)")
 
