@@ -24,7 +24,10 @@ study: setup data
 	$(BIN)/python stages/study.py all $(if $(SEEDS),--seeds $(SEEDS)) $(if $(JOBS),--jobs $(JOBS))
 
 # Every test, on as many pytest-xdist workers as there are cores (they share the cores: tests/conftest.py).
-test: setup data browser
+# The virtualenv and Debian's packages are set up side by side (a sub-make with jobs: `make -j` for every
+# target would also run `make repro study` at once, two trainings on the same cores).
+test:
+	@$(MAKE) --no-print-directory --jobs=3 setup data browser
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q -n auto --dist loadgroup
 
@@ -45,10 +48,13 @@ lint: setup
 
 setup: $(VENV)/.installed $(OFFLINE_PLOTS)
 
+# uv installs the pinned packages (several GB: torch's CUDA build) in parallel, ~4x faster than pip here
+# (docs/performance.md). It reads UV_INDEX_URL / UV_EXTRA_INDEX_URL, not pip's configuration.
+UV_VERSION := 0.13.9
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet uv==$(UV_VERSION)
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[dev]'
 	touch $@
 
 # `dvc plots show` pages that render offline: Vega inlined, set as this clone's html_template.
@@ -66,8 +72,8 @@ data:
 	@if [ -d $(DEBIAN_DATA) ]; then echo "raw data: $(DEBIAN_DATA)"; \
 	else echo "raw data: not installed system-wide; the prepare stage will use data/raw or download it"; fi
 
-# Headless Chromium, for the test that dvc plots render offline.
-browser:
+# Headless Chromium, for the test that dvc plots render offline (after `data`: one apt-get at a time).
+browser: data
 	@if ! command -v chromium >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get install -y -q chromium >/dev/null 2>&1 \
 		|| (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null); \

@@ -251,10 +251,11 @@ def test_cnn_only_change_leaves_resnet_cached(repo):
         run(["git", "checkout", "--", "params.yaml"], repo)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def lr_experiment(repo):
     """`dvc exp run --temp -S cnn.lr=0.01`, in a temporary workspace (as queued runs are); one model retrains
-    (the top-level lr resolves into both models' configs: test_params.py)."""
+    (the top-level lr resolves into both models' configs: test_params.py). Session-scoped, as `repo` is: a
+    module-scoped fixture is set up again whenever pytest-xdist runs another module's test in between."""
     reset_to_head(repo)
     run(["dvc", "exp", "run", "--temp", "-S", "cnn.lr=0.01", "-n", "lr-high"], repo)
     return "lr-high"

@@ -138,9 +138,9 @@ def push(clone, env, message, paths):
 
 
 def test_a_study_split_over_machines_is_gathered_without_training(tmp_path, built_pipeline, team_server):
-    """Clone A runs seeds 1 and 2, is killed after seed 1 and rerun: it trains seed 2 only. A pushes seed 1,
-    clone B runs seed 2 and pushes it; clone C pulls both and aggregates without training anything, and gets
-    the numbers A got running both seeds itself."""
+    """Clone A runs seeds 1 and 2 and is killed after seed 1; it pushes seed 1. Clone B runs seed 2 (a slice of
+    the study) and pushes it. A, pulled and rerun, trains nothing: both seeds are done. Clone C pulls both and
+    aggregates without training anything, to the numbers A gets."""
     from mlflow.tracking import MlflowClient
 
     mlflow_server = team_server  # its own experiment there: team-study
@@ -170,15 +170,18 @@ def test_a_study_split_over_machines_is_gathered_without_training(tmp_path, buil
     output = runner.communicate(timeout=120)[0]
     assert runner.returncode == 143 and "error: interrupted (SIGTERM)" in output, output
     assert (a / "metrics/study/seeds/1/predictions.csv").exists() and not (a / "metrics/study/seeds/2").exists()
-    rerun = study(a, env, "run").stdout
-    assert "seed 1: done already" in rerun and "running seeds 2, 1 at a time" in rerun and "seed 2: finished" in rerun
+    push(a, env, "seed 1", ["metrics/study/seeds/1"])
+
+    sliced = study(b, env, "run", "--seeds", "2").stdout
+    assert "running seeds 2, 1 at a time" in sliced and "seed 2: finished" in sliced
+    push(b, env, "seed 2", ["metrics/study/seeds/2"])
+
+    run(["git", "pull", "-q"], a)
+    rerun = study(a, env, "run").stdout  # the killed study, rerun: its missing seed was run by B
+    assert "seed 1: done already" in rerun and "seed 2: done already" in rerun and "running seeds" not in rerun
     one_machine = study(a, env, "aggregate").stdout
     assert "## Verdict" not in one_machine and "Is the deep model worth its cost" in one_machine
     reference = json.loads((a / "metrics/study.json").read_text())
-    push(a, env, "seed 1", ["metrics/study/seeds/1"])
-
-    assert "seed 2: finished" in study(b, env, "run", "--seeds", "2").stdout
-    push(b, env, "seed 2", ["metrics/study/seeds/2"])
 
     run(["git", "pull", "-q"], c)
     run(["dvc", "pull", "-q", "--run-cache"], c, env=env)
