@@ -29,7 +29,7 @@ study: setup data
 test:
 	@$(MAKE) --no-print-directory --jobs=3 setup data browser
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q -n auto --dist loadgroup
+	$(BIN)/pytest -q -n auto
 
 # The inner loop: the tests that run no pipeline (under a minute).
 test-fast: setup data

@@ -170,6 +170,13 @@ def repo(built_pipeline, tmp_path_factory):
     return copy_built(built_pipeline, tmp_path_factory.mktemp("pipeline"))
 
 
+@pytest.fixture
+def own_repo(built_pipeline, tmp_path):
+    """A copy of the built smoke pipeline for one test, whose experiments would change what other tests read in
+    a shared copy (an experiment's compare run becomes the parent of the cached training runs it compares)."""
+    return copy_built(built_pipeline, tmp_path / "pipeline")
+
+
 # ---------------------------------------------------------------- an MLflow tracking server on loopback
 
 def free_port():
@@ -245,12 +252,26 @@ def copy_raw(source_dir, target_dir):
             shutil.copy2(_idx_path(Path(source_dir), name), target_dir)
 
 
+# The end-to-end tests that take longest (20 s or more each with one core), in the order they are handed out.
+LONGEST_END_TO_END = ("test_second_clone_pulls_instead_of_retraining",
+                      "test_an_lr_experiment_is_tracked_shown_and_restored_from_the_run_cache",
+                      "test_sigkill_mid_epoch_then_rerun_gives_the_same_weights",
+                      "test_tracking_outage_mid_training_keeps_the_training_and_names_what_was_not_logged",
+                      "test_killing_dvc_alone_stops_the_training_and_the_rerun_resumes_it",
+                      "test_queued_experiment_runs_its_own_code")
+
+
 def pytest_collection_modifyitems(config, items):
     """Longest first, so that pytest-xdist workers finish together: the seed-study test (which also builds the
-    shared smoke pipeline), then the tests that need no pipeline, then the other end-to-end tests."""
+    shared smoke pipeline), then the tests that need no pipeline (while it is built), then the longest other
+    end-to-end tests, then the rest."""
     def order(item):
         if item.name.startswith("test_a_study_split_over_machines"):
-            return 0
-        return 2 if item.get_closest_marker("e2e") else 1
+            return (0, 0)
+        if not item.get_closest_marker("e2e"):
+            return (1, 0)
+        if item.name in LONGEST_END_TO_END:
+            return (2, LONGEST_END_TO_END.index(item.name))
+        return (3, 0)
 
     items.sort(key=order)

@@ -251,33 +251,31 @@ def test_cnn_only_change_leaves_resnet_cached(repo):
         run(["git", "checkout", "--", "params.yaml"], repo)
 
 
-@pytest.fixture(scope="session")
-def lr_experiment(repo):
+def test_an_lr_experiment_is_tracked_shown_and_restored_from_the_run_cache(own_repo):
     """`dvc exp run --temp -S cnn.lr=0.01`, in a temporary workspace (as queued runs are); one model retrains
-    (the top-level lr resolves into both models' configs: test_params.py). Session-scoped, as `repo` is: a
-    module-scoped fixture is set up again whenever pytest-xdist runs another module's test in between."""
-    reset_to_head(repo)
+    (the top-level lr resolves into both models' configs: test_params.py). One experiment serves both checks."""
+    repo = own_repo
     run(["dvc", "exp", "run", "--temp", "-S", "cnn.lr=0.01", "-n", "lr-high"], repo)
-    return "lr-high"
+    check_experiment_logs_to_the_repo_root_store_and_shows(repo, "lr-high")
+    check_params_that_ran_before_are_restored_from_the_run_cache(repo)
 
 
-@pytest.mark.xdist_group("lr_experiment")
-def test_exp_run_with_new_lr_logs_to_the_repo_root_store(repo, lr_experiment):
-    runs = runs_by_name(repo, **{"dvc.exp_name": lr_experiment, "dvc.stage": "train_cnn"})
+def check_experiment_logs_to_the_repo_root_store_and_shows(repo, experiment):
+    runs = runs_by_name(repo, **{"dvc.exp_name": experiment, "dvc.stage": "train_cnn"})
     assert len(runs) == 1 and float(next(iter(runs.values())).data.params["lr"]) == 0.01
-    runs = runs_by_name(repo, **{"dvc.exp_name": lr_experiment})
+    runs = runs_by_name(repo, **{"dvc.exp_name": experiment})
     assert set(runs) == {"Small CNN", "ResNet18 vs CNN"}  # ResNet18 came from the cache, untrained
     assert all(run_info.data.metrics.get("test_accuracy") is not None
                for name, run_info in runs.items() if name != "ResNet18 vs CNN")
     assert not list((repo / ".dvc" / "tmp").rglob("mlflow.db"))
     shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
     text = json.dumps(shown)
-    assert '"lr-high"' in text and "0.01" in text and "test_accuracy" in text
+    assert f'"{experiment}"' in text and "0.01" in text and "test_accuracy" in text
 
-    diff = json.loads(run(["dvc", "plots", "diff", "HEAD", "lr-high", "--json"], repo).stdout)
+    diff = json.loads(run(["dvc", "plots", "diff", "HEAD", experiment, "--json"], repo).stdout)
     points = plot_points(diff.get("data", diff), "plots/compare/f1_per_class.csv")
     assert {(point["rev"], point["model"]) for point in points} == {
-        (rev, model) for rev in ("HEAD", "lr-high") for model in ("ResNet18", "Small CNN")}
+        (rev, model) for rev in ("HEAD", experiment) for model in ("ResNet18", "Small CNN")}
 
 
 # ---------------------------------------------------------------- caching
@@ -291,8 +289,7 @@ def output_bytes(repo):
     return {path: hashlib.md5((repo / path).read_bytes()).hexdigest() for path in paths}
 
 
-@pytest.mark.xdist_group("lr_experiment")
-def test_params_that_ran_before_are_restored_from_the_run_cache(repo, lr_experiment):
+def check_params_that_ran_before_are_restored_from_the_run_cache(repo):
     """cnn.lr=0.01 ran as an experiment: set in the workspace, every stage it changes is restored, none
     runs; back to the committed value, the committed outputs come back the same way."""
     import torch
@@ -330,10 +327,10 @@ def test_rerunning_prepare_and_training_gives_the_same_bytes(repo):
     reset_to_head(repo)
 
 
-def test_queued_experiment_runs_its_own_code(repo):
+def test_queued_experiment_runs_its_own_code(own_repo):
     """A queued experiment runs in a copy of the repository: it must import that copy's package, not the
     workspace's (which may have changed, or be another branch, by the time the queue runs)."""
-    reset_to_head(repo)
+    repo = own_repo
     comparison = repo / "src/fashion_compare/comparison.py"
     original = comparison.read_text()
     marked = original.replace('"mcnemar_p": verdict["mcnemar"]["p_value"],',
@@ -344,14 +341,9 @@ def test_queued_experiment_runs_its_own_code(repo):
         run(["dvc", "exp", "run", "--queue", "-n", "own-code"], repo)
     finally:
         comparison.write_text(original)  # the workspace is back to the old code before the queue runs
-    run(["dvc", "queue", "start", "-j", "1"], repo)
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        status = run(["dvc", "queue", "status"], repo).stdout
-        if "own-code" in status and not any(state in status for state in ("Queued", "Running")):
-            break
-        time.sleep(3)
-    assert "Success" in status, status
+    run(["dvc", "exp", "run", "--run-all", "-j", "1"], repo)  # a queue worker runs it; this follows it to the end
+    status = run(["dvc", "queue", "status"], repo).stdout
+    assert "own-code" in status and "Success" in status, status
     shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
     text = json.dumps(shown)
     assert '"own-code"' in text and '"code_marker": 7' in text.replace('"code_marker":7', '"code_marker": 7')

@@ -27,9 +27,11 @@ pytestmark = pytest.mark.e2e
 MODELS = ("resnet", "cnn")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def team_server(tmp_path_factory):
-    """The team's MLflow server on loopback, for this module's tests (each uses an experiment of its own)."""
+    """The team's MLflow server on loopback, for this module's tests (each uses an experiment of its own).
+    Session-scoped: a module-scoped server would start again whenever pytest-xdist runs another module's
+    test in between."""
     folder = tmp_path_factory.mktemp("team-server")
     server = start_mlflow_server(folder, free_port())
     try:
