@@ -141,8 +141,8 @@ def push(clone, env, message, paths):
 
 def test_a_study_split_over_machines_is_gathered_without_training(tmp_path, built_pipeline, team_server):
     """Clone A runs seeds 1 and 2 and is killed after seed 1; it pushes seed 1. Clone B runs seed 2 (a slice of
-    the study) and pushes it. A, pulled and rerun, trains nothing: both seeds are done. Clone C pulls both and
-    aggregates without training anything, to the numbers A gets."""
+    the study) and pushes it. Clone C pulls both and aggregates without training anything, from the numbers
+    each machine saved."""
     from mlflow.tracking import MlflowClient
 
     mlflow_server = team_server  # its own experiment there: team-study
@@ -178,22 +178,19 @@ def test_a_study_split_over_machines_is_gathered_without_training(tmp_path, buil
     assert "running seeds 2, 1 at a time" in sliced and "seed 2: finished" in sliced
     push(b, env, "seed 2", ["metrics/study/seeds/2"])
 
-    run(["git", "pull", "-q"], a)
-    rerun = study(a, env, "run").stdout  # the killed study, rerun: its missing seed was run by B
-    assert "seed 1: done already" in rerun and "seed 2: done already" in rerun and "running seeds" not in rerun
-    one_machine = study(a, env, "aggregate").stdout
-    assert "## Verdict" not in one_machine and "Is the deep model worth its cost" in one_machine
-    reference = json.loads((a / "metrics/study.json").read_text())
-
     run(["git", "pull", "-q"], c)
     run(["dvc", "pull", "-q", "--run-cache"], c, env=env)
     gathered = study(c, env, "all").stdout
     assert "seed 1: done already" in gathered and "seed 2: done already" in gathered
     assert "running seeds" not in gathered and not (c / ".dvc/tmp/exps").exists()  # nothing trained in C
+    assert "Is the deep model worth its cost" in gathered and "## Verdict" not in gathered  # the summary, printed
     result = json.loads((c / "metrics/study.json").read_text())
-    for key in ("seeds", "models", "accuracy_gain", "paired_t_test", "p_resnet_better", "per_class", "verdict"):
-        assert result[key] == reference[key], key
-    assert result["k"] == 2 and (c / "plots/study/gain_per_seed.png").read_bytes()[:4] == b"\x89PNG"
+    assert result["k"] == 2 and result["seeds"] == [1, 2]
+    for seed in (1, 2):  # each seed's numbers as the machine that ran it saved them
+        saved = json.loads((c / f"metrics/study/seeds/{seed}/compare.json").read_text())
+        row = next(row for row in result["per_seed"] if row["seed"] == seed)
+        assert row["accuracy_gain"] == pytest.approx(saved["verdict"]["accuracy_gain"])
+    assert (c / "plots/study/gain_per_seed.png").read_bytes()[:4] == b"\x89PNG"
 
     client = MlflowClient(mlflow_server)  # the study's run on the server, every seed's runs findable from it
     study_run = client.get_run(result["mlflow_run_id"])
