@@ -26,7 +26,7 @@ from fashion_compare import plots, process, study, tracking  # noqa: E402
 from fashion_compare.errors import exit_on_error  # noqa: E402
 from fashion_compare.files import save_figure, write_csv, write_json, write_text  # noqa: E402
 from fashion_compare.params import load_params  # noqa: E402
-from fashion_compare.study_runs import comparable, load_seed_runs, load_study, run_seeds  # noqa: E402
+from fashion_compare.study_runs import comparable, has_results, load_study, run_seeds  # noqa: E402
 
 OUT = Path("plots/study")
 
@@ -76,7 +76,7 @@ def main():
             print(f"seeds {', '.join(map(str, failed))} failed; run again to retry them")
     if args.command in ("aggregate", "all"):
         all_seeds = params.study.seeds
-        _, _, missing = load_seed_runs(all_seeds)
+        missing = [seed for seed in all_seeds if not has_results(seed)]
         if args.command == "all" and missing:
             print(f"study.seeds not all run yet (missing: {', '.join(map(str, missing))}): the aggregate waits "
                   "for them; run them here or on another machine, then `make study` again")

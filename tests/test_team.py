@@ -134,7 +134,7 @@ def study(clone, env, *args, check=True):
 def push(clone, env, message, paths):
     run(["git", "add", *paths], clone)
     run(["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid", "commit", "-qm", message], clone)
-    run(["git", "pull", "-q", "--rebase", "--autostash"], clone)  # the aggregate rewrote committed files
+    run(["git", "pull", "-q", "--rebase"], clone)
     run(["git", "push", "-q"], clone)
     run(["dvc", "push", "-q", "--run-cache"], clone, env=env)
 

@@ -39,10 +39,13 @@ def tool_env(env=None) -> dict:
     return env
 
 
+def dvc_command(*args) -> list:
+    """The virtualenv's dvc (beside this Python), whatever PATH says, with `args`."""
+    return [str(Path(sys.executable).parent / "dvc"), *args]
+
+
 def dvc(*args, check=True, env=None) -> subprocess.CompletedProcess:
-    """The virtualenv's dvc (beside this Python), whatever PATH says."""
-    command = [str(Path(sys.executable).parent / "dvc"), *args]
-    result = subprocess.run(command, capture_output=True, text=True, env=tool_env(env))
+    result = subprocess.run(dvc_command(*args), capture_output=True, text=True, env=tool_env(env))
     if check and result.returncode != 0:
         raise PipelineError(f"`dvc {' '.join(args)}` failed: {(result.stderr or result.stdout).strip()[-400:]}")
     return result
@@ -92,16 +95,13 @@ def collect(seed: int, fingerprint: str, baseline: str):
     """Copy a finished experiment's metrics and per-image predictions into metrics/study/seeds/<seed>/.
     `baseline`: the commit the experiment ran from (DVC files the experiment under it)."""
     name = experiment_name(seed)
-    head = baseline
-    ref = f"refs/exps/{head[:2]}/{head[2:]}/{name}"
+    ref = f"refs/exps/{baseline[:2]}/{baseline[2:]}/{name}"
     show = lambda path: git("show", f"{ref}:{path}")  # noqa: E731
     lock = yaml.safe_load(show("dvc.lock"))
     out = next(o for o in lock["stages"]["evaluate"]["outs"] if o["path"] == "data/predictions/test.csv")
     cached = Path(".dvc/cache/files/md5") / out["md5"][:2] / out["md5"][2:]
-    lines = cached.read_text().splitlines()
-    header = lines[0].split(",")
-    columns = [header.index(c) for c in ("image", "label", *(f"{m}_predicted" for m in MODEL_NAMES))]
-    rows = [dict(zip(("image", "label", *MODEL_NAMES), (line.split(",")[c] for c in columns))) for line in lines[1:]]
+    rows = [{"image": row["image"], "label": row["label"], **{m: row[f"{m}_predicted"] for m in MODEL_NAMES}}
+            for row in csv_rows(cached)]
     folder = seed_dir(seed)
     for metric in SEED_METRICS:
         write_text(folder / f"{metric}.json", show(f"metrics/{metric}.json"))
@@ -111,7 +111,7 @@ def collect(seed: int, fingerprint: str, baseline: str):
     write_text(folder / "params.yaml", show("params.yaml"))
     train = {m: json.loads(show(f"metrics/train_{m}.json")) for m in MODEL_NAMES}
     write_json(folder / "run.json", {
-        "seed": seed, "experiment": name, "rev": git("rev-parse", ref).strip(), "baseline": head,
+        "seed": seed, "experiment": name, "rev": git("rev-parse", ref).strip(), "baseline": baseline,
         "code": fingerprint, "cpu": cpu_model(), "threads": {m: train[m]["threads"] for m in MODEL_NAMES},
         "train_seconds": {m: train[m]["train_seconds"] for m in MODEL_NAMES},
         "mlflow_run_ids": {**{m: train[m]["mlflow_run_id"] for m in MODEL_NAMES},
@@ -170,14 +170,14 @@ class SeedRunner:
         self.fingerprint, self.failed, self.started = fingerprint, {}, time.perf_counter()
         self.baseline = git("rev-parse", "HEAD").strip()  # the experiments' baseline, whatever HEAD does later
 
-    def finished(self, seed):
+    def record_success(self, seed):
         collect(seed, self.fingerprint, self.baseline)
         top = read_json(seed_dir(seed) / "headline.json")
         print(f"seed {seed}: finished after {(time.perf_counter() - self.started) / 60:.1f} min: ResNet18 "
               f"{top['resnet']['test_accuracy']:.4f}, Small CNN {top['cnn']['test_accuracy']:.4f}, "
               f"gain {100 * top['accuracy_gain']:+.2f} points", flush=True)
 
-    def fail(self, seed, why):
+    def record_failure(self, seed, why):
         self.failed[seed] = why
         write_json(seed_dir(seed) / "failed.json", {"seed": seed, "error": why})
         print(f"seed {seed}: FAILED ({why})", flush=True)
@@ -185,8 +185,8 @@ class SeedRunner:
     def one_at_a_time(self, seeds):
         """`dvc exp run --temp` per seed: a temporary workspace each, no queue to start."""
         for seed in seeds:
-            attempt = subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "exp", "run", "--temp", "-S",
-                                        f"seed={seed}", "-n", experiment_name(seed)],
+            attempt = subprocess.Popen(dvc_command("exp", "run", "--temp", "-S", f"seed={seed}", "-n",
+                                                   experiment_name(seed)),
                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=tool_env())
             try:
                 output = attempt.communicate()[0]
@@ -195,10 +195,10 @@ class SeedRunner:
                 attempt.wait()
                 raise
             if attempt.returncode == 0:
-                self.finished(seed)
+                self.record_success(seed)
             else:
-                self.fail(seed, next((line for line in reversed(output.splitlines()) if line.startswith("ERROR")),
-                                     "failed").strip())
+                errors = (line for line in reversed(output.splitlines()) if line.startswith("ERROR"))
+                self.record_failure(seed, next(errors, "failed").strip())
 
     def in_queue(self, seeds, jobs):
         """`dvc exp run --queue` per seed, `dvc queue start -j jobs`; the workers share the cores."""
@@ -209,23 +209,29 @@ class SeedRunner:
             dvc("exp", "run", "--queue", "-S", f"seed={seed}", "-n", name, env=env)
         # Not captured: the workers it starts inherit its output and outlive it (a pipe would stay open until
         # the queue is empty, and we would collect no seed before the last one).
-        subprocess.run([str(Path(sys.executable).parent / "dvc"), "queue", "start", "-j", str(jobs)],
+        subprocess.run(dvc_command("queue", "start", "-j", str(jobs)),
                        env=tool_env(env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
         try:
             while pending:
                 time.sleep(POLL_SECONDS)
                 for name, state in queue_states(pending).items():
                     if state == "Success":
-                        self.finished(pending.pop(name))
+                        self.record_success(pending.pop(name))
                     elif state == "Failed":
                         log = dvc("queue", "logs", name, check=False).stdout.strip().splitlines()
                         why = next((line for line in reversed(log) if line.startswith("ERROR")), "failed").strip()
-                        self.fail(pending.pop(name), f"{why} (`dvc queue logs {name}` has the whole log)")
+                        self.record_failure(pending.pop(name), f"{why} (`dvc queue logs {name}` has the whole log)")
         except KeyboardInterrupt:
             dvc("queue", "kill", *pending, check=False)
             raise
         finally:
             dvc("queue", "stop", check=False)
+
+
+def has_results(seed: int) -> bool:
+    """The seed ran, here or on a machine whose results were pulled: it finished or it failed."""
+    folder = seed_dir(seed)
+    return (folder / "failed.json").is_file() or (folder / "predictions.csv").is_file()
 
 
 def load_seed_runs(seeds: list):
@@ -247,7 +253,6 @@ def load_seed_runs(seeds: list):
 
 
 def csv_rows(path):
-
     with open(path, newline="", encoding="utf-8") as handle:
         yield from csv.DictReader(handle)
 
