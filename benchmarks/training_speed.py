@@ -22,8 +22,8 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 
-import torch  # noqa: E402  (after common, which puts this checkout's package first on the path)
-from common import REPO, in_fresh_process, record, say
+import torch
+from common import REPO, in_fresh_process, record, say  # puts this checkout's package first on the path
 
 from fashion_compare import cpu_speedups, data, models, tracking, training  # noqa: E402
 from fashion_compare.files import save_torch  # noqa: E402
@@ -34,10 +34,11 @@ from fashion_compare.params import load_params, train_config  # noqa: E402
 class Loop:
     """One way of running the training steps: the model's form, the optimizer, the process settings."""
     convs: str = "small-map"  # small-map: SmallMapConv2d (cpu_speedups); stock: nn.Conv2d everywhere
-    adam: str = "project"  # project: training.make_optimizer (fused, ResNet18's live taps only); fused: fused
-    # Adam on model.parameters(); default: torch.optim.Adam's own choice (a for-loop over the tensors on CPU)
-    process: str = "tuned"  # tuned: as the stage, training.keep_freed_memory and seed_everything (no NaN-fill)
-    # plain: torch.manual_seed only
+    # project: as training.train on a CPU (fused Adam over ResNet18's live taps only); fused: fused Adam over
+    # model.parameters(); default: torch.optim.Adam's own choice (a for-loop over the tensors on CPU)
+    adam: str = "project"
+    # tuned: as the stage, training.keep_freed_memory and seed_everything (no NaN-fill); plain: torch.manual_seed
+    process: str = "tuned"
     memory_format: str = "config"  # config: the model's channels_last param; contiguous
     stage: bool = False  # the project's training loop as the stage runs it, instead of a minimal loop
 
@@ -69,7 +70,8 @@ def bare_loop(name, loop: Loop, config, subset):
     model = model.to(memory_format=memory_format)
     batches = [(x.contiguous(memory_format=memory_format), y)
                for x, y in zip(subset["images"].split(config.batch_size), subset["labels"].split(config.batch_size))]
-    optimizer = {"project": lambda: training.make_optimizer(model, config.lr, torch.device("cpu")),
+    live_taps = lambda: cpu_speedups.prepare_for_cpu_training(model)  # noqa: E731  (as training.train on a CPU)
+    optimizer = {"project": lambda: training.make_optimizer(live_taps(), config.lr, torch.device("cpu")),
                  "fused": lambda: torch.optim.Adam(model.parameters(), lr=config.lr, fused=True),
                  "default": lambda: torch.optim.Adam(model.parameters(), lr=config.lr)}[loop.adam]()
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -96,13 +98,13 @@ def stage_loop(name, config, subset):
         tracker = tracking.Tracker("benchmark")  # connecting (schema creation) happens once per stage: not timed
         val_subset = {key: tensor[:config.batch_size] for key, tensor in subset.items()}
         warm_up = {key: tensor[:5 * config.batch_size] for key, tensor in subset.items()}
-        training.train(models.build_model(name), warm_up, val_subset, config, quiet=True)
+        training.train(models.build_model(name), warm_up, val_subset, config, torch.device("cpu"), quiet=True)
         started = time.perf_counter()
         run_id = tracker.start_run(name, config.model_dump(), {"dvc.stage": "benchmark"})
         training.seed_everything(config.seed)
         model = models.build_model(name)
         resume = training.ResumeFile(f"{workdir}/resume.pt", "benchmark")  # saved after every epoch, as in the stage
-        result = training.train(model, subset, val_subset, config, quiet=False, resume=resume,
+        result = training.train(model, subset, val_subset, config, torch.device("cpu"), quiet=False, resume=resume,
                                 observers=[tracking.EpochLogger(tracker, run_id)])
         save_torch(f"{workdir}/{name}.pt", training.checkpoint(result, config, models.parameter_count(model)))
         tracker.end_run(run_id)
@@ -112,7 +114,8 @@ def stage_loop(name, config, subset):
 
 
 def measure(name, loop: Loop, steps):
-    """Run one loop in this process (a fresh one: see `images_per_second`). Returns seconds."""
+    """Run one loop in this process (a fresh one, started by `main` through common.in_fresh_process: the
+    loops must not inherit each other's process settings). Returns seconds."""
     torch.set_num_threads(training.thread_count("auto"))
     if loop.process == "tuned":
         training.keep_freed_memory()

@@ -8,7 +8,7 @@ from pathlib import Path
 # in a copy of the repository, and each must run its own code.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from fashion_compare import MODEL_NAMES, PER_CLASS_METRICS, comparison, evaluation, plots, process, tracking
+from fashion_compare import MODEL_NAMES, PER_CLASS_METRICS, comparison, evaluation, plots, process, records, tracking
 from fashion_compare.errors import exit_on_error
 from fashion_compare.files import read_csv_rows, read_json, save_figure, write_csv, write_json, write_text
 from fashion_compare.params import load_params
@@ -31,7 +31,7 @@ def main():
     epochs = {name: read_csv_rows(f"plots/train/{name}_epochs.csv") for name in MODEL_NAMES}
     steps = {name: read_csv_rows(f"plots/train/{name}_steps.csv") for name in MODEL_NAMES}
     predictions = evaluation.read_predictions(args.predictions)
-    tracker = tracking.Tracker(params.tracking.experiment) if params.tracking.enabled else None
+    tracker = tracking.connect(params.tracking)
 
     val_accuracy = {name: [float(row["val_accuracy"]) for row in rows] for name, rows in epochs.items()}
     result = comparison.compare(train, evaluated, val_accuracy, predictions, params.compare, params.seed)
@@ -44,7 +44,7 @@ def main():
 
     child_run_ids = tracking.existing_runs(tracker, {name: train[name]["mlflow_run_id"] for name in MODEL_NAMES})
     child_params = {name: tracker.run_params(run_id) for name, run_id in child_run_ids.items()}
-    run_params = tracking.comparison_run_params(child_params, params.compare.model_dump(), params.seed)
+    run_params = records.comparison_run_params(child_params, params.compare.model_dump(), params.seed)
     tags = {f"{name}_run_id": run_id for name, run_id in child_run_ids.items()}
     with tracking.stage_run(tracker, "compare", "ResNet18 vs CNN", run_params, tags) as run_id:
         if run_id:
@@ -62,7 +62,7 @@ def main():
         write_json("metrics/headline.json", comparison.headline(result))
         write_json("metrics/cost.json", comparison.cost(result))
         if run_id:
-            tracking.log_comparison(tracker, run_id, child_run_ids, figures, summary, result)
+            records.log_comparison(tracker, run_id, child_run_ids, figures, summary, result)
     print(summary.split("## Verdict")[1].strip())
 
 

@@ -1,7 +1,8 @@
 """Stage evaluate: both checkpoints on the test set; per-class metrics, confusion matrices, inference cost.
 
-Every input is read and checked, and every result computed, before the first output is written or
-anything is logged: a stage that fails leaves the outputs and MLflow runs of the last good run as they were.
+Every input is read and checked, and every result computed, before the first output is written; each output
+is written whole (a temporary file, then a rename), and MLflow is told only after all of them: a stage that
+fails on its inputs leaves the outputs and MLflow runs of the last good run as they were.
 """
 
 import argparse
@@ -14,17 +15,7 @@ import torch
 # in a copy of the repository, and each must run its own code.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from fashion_compare import (
-    MODEL_NAMES,
-    MODEL_TITLES,
-    cpu_speedups,
-    data,
-    evaluation,
-    plots,
-    process,
-    tracking,
-    training,
-)
+from fashion_compare import MODEL_NAMES, cpu_speedups, data, evaluation, process, records, tracking, training
 from fashion_compare.errors import exit_on_error
 from fashion_compare.files import read_json, write_csv, write_json
 from fashion_compare.params import load_params
@@ -48,7 +39,7 @@ def main():
     if device.type == "cpu":  # the convolutions as training's validation ran them (equal up to rounding)
         checkpoints = {name: cpu_speedups.use_small_map_convolutions(model) for name, model in checkpoints.items()}
     run_ids = {name: read_json(f"metrics/train_{name}.json").get("mlflow_run_id") for name in MODEL_NAMES}
-    tracker = tracking.Tracker(params.tracking.experiment) if params.tracking.enabled else None
+    tracker = tracking.connect(params.tracking)
 
     y_true = test_set["labels"].numpy()
     results, probabilities = {}, {}
@@ -67,12 +58,7 @@ def main():
     write_json("metrics/evaluate.json", results)
 
     for name, run_id in tracking.existing_runs(tracker, run_ids).items():
-        result = results[name]
-        figure = plots.confusion_figure(result["confusion_matrix"], f"{MODEL_TITLES[name]}: test confusion matrix")
-        report = evaluation.report_text(y_true, probabilities[name].argmax(axis=1))
-        tracking.log_evaluation(tracker, run_id, result, report, figure)
-        plots.close(figure)
-
+        records.log_evaluation(tracker, run_id, name, results[name], y_true, probabilities[name].argmax(axis=1))
 
 if __name__ == "__main__":
     main()

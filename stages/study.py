@@ -22,7 +22,7 @@ import yaml
 # This checkout's package, not whichever one is installed.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from fashion_compare import plots, process, study, tracking  # noqa: E402
+from fashion_compare import plots, process, records, study, tracking  # noqa: E402
 from fashion_compare.errors import exit_on_error  # noqa: E402
 from fashion_compare.files import save_figure, write_csv, write_json, write_text  # noqa: E402
 from fashion_compare.params import load_params  # noqa: E402
@@ -54,7 +54,7 @@ def aggregate(seeds: list, params, tracker):
         write_text(OUT / "SUMMARY.md", summary)
         write_json("metrics/study.json", {**result, "mlflow_run_id": run_id})
         if run_id:
-            tracking.log_study(tracker, run_id, result, figures, summary)
+            records.log_study(tracker, run_id, result, figures, summary)
     print(summary.split("## Verdict")[1].strip())
 
 
@@ -81,7 +81,7 @@ def main():
             print(f"study.seeds not all run yet (missing: {', '.join(map(str, missing))}): the aggregate waits "
                   "for them; run them here or on another machine, then `make study` again")
             return
-        tracker = tracking.Tracker(params.tracking.experiment) if params.tracking.enabled else None
+        tracker = tracking.connect(params.tracking)
         aggregate(all_seeds if args.command == "all" else seeds, params, tracker)
 
 

@@ -6,7 +6,6 @@ every output is written.
 """
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch
 # in a copy of the repository, and each must run its own code.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from fashion_compare import MODEL_NAMES, MODEL_TITLES, cpu_speedups, data, models, process, tracking, training
+from fashion_compare import MODEL_NAMES, MODEL_TITLES, data, models, process, records, tracking, training
 from fashion_compare.errors import exit_on_error
 from fashion_compare.files import check_writable, save_torch, write_csv, write_json
 from fashion_compare.params import load_params, train_config
@@ -52,39 +51,22 @@ def main():
         train_set, val_set = data.load_split(args.data, "train"), data.load_split(args.data, "val")
         resume = training.ResumeFile(resume_path, training.fingerprint(config, train_set, val_set))
         saved = resume.load()
-        tracker = tracking.Tracker(params.tracking.experiment) if params.tracking.enabled else None
-        run_params = {**config.model_dump(), "device": str(device), "val_fraction": params.data.val_fraction,
-                      "subset": params.data.subset, "train_size": len(train_set["labels"]),
-                      "torch_version": torch.__version__, "python_version": platform.python_version(),
-                      "parameter_count": parameter_count}
+        tracker = tracking.connect(params.tracking)
+        run_params = records.training_params(config, device, params.data, len(train_set["labels"]), parameter_count)
         with tracking.stage_run(tracker, f"train_{name}", MODEL_TITLES[name], run_params,
                                 resume_run_id=saved.get("mlflow_run_id") if saved else None) as run_id:
             resume.metadata["mlflow_run_id"] = run_id
             logger = tracking.EpochLogger(tracker, run_id) if run_id else None
-            result = training.train(model, train_set, val_set, config, observers=[logger] if logger else [],
-                                    eval_batch_size=params.evaluate.batch_size, resume=resume, state=saved)
+            result = training.train(model, train_set, val_set, config, device, observers=[logger] if logger else [],
+                                    resume=resume, state=saved)
             save_torch(outputs["checkpoint"], training.checkpoint(result, config, parameter_count))
-            write_csv(outputs["epochs"], result.epoch_rows(name), ["model", "epoch", "train_loss", "train_accuracy",
-                                                                   "val_loss", "val_accuracy", "lr", "seconds"])
-            write_csv(outputs["steps"], result.step_rows(name), ["model", "step", "epoch", "train_loss"])
-            summary = {"model": name, "parameter_count": parameter_count, "epochs": config.epochs,
-                       "best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
-                       "final_val_accuracy": result.epochs[-1].val_accuracy,
-                       "final_train_loss": result.epochs[-1].train_loss, "train_seconds": result.train_seconds,
-                       "resumed_from_epoch": result.resumed_from_epoch, "threads": torch.get_num_threads(),
-                       "device": str(device), "mlflow_run_id": run_id}
-            if tracker:
+            write_csv(outputs["epochs"], result.epoch_rows(name), training.EPOCH_FIELDS)
+            write_csv(outputs["steps"], result.step_rows(name), training.STEP_FIELDS)
+            summary = {**training.summary(result, config, parameter_count, device), "mlflow_run_id": run_id}
+            if logger:
                 logger.flush()
-                if params.tracking.log_model:
-                    model.load_state_dict(result.best_state)
-                    registered = f"fashion-mnist-{name}" if params.tracking.register_model else None
-                    summary["mlflow_model_uri"] = tracker.log_model(
-                        run_id, cpu_speedups.to_stock(model), val_set["images"][:2].numpy(), registered)
-                tracker.log_metrics(run_id, {"best_val_accuracy": result.best_val_accuracy,
-                                             "train_seconds": result.train_seconds})
-                summary["tracking_seconds"] = tracker.seconds
-                summary["tracking_metrics_seconds"] = result.observer_seconds
-                summary["tracking_overhead"] = tracker.seconds / (time.perf_counter() - stage_started)
+                summary.update(records.log_training_end(tracker, run_id, name, model, result,
+                                                        val_set["images"][:2].numpy(), params.tracking, stage_started))
             write_json(outputs["metrics"], summary)
         resume.remove()  # every output is written, and the run FINISHED
 

@@ -24,6 +24,7 @@ def test_tracker_creates_experiment_with_artifacts_at_the_root(tmp_path, monkeyp
     tracker = tracking.Tracker("unit-test")
     experiment = tracker.client.get_experiment(tracker.experiment_id)
     assert experiment.artifact_location == (tmp_path / "mlartifacts").as_uri()
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's model-training view
     assert (tmp_path / "mlflow.db").is_file()
     assert tracking.Tracker("unit-test").experiment_id == tracker.experiment_id  # found, not created twice
     run_id = tracker.start_run("unit", {"lr": 0.1}, {"dvc.stage": "unit"})
@@ -52,11 +53,6 @@ def test_the_statistics_and_plotting_modules_do_not_import_torch():
     code = ("import sys; import fashion_compare.comparison, fashion_compare.uncertainty, fashion_compare.study, "
             "fashion_compare.plots; print('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
-
-
-def test_metric_keys_are_readable():
-    assert tracking.metric_key("T-shirt/top") == "T-shirt_top"
-    assert tracking.metric_key("Ankle boot") == "Ankle_boot"
 
 
 # ---------------------------------------------------------------- without a server: a fake tracker
@@ -162,12 +158,32 @@ def test_stage_run_goes_on_in_the_interrupted_run_when_it_exists(capsys):
         assert run_id is None
 
 
-def test_comparison_run_params_merge_what_the_models_share():
-    children = {"resnet": {"lr": "0.001", "batch_size": "20", "model": "resnet", "epochs": "10"},
-                "cnn": {"lr": "0.001", "batch_size": "100", "model": "cnn", "epochs": "10"}}
-    merged = tracking.comparison_run_params(children, {"alpha": 0.05, "confidence": 0.95}, seed=42)
-    assert merged == {"lr": "0.001", "epochs": "10", "resnet.batch_size": "20", "cnn.batch_size": "100",
-                      "resnet.model": "resnet", "cnn.model": "cnn", "compare.alpha": 0.05,
-                      "compare.confidence": 0.95, "seed": 42}
-    only_one = tracking.comparison_run_params({"cnn": children["cnn"]}, {"alpha": 0.05}, seed=1)
-    assert only_one == {"compare.alpha": 0.05, "seed": 1}  # a model trained without tracking: no merge
+def test_an_experiment_created_without_its_kind_gets_it_when_found(tmp_path, monkeypatch):
+    """Stores made by an earlier version hold the experiment without the tag: MLflow's UI then opens it on
+    the GenAI overview."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    client = MlflowClient(tracking.tracking_uri())
+    experiment_id = client.create_experiment("older")
+    assert "mlflow.experimentKind" not in client.get_experiment(experiment_id).tags
+    assert tracking.Tracker("older").experiment_id == experiment_id
+    assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_only_connect_sets_the_mlflow_client_environment(tmp_path, monkeypatch):
+    """A Tracker changes no environment variable; `connect` sets MLflow's fail-fast HTTP defaults, keeping a
+    value the user chose, and gives no tracker with tracking off."""
+    from fashion_compare.params import TrackingParams
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    before = dict(os.environ)
+    tracking.Tracker("unit-test")
+    assert dict(os.environ) == before
+    assert tracking.connect(TrackingParams(enabled=False)) is None and dict(os.environ) == before
+    assert tracking.connect(TrackingParams(experiment="unit-test")).experiment_id
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0" and os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30"

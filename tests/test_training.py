@@ -12,7 +12,7 @@ from fashion_compare.params import TrainConfig
 
 def config(**changes):
     values = dict(model="cnn", lr=0.001, epochs=2, batch_size=50, step_size=1, gamma=0.5, seed=3, device="cpu",
-                  mixed_precision=False, channels_last=False)
+                  mixed_precision=False, channels_last=False, eval_batch_size=100)
     values.update(changes)
     return TrainConfig(**values)
 
@@ -25,7 +25,8 @@ def small_splits(real_raw):
 def run(splits, cfg, observers=()):
     training.seed_everything(cfg.seed)
     model = models.build_model(cfg.model)
-    result = training.train(model, splits["train"], splits["val"], cfg, observers=observers, quiet=True)
+    result = training.train(model, splits["train"], splits["val"], cfg, torch.device("cpu"), observers=observers,
+                            quiet=True)
     return model, result
 
 
@@ -70,7 +71,7 @@ def test_checkpoint_keeps_best_state_and_config(tmp_path, small_splits):
     path = tmp_path / "cnn.pt"
     save_torch(path, training.checkpoint(result, cfg, models.parameter_count(model)))
     loaded, saved = training.load_checkpoint(path)
-    assert saved["config"] == cfg.model_dump() and saved["best_epoch"] == 1
+    assert saved["config"] == cfg.model_dump(exclude={"eval_batch_size"}) and saved["best_epoch"] == 1
     for key, tensor in loaded.state_dict().items():
         assert torch.equal(tensor, result.best_state[key])
     accuracy = training.loss_and_accuracy(loaded, small_splits["val"]["images"], small_splits["val"]["labels"],
@@ -113,7 +114,7 @@ sys.path.insert(0, sys.argv[1])
 from fashion_compare import models, training
 training.seed_everything(0)
 model = models.build_model("cnn").train().to(memory_format=torch.channels_last)
-optimizer = training.make_optimizer(model, 0.001, torch.device("cpu"))
+optimizer = training.make_optimizer(list(model.parameters()), 0.001, torch.device("cpu"))
 x = torch.rand(100, 1, 28, 28).contiguous(memory_format=torch.channels_last)
 y = torch.randint(0, 10, (100,))
 def step():

@@ -5,7 +5,7 @@ most of their 3x3 kernel taps fall on the zero padding. oneDNN computes every ta
 of a CPU training step there. Here those convolutions are matrix products over the taps that meet data
 (SmallMapConv2d), and Adam updates only those live taps. The model keeps torchvision's structure and
 state_dict throughout; `to_stock` gives back plain nn.Conv2d modules (what MLflow stores).
-Elsewhere (larger maps, CUDA) SmallMapConv2d is nn.Conv2d unchanged; the train stage calls
+Elsewhere (larger maps, CUDA) SmallMapConv2d is nn.Conv2d unchanged; training.train calls
 prepare_for_cpu_training only on the CPU.
 """
 

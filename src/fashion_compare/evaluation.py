@@ -6,10 +6,8 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix
 
-from . import CLASS_NAMES, MODEL_NAMES
+from . import CLASS_NAMES, MODEL_NAMES, PREDICTIONS_FILE
 from .errors import PipelineError
-
-PREDICTIONS_FILE = "data/predictions/test.csv"  # the evaluate stage's output, compare's input
 
 
 @torch.inference_mode()
@@ -45,15 +43,12 @@ def write_predictions(path, y_true, probabilities: dict):
 def read_predictions(path=PREDICTIONS_FILE) -> dict:
     """What compare needs of the predictions file: the labels and each model's predicted class, as arrays
     in test-set order ({"label": ..., "resnet": ..., "cnn": ...})."""
-    import csv
+    from .files import read_csv_rows
 
+    rows = read_csv_rows(path, "the evaluate stage (dvc repro evaluate)")
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
         return {key: np.array([int(row[column]) for row in rows])
                 for key, column in (("label", "label"), *((m, f"{m}_predicted") for m in MODEL_NAMES))}
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: not found; run the evaluate stage first (dvc repro evaluate)") from None
     except (KeyError, ValueError, TypeError) as error:
         raise PipelineError(f"{path}: not the evaluate stage's predictions ({error}); rerun evaluate") from None
 

@@ -1,6 +1,7 @@
 """Atomic output writing: every file appears whole or not at all."""
 
 import contextlib
+import contextvars
 import csv
 import json
 import math
@@ -11,10 +12,13 @@ from pathlib import Path
 
 from .errors import PipelineError
 
+_staged = contextvars.ContextVar("staged", default=None)  # the files of a `together` block, while one is open
+
 
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temporary path beside `path`; on success it is renamed onto `path`.
+    """Yield a temporary path beside `path`; on success it is renamed onto `path` (inside a `together`
+    block: when the block ends, with the block's other files).
 
     An OS error (no space left, no permission) becomes one line naming `path`; `path` keeps
     its old content."""
@@ -26,13 +30,40 @@ def atomic_path(path):
         os.close(fd)
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
+        if _staged.get() is not None:
+            _staged.get().append((tmp, path))
+            tmp = None  # the block renames it, or removes it
+        else:
+            os.replace(tmp, path)
     except OSError as error:
         raise PipelineError(f"{path}: cannot write ({error.strerror or error}); nothing was changed") from None
     finally:
         if tmp:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def together():
+    """Every file written in the block (through atomic_path: write_json, write_csv, save_figure, ...) is
+    written beside its target first and renamed onto it when the block ends: all of them, or, when anything
+    in the block fails, none (the temporary files are removed and every target keeps its old content)."""
+    staged = []
+    token = _staged.set(staged)
+    try:
+        yield
+    except BaseException:
+        for tmp, _ in staged:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        raise
+    finally:
+        _staged.reset(token)
+    for tmp, path in staged:  # renames within each target's folder: they fail only when the disk does
+        try:
+            os.replace(tmp, path)
+        except OSError as error:
+            raise PipelineError(f"{path}: cannot write ({error.strerror or error})") from None
 
 
 def check_writable(paths, free_bytes_needed=0):
@@ -71,27 +102,27 @@ def write_json(path, data):
     write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
-def read_json(path):
-    """A JSON file another stage wrote; missing or unreadable is one line naming it."""
+def read_json(path, made_by="the stage that writes it (dvc repro)"):
+    """A JSON file another step wrote; missing or unreadable is one line naming it and what to run again
+    (`made_by`)."""
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise PipelineError(f"{path}: not found; run the stage that writes it first (dvc repro)") from None
+        raise PipelineError(f"{path}: not found; run {made_by} first") from None
     except (OSError, ValueError) as error:
-        raise PipelineError(f"{path}: not readable JSON ({type(error).__name__}); rerun the stage that "
-                            "writes it (dvc repro --force <stage>)") from None
+        raise PipelineError(f"{path}: not readable JSON ({type(error).__name__}); rerun {made_by}") from None
 
 
-def read_csv_rows(path) -> list[dict]:
-    """A CSV file another stage wrote, as a list of dicts; missing is one line naming it."""
+def read_csv_rows(path, made_by="the stage that writes it (dvc repro)") -> list[dict]:
+    """A CSV file another step wrote, as a list of dicts; missing or unreadable is one line naming it and
+    what to run again (`made_by`)."""
     try:
         with open(path, newline="", encoding="utf-8") as handle:
             return list(csv.DictReader(handle))
     except FileNotFoundError:
-        raise PipelineError(f"{path}: not found; run the stage that writes it first (dvc repro)") from None
+        raise PipelineError(f"{path}: not found; run {made_by} first") from None
     except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise PipelineError(f"{path}: not readable CSV ({type(error).__name__}); rerun the stage that "
-                            "writes it") from None
+        raise PipelineError(f"{path}: not readable CSV ({type(error).__name__}); rerun {made_by}") from None
 
 
 def write_csv(path, rows, fieldnames):

@@ -117,6 +117,7 @@ class TrainConfig(Strict):
     seed: int
     device: str
     mixed_precision: bool
+    eval_batch_size: int  # validation after every epoch (evaluate.batch_size); changes no weight
 
 
 def _format_error(path, error: ValidationError) -> str:
@@ -162,6 +163,7 @@ def train_config(params: Params, model: str) -> TrainConfig:
         seed=params.seed,
         device=params.device,
         mixed_precision=params.mixed_precision,
+        eval_batch_size=params.evaluate.batch_size,
     )
 
 

@@ -20,10 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from dvc import api as dvc_api
 
-from . import MODEL_NAMES, study
+from . import MODEL_NAMES, PREDICTIONS_FILE, study
 from .errors import PipelineError
-from .files import read_json, write_csv, write_json, write_text
+from .files import read_csv_rows, read_json, write_csv, write_json, write_text
+from .process import available_cores
 
 SEEDS_DIR = Path("metrics/study/seeds")
 PREDICTION_STAGES = ("prepare", "train_resnet", "train_cnn", "evaluate")  # what a seed's predictions depend on
@@ -97,11 +99,9 @@ def collect(seed: int, fingerprint: str, baseline: str):
     name = experiment_name(seed)
     ref = f"refs/exps/{baseline[:2]}/{baseline[2:]}/{name}"
     show = lambda path: git("show", f"{ref}:{path}")  # noqa: E731
-    lock = yaml.safe_load(show("dvc.lock"))
-    out = next(o for o in lock["stages"]["evaluate"]["outs"] if o["path"] == "data/predictions/test.csv")
-    cached = Path(".dvc/cache/files/md5") / out["md5"][:2] / out["md5"][2:]
-    rows = [{"image": row["image"], "label": row["label"], **{m: row[f"{m}_predicted"] for m in MODEL_NAMES}}
-            for row in csv_rows(cached)]
+    with dvc_api.open(PREDICTIONS_FILE, rev=ref, encoding="utf-8") as handle:  # from DVC's cache
+        rows = [{"image": row["image"], "label": row["label"], **{m: row[f"{m}_predicted"] for m in MODEL_NAMES}}
+                for row in csv.DictReader(handle)]
     folder = seed_dir(seed)
     for metric in SEED_METRICS:
         write_text(folder / f"{metric}.json", show(f"metrics/{metric}.json"))
@@ -112,7 +112,8 @@ def collect(seed: int, fingerprint: str, baseline: str):
     train = {m: json.loads(show(f"metrics/train_{m}.json")) for m in MODEL_NAMES}
     write_json(folder / "run.json", {
         "seed": seed, "experiment": name, "rev": git("rev-parse", ref).strip(), "baseline": baseline,
-        "code": fingerprint, "cpu": cpu_model(), "threads": {m: train[m]["threads"] for m in MODEL_NAMES},
+        "code": fingerprint, "cpu": cpu_model(), "cpu_kind": cpu_kind(),
+        "threads": {m: train[m]["threads"] for m in MODEL_NAMES},
         "train_seconds": {m: train[m]["train_seconds"] for m in MODEL_NAMES},
         "mlflow_run_ids": {**{m: train[m]["mlflow_run_id"] for m in MODEL_NAMES},
                            "compare": json.loads(show("metrics/compare.json")).get("mlflow_run_id")}})
@@ -120,10 +121,33 @@ def collect(seed: int, fingerprint: str, baseline: str):
 
 
 def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
+    return cpu_kind()["name"]
+
+
+VECTOR_ISAS = (("avx512_bf16", "AVX-512 BF16"), ("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"))
+
+
+def cpu_kind() -> dict:
+    """What a seed's results depend on of the CPU (they are bit-identical per CPU kind and thread count, not
+    across kinds): vendor, family and model numbers, the widest vector ISA, and the model name. The name
+    alone is not enough: "AMD EPYC" is what virtual machines of at least three kinds that round
+    differently report."""
+    fields = {}
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    for line in text.split("\n\n")[0].splitlines():
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    flags = set(fields.get("flags", "").split())
+    isa = next((title for flag, title in VECTOR_ISAS if flag in flags), "unknown")
+    import platform
+
+    return {"vendor": fields.get("vendor_id", platform.machine() or "unknown"), "family": fields.get("cpu family", ""),
+            "model": fields.get("model", ""), "isa": isa, "name": fields.get("model name", "unknown")}
+
+
+def cpu_label(kind: dict) -> str:
+    """A CPU kind in a few words: 'AuthenticAMD family 25 model 17, AVX-512 BF16'."""
+    return f"{kind['vendor']} family {kind['family']} model {kind['model']}, {kind['isa']}"
 
 
 def queue_states(names) -> dict:
@@ -202,8 +226,7 @@ class SeedRunner:
 
     def in_queue(self, seeds, jobs):
         """`dvc exp run --queue` per seed, `dvc queue start -j jobs`; the workers share the cores."""
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // jobs))}  # threads: auto reads it
+        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, available_cores() // jobs))}  # threads: auto reads it
         pending = {experiment_name(seed): seed for seed in seeds}
         for name, seed in pending.items():
             dvc("exp", "run", "--queue", "-S", f"seed={seed}", "-n", name, env=env)
@@ -241,7 +264,7 @@ def load_seed_runs(seeds: list):
         if (folder / "failed.json").is_file():
             failed[seed] = read_json(folder / "failed.json")["error"]
         elif (folder / "predictions.csv").is_file():
-            rows = list(csv_rows(folder / "predictions.csv"))
+            rows = read_csv_rows(folder / "predictions.csv", f"seed {seed} again (make study SEEDS={seed})")
             predictions = {key: np.array([int(row[key]) for row in rows]) for key in ("label", *MODEL_NAMES)}
             info = read_json(folder / "run.json")
             runs.append(study.SeedRun(seed, yaml.safe_load((folder / "params.yaml").read_text()), predictions,
@@ -250,11 +273,6 @@ def load_seed_runs(seeds: list):
         else:
             missing.append(seed)
     return runs, failed, missing
-
-
-def csv_rows(path):
-    with open(path, newline="", encoding="utf-8") as handle:
-        yield from csv.DictReader(handle)
 
 
 def load_study(seeds: list):

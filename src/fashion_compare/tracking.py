@@ -1,8 +1,9 @@
-"""MLflow tracking: where runs go (anchored at the repository root), and what each run holds.
+"""MLflow tracking: the connection to the store (anchored at the repository root) and a stage's run life cycle.
 
 No MLFLOW_TRACKING_URI -> a sqlite store `mlflow.db` and artifacts in `mlartifacts/` at the
 repository root, found through DVC_ROOT so `dvc exp run --temp/--queue` runs are not lost in
 a temporary workspace. Metrics are sent in batches, once per epoch, so logging stays cheap.
+What each stage records (params, metrics, figures) is in records.py.
 """
 
 import contextlib
@@ -22,6 +23,8 @@ STORE_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
 BATCH_LIMIT = 1000  # MLflow's maximum number of metrics per log_batch call
 TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
+# The tag MLflow's UI reads to open an experiment in its model-training view (not the GenAI overview).
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 def repo_root() -> Path:
@@ -80,15 +83,25 @@ def run_tags(stage: str, params_file="params.yaml") -> dict:
 
 
 def configure_mlflow_client():
-    """Fail within seconds instead of retrying for minutes (where the user has not chosen otherwise), and
-    keep MLflow's database-creation log ("Creating initial MLflow database tables...") off stderr, where
-    it would read as noise before a stage's own one-line error."""
+    """For this process: fail within seconds instead of retrying for minutes (where the user has not chosen
+    otherwise: MLflow reads these from the environment at every request), and keep MLflow's
+    database-creation log ("Creating initial MLflow database tables...") off stderr, where it would read as
+    noise before a stage's own one-line error. Called by `connect`, before the first Tracker."""
     import logging
 
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     for name in ("mlflow.store.db.utils", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def connect(settings) -> "Tracker | None":
+    """The stage's tracker for params.yaml's `tracking` section: None when tracking is off; otherwise this
+    process's MLflow client is configured (configure_mlflow_client) and connected to the experiment."""
+    if not settings.enabled:
+        return None
+    configure_mlflow_client()
+    return Tracker(settings.experiment)
 
 
 def check_scheme(uri: str):
@@ -123,7 +136,6 @@ class Tracker:
     store is unreachable. `seconds`: the time spent talking to MLflow."""
 
     def __init__(self, experiment: str):
-        configure_mlflow_client()
         self.uri = tracking_uri()
         check_scheme(self.uri)
         self.seconds, self._depth = 0.0, 0
@@ -131,18 +143,19 @@ class Tracker:
 
     @_timed
     def _connect(self, experiment: str) -> str:
-        import mlflow
         from mlflow.tracking import MlflowClient
 
         try:
             with _store_lock(self.uri):
-                mlflow.set_tracking_uri(self.uri)  # for log_model, the one call that needs the fluent API
                 self.client = MlflowClient(self.uri)
                 found = self.client.get_experiment_by_name(experiment)
-                if found is not None:
-                    return found.experiment_id
-                location = (repo_root() / ARTIFACT_DIR).as_uri() if _is_default_store(self.uri) else None
-                return self.client.create_experiment(experiment, artifact_location=location)
+                if found is None:
+                    location = (repo_root() / ARTIFACT_DIR).as_uri() if _is_default_store(self.uri) else None
+                    return self.client.create_experiment(experiment, artifact_location=location,
+                                                         tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+                if found.tags.get(EXPERIMENT_KIND_TAG) is None:  # an experiment an earlier version created
+                    self.client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+                return found.experiment_id
         except Exception as error:  # MlflowException, connection errors, bad URIs: all one line
             remedy = "check MLFLOW_TRACKING_URI, or set tracking.enabled: false"
             if _is_default_store(self.uri):
@@ -272,6 +285,7 @@ class Tracker:
         with torch.inference_mode():
             output = model(torch.from_numpy(example)).numpy()
         signature = infer_signature(example, output)
+        mlflow.set_tracking_uri(self.uri)  # the fluent API's store (MLflow also exports it to the environment)
         with mlflow.start_run(run_id=run_id, nested=False):
             # Explicit requirements: MLflow's inference of them costs ~10 s per model.
             requirements = [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"]
@@ -365,13 +379,9 @@ class EpochLogger:
         if self.unsent:
             epochs = sorted({int(step) for key, _, step in self.unsent if key == "val/accuracy"})
             raise TrackingError(f"MLflow tracking at {self.tracker.uri} failed: {first_line(self.last_error)}; "
-                                f"{len(self.unsent)} metric points of epochs {epochs} were not logged "
-                                "(the stage's outputs are written)")
-
-
-def metric_key(name: str) -> str:
-    """A class name as a readable MLflow metric key part: 'T-shirt/top' -> 'T-shirt_top'."""
-    return name.replace("/", "_").replace(" ", "_")
+                                f"{len(self.unsent)} metric points of epochs {epochs} were not logged; run the "
+                                "stage again once MLflow is reachable (it resumes from the saved state: no epoch "
+                                "is trained again)")
 
 
 def existing_runs(tracker: Tracker | None, run_ids: dict) -> dict:
@@ -387,90 +397,3 @@ def existing_runs(tracker: Tracker | None, run_ids: dict) -> dict:
             print(f"warning: MLflow run {run_id} of {name} is not in {tracker.uri} (was it trained with another "
                   "MLFLOW_TRACKING_URI?); it is left out of this run's links")
     return found
-
-
-def evaluation_metrics(result: dict) -> dict:
-    """A model's test metrics as MLflow metric keys (test_accuracy, test_f1_macro, test_f1_Ankle_boot, ...)."""
-    from . import CLASS_NAMES, PER_CLASS_METRICS
-
-    values = {"test_accuracy": result["accuracy"], "test_latency_ms_per_image": result["latency_ms_per_image"]}
-    for average in ("macro_avg", "weighted_avg"):
-        for metric in PER_CLASS_METRICS:
-            values[f"test_{metric}_{average.split('_')[0]}"] = result[average][metric]
-    for name in CLASS_NAMES:
-        for metric in PER_CLASS_METRICS:
-            values[f"test_{metric}_{metric_key(name)}"] = result["per_class"][name][metric]
-    return values
-
-
-def log_evaluation(tracker: Tracker, run_id, result: dict, report: str, confusion_figure):
-    """Add a model's test metrics, report and confusion matrix to its training run."""
-    tracker.log_metrics(run_id, evaluation_metrics(result))
-    tracker.log_text(run_id, report, "evaluation/classification_report.txt")
-    tracker.log_dict(run_id, {k: v for k, v in result.items() if k != "mlflow_run_id"},
-                     "evaluation/classification_report.json")
-    tracker.log_figure(run_id, confusion_figure, "evaluation/confusion_matrix.png")
-
-
-def comparison_run_params(child_params: dict, compare_settings: dict, seed) -> dict:
-    """The params of a comparison's parent run: what shaped the comparison (`compare.*`, the seed) and the
-    children's params, once where the models agree and prefixed with the model where they differ
-    (`resnet.batch_size`, `cnn.batch_size`), so that a grid of experiments sorts in the runs list.
-    `child_params`: {model: its run's params}; with a model missing, the children's params are left out."""
-    from . import MODEL_NAMES
-
-    merged = {}
-    if set(child_params) == set(MODEL_NAMES):
-        for key in sorted(set().union(*child_params.values())):
-            values = {name: child_params[name].get(key) for name in MODEL_NAMES}
-            if len(set(values.values())) == 1:
-                merged[key] = values[MODEL_NAMES[0]]
-            else:
-                merged.update({f"{name}.{key}": value for name, value in values.items()})
-    return {**merged, **{f"compare.{k}": v for k, v in compare_settings.items()}, "seed": seed}
-
-
-def comparison_metrics(verdict: dict) -> dict:
-    """The verdict's numbers as MLflow metrics: the gains with their CI bounds, McNemar's b, c and p."""
-    values = {k: float(v) for k, v in verdict.items() if isinstance(v, (int, float))}
-    values.update({"mcnemar_p": verdict["mcnemar"]["p_value"], "mcnemar_b": verdict["mcnemar"]["b"],
-                   "mcnemar_c": verdict["mcnemar"]["c"]})
-    for key in ("accuracy_gain", "macro_f1_gain"):
-        values[f"{key}_lower"], values[f"{key}_upper"] = verdict[f"{key}_ci"]
-    return values
-
-
-def log_comparison(tracker: Tracker, run_id, child_run_ids: dict, figures, summary: str, result: dict):
-    """The comparison's metrics, figures and summary in its run; the models' runs become its children."""
-    tracker.log_metrics(run_id, comparison_metrics(result["verdict"]))
-    for path in figures:
-        tracker.log_artifact(run_id, path, "comparison")
-    tracker.log_text(run_id, summary, "comparison/SUMMARY.md")
-    tracker.log_dict(run_id, result, "comparison/compare.json")
-    for child in child_run_ids.values():
-        tracker.set_tags(child, {"mlflow.parentRunId": run_id, "compare_run_id": run_id})
-
-
-def log_study(tracker: Tracker, run_id, study: dict, figures, summary: str):
-    """The study's metrics, figures and summary in its run; every seed's runs tagged with the study and their
-    seed (the runs list groups by it), each seed's comparison run a child of the study's run."""
-    values = {"k": study["k"], "accuracy_gain_mean": study["accuracy_gain"]["mean"],
-              "accuracy_gain_lower": study["accuracy_gain"]["ci"][0],
-              "accuracy_gain_upper": study["accuracy_gain"]["ci"][1],
-              "paired_t_p": study["paired_t_test"]["p_value"], "p_resnet_better": study["p_resnet_better"]["value"],
-              "deep_model_worth_it": float(study["verdict"]["deep_model_worth_it"])}
-    for model, entry in study["models"].items():
-        values.update({f"{model}_test_accuracy_{k}": v for k, v in entry["test_accuracy"].items()})
-    tracker.log_metrics(run_id, values)
-    for path in figures:
-        tracker.log_artifact(run_id, path, "study")
-    tracker.log_text(run_id, summary, "study/SUMMARY.md")
-    tracker.log_dict(run_id, study, "study/study.json")
-    for row in study["per_seed"]:
-        for role, child in row.get("mlflow_run_ids", {}).items():
-            if not child or not tracker.has_run(child):
-                continue
-            tags = {"study_run_id": run_id, "seed": row["seed"]}
-            if role == "compare":
-                tags["mlflow.parentRunId"] = run_id
-            tracker.set_tags(child, tags)

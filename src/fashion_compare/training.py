@@ -25,6 +25,7 @@ from .cpu_speedups import prepare_for_cpu_training
 from .errors import DataError, ParamsError, TrainingDiverged, first_line
 from .files import atomic_path
 from .params import TrainConfig
+from .process import available_cores
 
 RESUME_FORMAT = 1
 # Cross-entropy over 10 classes starts near ln(10) = 2.3; a loss this large (or NaN/inf) means the
@@ -48,7 +49,7 @@ def thread_count(setting="auto") -> int:
     with contextlib.suppress(ValueError):
         if int(os.environ.get("OMP_NUM_THREADS", "")) > 0:
             return int(os.environ["OMP_NUM_THREADS"])
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return available_cores()
 
 
 # glibc's mallopt(3) parameters
@@ -93,6 +94,10 @@ class EpochRecord:
     seconds: float
 
 
+EPOCH_FIELDS = ["model", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
+STEP_FIELDS = ["model", "step", "epoch", "train_loss"]
+
+
 @dataclass
 class TrainResult:
     """What a run has produced so far. RESUMED lists what a resume state keeps of it."""
@@ -119,10 +124,10 @@ class TrainResult:
             self.best_epoch, self.best_val_accuracy = record.epoch, record.val_accuracy
         return steps
 
-    def epoch_rows(self, model_name):
+    def epoch_rows(self, model_name):  # plots/train/<model>_epochs.csv, columns EPOCH_FIELDS
         return [{"model": model_name, **asdict(record)} for record in self.epochs]
 
-    def step_rows(self, model_name):
+    def step_rows(self, model_name):  # plots/train/<model>_steps.csv, columns STEP_FIELDS
         return [{"model": model_name, "step": step, "epoch": epoch, "train_loss": loss}
                 for step, epoch, loss in self.steps]
 
@@ -139,8 +144,10 @@ class TrainingState:
     result: TrainResult = field(default_factory=TrainResult)
 
     @classmethod
-    def start(cls, model: nn.Module, config: TrainConfig, device: torch.device) -> "TrainingState":
-        optimizer = make_optimizer(model, config.lr, device)
+    def start(cls, model: nn.Module, parameters, config: TrainConfig, device: torch.device) -> "TrainingState":
+        """A fresh state; the optimizer updates `parameters` (those of `model`, or the part of them
+        cpu_speedups.prepare_for_cpu_training hands over)."""
+        optimizer = make_optimizer(parameters, config.lr, device)
         scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
                      if config.step_size else None)
         return cls(model, optimizer, scheduler, torch.Generator().manual_seed(config.seed))
@@ -246,11 +253,9 @@ def _restore_rng_states(states, generator):
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def make_optimizer(model: nn.Module, lr: float, device: torch.device):
-    """Adam; its fused kernel (one pass over all parameters) where PyTorch has one for the device.
-    Call it after moving the model: on a CPU the model is first prepared for fast training
-    (cpu_speedups.prepare_for_cpu_training), and Adam gets ResNet18's live kernel taps."""
-    parameters = prepare_for_cpu_training(model) if device.type == "cpu" else list(model.parameters())
+def make_optimizer(parameters, lr: float, device: torch.device) -> torch.optim.Adam:
+    """Adam over `parameters` (on `device`); its fused kernel (one pass over all of them) where PyTorch
+    has one for the device."""
     return torch.optim.Adam(parameters, lr=lr, fused=device.type in ("cpu", "cuda"))
 
 
@@ -288,21 +293,26 @@ def train_one_epoch(state: TrainingState, images, labels, config: TrainConfig, e
     return torch.stack(step_losses).float().cpu().tolist(), correct.item() / len(labels)
 
 
-def train(model: nn.Module, train_set: dict, val_set: dict, config: TrainConfig,
-          observers=(), eval_batch_size=1000, quiet=None, resume: ResumeFile = None, state=None) -> TrainResult:
-    """Train `model`; keep the state with the best validation accuracy.
+def train(model: nn.Module, train_set: dict, val_set: dict, config: TrainConfig, device: torch.device,
+          observers=(), quiet=None, resume: ResumeFile = None, state=None) -> TrainResult:
+    """Train `model` on `device` (select_device(config.device)); keep the state with the best validation
+    accuracy.
+
+    On a CPU the model is first prepared for fast training (cpu_speedups.prepare_for_cpu_training: ResNet18's
+    single-output convolutions as matrix products, Adam over their live kernel taps only); on CUDA it trains
+    as built.
 
     `observers` get `on_epoch(record, steps)` after every epoch with that epoch's (global step, epoch,
     loss) tuples; on a resumed run, `on_resume(records, steps)` first, with what earlier attempts trained.
     `resume`: where to save the state after every epoch; `state`: a state loaded from it, to go on from.
     `quiet=None` shows progress bars only on a terminal.
     """
-    device = select_device(config.device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
     images, labels = train_set["images"].to(device), train_set["labels"].to(device)
     val_images, val_labels = val_set["images"].to(device), val_set["labels"].to(device)
-    training = TrainingState.start(model, config, device)
+    parameters = prepare_for_cpu_training(model) if device.type == "cpu" else list(model.parameters())
+    training = TrainingState.start(model, parameters, config, device)
     result = training.result
     if state is not None:
         training.load_state_dict(state)
@@ -318,7 +328,7 @@ def train(model: nn.Module, train_set: dict, val_set: dict, config: TrainConfig,
     for epoch in epoch_bar:
         epoch_started = time.perf_counter()
         losses, train_accuracy = train_one_epoch(training, images, labels, config, epoch, memory_format, quiet)
-        val_loss, val_accuracy = loss_and_accuracy(model, val_images, val_labels, eval_batch_size, device,
+        val_loss, val_accuracy = loss_and_accuracy(model, val_images, val_labels, config.eval_batch_size, device,
                                                    memory_format)
         _check_finite(val_loss, config, f"validation loss is {val_loss} after epoch {epoch}")
         lr = training.optimizer.param_groups[0]["lr"]
@@ -340,9 +350,20 @@ def train(model: nn.Module, train_set: dict, val_set: dict, config: TrainConfig,
     return result
 
 
+def summary(result: TrainResult, config: TrainConfig, parameter_count: int, device: torch.device) -> dict:
+    """What metrics/train_<model>.json holds of a finished run."""
+    return {"model": config.model, "parameter_count": parameter_count, "epochs": config.epochs,
+            "best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
+            "final_val_accuracy": result.epochs[-1].val_accuracy, "final_train_loss": result.epochs[-1].train_loss,
+            "train_seconds": result.train_seconds, "resumed_from_epoch": result.resumed_from_epoch,
+            "threads": torch.get_num_threads(), "device": str(device)}
+
+
 def checkpoint(result: TrainResult, config: TrainConfig, parameter_count: int) -> dict:
-    """What models/<model>.pt holds: the best state and the config that made it (weights_only-safe)."""
-    return {"state_dict": result.best_state, "config": config.model_dump(), "best_epoch": result.best_epoch,
+    """What models/<model>.pt holds: the best state and the config that made its weights (weights_only-safe;
+    the validation batch size is left out: it changes no weight)."""
+    return {"state_dict": result.best_state, "config": config.model_dump(exclude={"eval_batch_size"}),
+            "best_epoch": result.best_epoch,
             "best_val_accuracy": result.best_val_accuracy, "parameter_count": parameter_count}
 
 

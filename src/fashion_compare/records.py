@@ -1,0 +1,136 @@
+"""What each stage records in MLflow: its params, metrics, reports and figures, as MLflow keys and artifacts.
+
+tracking.py is the connection and the run life cycle; this module knows the shapes of the stages' results
+(evaluation.py's metrics, comparison.py's and study.py's JSON) and turns them into MLflow records. Nothing
+here shapes a stage's outputs (dvc.yaml leaves it out of the deps, as tracking.py).
+"""
+
+import time
+
+from .tracking import Tracker
+
+
+def training_params(config, device, data_settings, train_size: int, parameter_count: int) -> dict:
+    """A training run's params: its config (the device it resolved to) and what else shaped it."""
+    import platform
+
+    import torch
+
+    return {**config.model_dump(), "device": str(device), "val_fraction": data_settings.val_fraction,
+            "subset": data_settings.subset, "train_size": train_size, "torch_version": torch.__version__,
+            "python_version": platform.python_version(), "parameter_count": parameter_count}
+
+
+def log_training_end(tracker: Tracker, run_id, name: str, model, result, example, settings,
+                     stage_started: float) -> dict:
+    """At the end of a training: the model (MLflow's PyTorch flavour, stock modules, best weights; registered
+    when `settings.register_model`) and the run's last metrics. Returns what the stage's metrics file adds:
+    the model's URI and the time spent talking to MLflow."""
+    from .cpu_speedups import to_stock
+
+    added = {}
+    if settings.log_model:
+        model.load_state_dict(result.best_state)
+        registered = f"fashion-mnist-{name}" if settings.register_model else None
+        added["mlflow_model_uri"] = tracker.log_model(run_id, to_stock(model), example, registered)
+    tracker.log_metrics(run_id, {"best_val_accuracy": result.best_val_accuracy, "train_seconds": result.train_seconds})
+    added.update(tracking_seconds=tracker.seconds, tracking_metrics_seconds=result.observer_seconds,
+                 tracking_overhead=tracker.seconds / (time.perf_counter() - stage_started))
+    return added
+
+
+def metric_key(name: str) -> str:
+    """A class name as a readable MLflow metric key part: 'T-shirt/top' -> 'T-shirt_top'."""
+    return name.replace("/", "_").replace(" ", "_")
+
+
+def evaluation_metrics(result: dict) -> dict:
+    """A model's test metrics as MLflow metric keys (test_accuracy, test_f1_macro, test_f1_Ankle_boot, ...)."""
+    from . import CLASS_NAMES, PER_CLASS_METRICS
+
+    values = {"test_accuracy": result["accuracy"], "test_latency_ms_per_image": result["latency_ms_per_image"]}
+    for average in ("macro_avg", "weighted_avg"):
+        for metric in PER_CLASS_METRICS:
+            values[f"test_{metric}_{average.split('_')[0]}"] = result[average][metric]
+    for name in CLASS_NAMES:
+        for metric in PER_CLASS_METRICS:
+            values[f"test_{metric}_{metric_key(name)}"] = result["per_class"][name][metric]
+    return values
+
+
+def log_evaluation(tracker: Tracker, run_id, model: str, result: dict, y_true, y_pred):
+    """Add a model's test metrics, classification report and confusion matrix to its training run."""
+    from . import MODEL_TITLES, plots
+    from .evaluation import report_text
+
+    tracker.log_metrics(run_id, evaluation_metrics(result))
+    tracker.log_text(run_id, report_text(y_true, y_pred), "evaluation/classification_report.txt")
+    tracker.log_dict(run_id, {k: v for k, v in result.items() if k != "mlflow_run_id"},
+                     "evaluation/classification_report.json")
+    figure = plots.confusion_figure(result["confusion_matrix"], f"{MODEL_TITLES[model]}: test confusion matrix")
+    tracker.log_figure(run_id, figure, "evaluation/confusion_matrix.png")
+    plots.close(figure)
+
+
+def comparison_run_params(child_params: dict, compare_settings: dict, seed) -> dict:
+    """The params of a comparison's parent run: what shaped the comparison (`compare.*`, the seed) and the
+    children's params, once where the models agree and prefixed with the model where they differ
+    (`resnet.batch_size`, `cnn.batch_size`), so that a grid of experiments sorts in the runs list.
+    `child_params`: {model: its run's params}; with a model missing, the children's params are left out."""
+    from . import MODEL_NAMES
+
+    merged = {}
+    if set(child_params) == set(MODEL_NAMES):
+        for key in sorted(set().union(*child_params.values())):
+            values = {name: child_params[name].get(key) for name in MODEL_NAMES}
+            if len(set(values.values())) == 1:
+                merged[key] = values[MODEL_NAMES[0]]
+            else:
+                merged.update({f"{name}.{key}": value for name, value in values.items()})
+    return {**merged, **{f"compare.{k}": v for k, v in compare_settings.items()}, "seed": seed}
+
+
+def comparison_metrics(verdict: dict) -> dict:
+    """The verdict's numbers as MLflow metrics: the gains with their CI bounds, McNemar's b, c and p."""
+    values = {k: float(v) for k, v in verdict.items() if isinstance(v, (int, float))}
+    values.update({"mcnemar_p": verdict["mcnemar"]["p_value"], "mcnemar_b": verdict["mcnemar"]["b"],
+                   "mcnemar_c": verdict["mcnemar"]["c"]})
+    for key in ("accuracy_gain", "macro_f1_gain"):
+        values[f"{key}_lower"], values[f"{key}_upper"] = verdict[f"{key}_ci"]
+    return values
+
+
+def log_comparison(tracker: Tracker, run_id, child_run_ids: dict, figures, summary: str, result: dict):
+    """The comparison's metrics, figures and summary in its run; the models' runs become its children."""
+    tracker.log_metrics(run_id, comparison_metrics(result["verdict"]))
+    for path in figures:
+        tracker.log_artifact(run_id, path, "comparison")
+    tracker.log_text(run_id, summary, "comparison/SUMMARY.md")
+    tracker.log_dict(run_id, result, "comparison/compare.json")
+    for child in child_run_ids.values():
+        tracker.set_tags(child, {"mlflow.parentRunId": run_id, "compare_run_id": run_id})
+
+
+def log_study(tracker: Tracker, run_id, study: dict, figures, summary: str):
+    """The study's metrics, figures and summary in its run; every seed's runs tagged with the study and their
+    seed (the runs list groups by it), each seed's comparison run a child of the study's run."""
+    values = {"k": study["k"], "accuracy_gain_mean": study["accuracy_gain"]["mean"],
+              "accuracy_gain_lower": study["accuracy_gain"]["ci"][0],
+              "accuracy_gain_upper": study["accuracy_gain"]["ci"][1],
+              "paired_t_p": study["paired_t_test"]["p_value"], "p_resnet_better": study["p_resnet_better"]["value"],
+              "deep_model_worth_it": float(study["verdict"]["deep_model_worth_it"])}
+    for model, entry in study["models"].items():
+        values.update({f"{model}_test_accuracy_{k}": v for k, v in entry["test_accuracy"].items()})
+    tracker.log_metrics(run_id, values)
+    for path in figures:
+        tracker.log_artifact(run_id, path, "study")
+    tracker.log_text(run_id, summary, "study/SUMMARY.md")
+    tracker.log_dict(run_id, study, "study/study.json")
+    for row in study["per_seed"]:
+        for role, child in row.get("mlflow_run_ids", {}).items():
+            if not child or not tracker.has_run(child):
+                continue
+            tags = {"study_run_id": run_id, "seed": row["seed"]}
+            if role == "compare":
+                tags["mlflow.parentRunId"] = run_id
+            tracker.set_tags(child, tags)
