@@ -7,8 +7,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from . import CLASS_NAMES, MODEL_TITLES  # noqa: E402
+from .uncertainty import NO_WINNER, winner  # noqa: E402
 
-COLOURS = {"resnet": "#4C72B0", "cnn": "#DD8452"}
+COLOURS = {"resnet": "#4C72B0", "cnn": "#DD8452", NO_WINNER: "#888888"}
 METRIC_TITLES = {"precision": "Precision", "recall": "Recall", "f1": "F1"}
 
 
@@ -44,7 +45,7 @@ def forest(per_class: dict, confidence=0.95):
     figure, axes = plt.subplots(figsize=(8, 5))
     y = np.arange(len(names))
     for row, (difference, (lower, upper)) in enumerate(zip(differences, intervals)):
-        colour = COLOURS["resnet"] if lower > 0 else COLOURS["cnn"] if upper < 0 else "#888888"
+        colour = COLOURS[winner(lower, upper)]
         axes.plot([lower, upper], [row, row], color=colour, linewidth=2)
         axes.plot(difference, row, "o", color=colour)
     axes.axvline(0, color="black", linewidth=0.8)
@@ -132,7 +133,7 @@ def write_offline_html_template(path, vl_version="5.20"):
 # ---------------------------------------------------------------- the seed study (metrics/study.json)
 
 def seed_accuracy(study: dict):
-    """Each model's test accuracy per seed (a dot each), with the mean over seeds and its t-interval."""
+    """Each model's test accuracy per seed (a dot each), with the mean and its interval from both sources."""
     figure, axes = plt.subplots(figsize=(6, 4.5))
     confidence = study["verdict"]["confidence"]
     for position, model in enumerate(("resnet", "cnn")):
@@ -142,49 +143,52 @@ def seed_accuracy(study: dict):
         for offset, value, row in zip(offsets, values, study["per_seed"]):
             axes.annotate(str(row["seed"]), (position + offset, value), textcoords="offset points", xytext=(5, 0),
                           fontsize=7, va="center")
-        lower, upper = study["models"][model]["test_accuracy_ci"]
-        mean = study["models"][model]["test_accuracy"]["mean"]
+        entry = study["models"][model]["test_accuracy"]
+        (lower, upper), mean = entry["ci"], entry["mean"]
         axes.errorbar(position + 0.3, mean, yerr=[[mean - lower], [upper - mean]], fmt="D", color="black",
                       capsize=4)
     axes.set_xticks([0, 1], [MODEL_TITLES["resnet"], MODEL_TITLES["cnn"]])
     axes.set_xlim(-0.5, 1.6)
     axes.set_ylabel("test accuracy")
-    axes.set_title(f"Test accuracy per seed (dots; labels: seed) and mean over {study['k']} seeds "
-                   f"(black: {confidence:.0%} t-interval)", fontsize=9)
+    axes.set_title(f"Test accuracy per seed (dots; labels: seed) and mean over {study['k']} seeds\n"
+                   f"(black: {confidence:.0%} interval, training randomness and test-set sampling)", fontsize=9)
     axes.grid(axis="y", alpha=0.3)
     return figure
 
 
 def seed_forest(study: dict):
-    """Per class, the mean F1 difference over seeds with its t-interval; beside each class, in how many seeds
-    the single run's own CI excluded 0."""
+    """Per class, the mean F1 difference over seeds with its Bonferroni-adjusted interval (both sources);
+    beside each class, its Holm-adjusted p-value. Coloured by the Holm decision."""
     names = list(CLASS_NAMES)[::-1]
     figure, axes = plt.subplots(figsize=(8, 5))
     for row, name in enumerate(names):
         entry = study["per_class"][name]
-        lower, upper = entry["f1_difference_ci"]
-        colour = COLOURS["resnet"] if lower > 0 else COLOURS["cnn"] if upper < 0 else "#888888"
+        lower, upper = entry["f1_difference_adjusted_ci"]
+        colour = COLOURS[entry["winner"]]
         axes.plot([lower, upper], [row, row], color=colour, linewidth=2)
         axes.plot(entry["f1_difference_mean"], row, "o", color=colour)
-        axes.annotate(f"{entry['seeds_single_run_ci_excludes_zero']}/{study['k']}", (upper, row),
-                      textcoords="offset points", xytext=(6, 0), fontsize=7, va="center")
+        axes.annotate(f"p = {entry['holm_p_value']:.2g}", (upper, row), textcoords="offset points", xytext=(6, 0),
+                      fontsize=7, va="center")
     axes.axvline(0, color="black", linewidth=0.8)
     axes.set_yticks(range(len(names)), names)
+    level = 1 - (1 - study["verdict"]["confidence"]) / len(CLASS_NAMES)
     axes.set_xlabel(f"mean F1 difference over {study['k']} seeds, {MODEL_TITLES['resnet']} - {MODEL_TITLES['cnn']} "
-                    f"({study['verdict']['confidence']:.0%} t-interval)")
-    axes.set_title("Per-class F1 difference over seeds; n/k: seeds whose single-run CI excluded 0", fontsize=9)
+                    f"({level:.1%} intervals: Bonferroni over {len(CLASS_NAMES)} classes, both sources)")
+    axes.set_title("Per-class F1 difference over seeds; p: Holm-adjusted across the classes; grey: not won",
+                   fontsize=9)
     axes.grid(axis="x", alpha=0.3)
     return figure
 
 
 def seed_gains(study: dict):
-    """The accuracy gain of each seed's run with that run's own CI, and the mean over seeds with its t-interval:
-    how far one run can be from the answer of several."""
+    """The accuracy gain of each seed's run with its interval over its test images, and the mean over seeds with
+    its interval from both sources, against the margin the verdict asks for: how far one run can be from the
+    answer of several."""
     rows = study["per_seed"]
     figure, axes = plt.subplots(figsize=(8, 1.6 + 0.45 * len(rows)))
     for y, row in enumerate(rows):
         lower, upper = (100 * value for value in row["accuracy_gain_ci"])
-        colour = COLOURS["resnet"] if lower > 0 else COLOURS["cnn"] if upper < 0 else "#888888"
+        colour = COLOURS[winner(lower, upper)]
         axes.plot([lower, upper], [y, y], color=colour, linewidth=2)
         axes.plot(100 * row["accuracy_gain"], y, "o", color=colour)
     mean_row = len(rows) + 0.5
@@ -192,11 +196,28 @@ def seed_gains(study: dict):
     axes.plot([lower, upper], [mean_row, mean_row], color="black", linewidth=3)
     axes.plot(100 * study["accuracy_gain"]["mean"], mean_row, "D", color="black")
     axes.axvline(0, color="black", linewidth=0.8)
-    axes.axvline(100 * study["verdict"]["min_accuracy_gain"], color="#444444", linewidth=0.8, linestyle="--")
+    axes.axvline(100 * study["verdict"]["margin"], color="#444444", linewidth=1, linestyle="--")
     axes.set_yticks([*range(len(rows)), mean_row], [f"seed {row['seed']}" for row in rows] + [f"mean of {len(rows)}"])
     axes.invert_yaxis()
-    axes.set_xlabel(f"test accuracy gain of {MODEL_TITLES['resnet']} over {MODEL_TITLES['cnn']}, percentage points "
-                    f"(per seed: paired bootstrap CI; mean: t-interval; dashed: the gain asked for)")
-    axes.set_title("One run per seed against the answer over seeds", fontsize=9)
+    axes.set_xlabel(f"test accuracy gain of {MODEL_TITLES['resnet']} over {MODEL_TITLES['cnn']}, percentage points\n"
+                    "(per seed: its test images only; mean: training randomness and test-set sampling; "
+                    "dashed: the margin)")
+    axes.set_title(f"One run per seed against the answer over seeds: {study['verdict']['decision']}", fontsize=9)
     axes.grid(axis="x", alpha=0.3)
+    return figure
+
+
+def noise_sources(study: dict):
+    """The standard error of the mean gain from each source of noise, and combined."""
+    gain = study["accuracy_gain"]
+    labels = ["seeds\n(training randomness)", "test images\n(test-set sampling)", "interaction\n(in both)",
+              "combined\n(interaction once)"]
+    values = [100 * gain[key] for key in ("se_seeds", "se_images", "se_interaction", "se")]
+    figure, axes = plt.subplots(figsize=(7, 3.5))
+    bars = axes.bar(labels, values, color=["#4C72B0", "#DD8452", "#BBBBBB", "#333333"])
+    axes.bar_label(bars, fmt="%.3f", fontsize=8)
+    axes.set_ylabel("standard error of the mean gain, points")
+    axes.set_title(f"Where the uncertainty of the gain comes from ({study['k']} seeds x {study['n_images']:,} "
+                   "test images)", fontsize=9)
+    axes.grid(axis="y", alpha=0.3)
     return figure

@@ -114,13 +114,24 @@ def log_comparison(tracker: Tracker, run_id, child_run_ids: dict, figures, summa
 def log_study(tracker: Tracker, run_id, study: dict, figures, summary: str):
     """The study's metrics, figures and summary in its run; every seed's runs tagged with the study and their
     seed (the runs list groups by it), each seed's comparison run a child of the study's run."""
-    values = {"k": study["k"], "accuracy_gain_mean": study["accuracy_gain"]["mean"],
-              "accuracy_gain_lower": study["accuracy_gain"]["ci"][0],
-              "accuracy_gain_upper": study["accuracy_gain"]["ci"][1],
-              "paired_t_p": study["paired_t_test"]["p_value"], "p_resnet_better": study["p_resnet_better"]["value"],
-              "deep_model_worth_it": float(study["verdict"]["deep_model_worth_it"])}
+    gain, verdict = study["accuracy_gain"], study["verdict"]
+    values = {"k": study["k"], "accuracy_gain_mean": gain["mean"], "accuracy_gain_lower": gain["ci"][0],
+              "accuracy_gain_upper": gain["ci"][1], "accuracy_gain_se": gain["se"], "accuracy_gain_df": gain["df"],
+              "accuracy_gain_se_seeds": gain["se_seeds"], "accuracy_gain_se_images": gain["se_images"],
+              "accuracy_gain_se_interaction": gain["se_interaction"],
+              **{f"accuracy_gain_variance_{k}": v for k, v in gain["variance_components"].items()},
+              "margin_one_sided_lower": verdict["lower"], "margin_one_sided_upper": verdict["upper"],
+              "p_gain_at_least_margin": verdict["p_gain_at_least_margin"], "p_worth_it": verdict["p_worth_it"],
+              "p_not_worth_it": verdict["p_not_worth_it"], "p_resnet_better": study["p_resnet_better"]["value"],
+              "aso_epsilon_min": study["aso_epsilon_min"],
+              **{f"verdict_{d.replace(' ', '_')}": float(verdict["decision"] == d)
+                 for d in ("worth it", "not worth it", "undecided")}}
+    if verdict["plan"] and verdict["plan"]["planned_k"]:
+        values["planned_k"] = verdict["plan"]["planned_k"]
     for model, entry in study["models"].items():
-        values.update({f"{model}_test_accuracy_{k}": v for k, v in entry["test_accuracy"].items()})
+        values.update({f"{model}_test_accuracy_{k}": v for k, v in entry["test_accuracy"].items()
+                       if isinstance(v, float)})
+    tracker.set_tags(run_id, {"verdict": verdict["decision"]})
     tracker.log_metrics(run_id, values)
     for path in figures:
         tracker.log_artifact(run_id, path, "study")

@@ -1,18 +1,23 @@
-"""A seed study: is ResNet18 better than the CNN on this data, over k paired training runs?
+"""A seed study: is ResNet18 worth its cost over the CNN on this data, over k paired training runs?
 
-One training run per model answers "do these two checkpoints differ on these 10,000 test images" (McNemar,
-paired bootstrap: test-set sampling). Training randomness (initialisation, batch order, dropout, the
-validation split) moves the answer too, as much again (Bouthillier et al., MLSys 2021). A study trains both
-models once per seed, with everything else equal, and asks the question over the seeds:
-- each model's test accuracy and macro F1 over seeds: mean, sd, min, max;
-- the paired gain (ResNet18 - CNN, same seed): its mean with a t-interval over seeds, and a paired t-test
-  (Wilcoxon's signed-rank test beside it from 6 seeds on);
-- P(ResNet18 > CNN): the share of seeds where ResNet18 is ahead, with a bootstrap CI over seeds;
-- per class: the mean F1 difference with its t-interval, and in how many seeds the single run's own
-  bootstrap CI excluded 0;
-- the verdict, by the single run's rule over seeds: worth it only when the mean gain is at least
-  compare.min_accuracy_gain and the paired t-test gives p < compare.alpha.
-Everything here is computed from each seed's per-image test predictions (numpy, scipy; seconds).
+One training run per model answers "do these two checkpoints differ on these 10,000 test images": its
+interval covers test-set sampling only. Training randomness (initialisation, batch order, dropout, the
+validation split) moves the answer too (Bouthillier et al., MLSys 2021). A study trains both models once per
+seed, with everything else equal, and every number below covers both sources of noise: per image and seed,
+the correctness difference (or a metric's per-image contribution) is decomposed over seeds x test images
+(uncertainty.two_way: a two-way random-effects model, the interaction counted once, Satterthwaite's degrees
+of freedom). What comes out:
+- each model's test accuracy and the paired gain (ResNet18 - CNN): mean, interval, and the standard error
+  each source gives alone; the seeds-only t-interval beside it, labelled as what it covers;
+- the verdict against the margin (compare.min_accuracy_gain, compare.alpha): "worth it" when the one-sided
+  (1 - alpha) lower bound of the gain reaches the margin, "not worth it" when the upper bound stays below it,
+  else "undecided", with P(gain >= margin) and, when undecided, how many seeds would likely decide (`plan`);
+- per class: the F1 difference with its interval, Holm-adjusted p-values across the classes (a class is won
+  only after adjustment) and Bonferroni-adjusted intervals for the figure;
+- P(ResNet18 > CNN), the share of seeds won, with its exact interval; Almost Stochastic Order's eps_min
+  (Dror et al. 2019; deepsig) on the per-seed accuracies, reported beside the verdict, not part of it;
+- each seed's own single-run verdict, by the same rule on its test images alone.
+Everything is computed from each seed's per-image test predictions (numpy, scipy, statsmodels; seconds).
 """
 
 from dataclasses import dataclass, field
@@ -22,11 +27,13 @@ from scipy import stats
 
 from . import CLASS_NAMES, MODEL_NAMES
 from .errors import PipelineError
-from .uncertainty import _model_scores, excludes_zero, mcnemar_exact, paired_bootstrap
+from .uncertainty import NO_WINNER, decide, mcnemar_exact, pseudo_values, scores, two_way, winner
 
 DEEP, SMALL = MODEL_NAMES
 MIN_SEEDS = 2
-WILCOXON_FROM = 6  # seeds: below this the signed-rank test cannot reach p < 0.05 two-sided
+MAX_PLANNED_SEEDS = 20  # the two-stage plan's cap: a study that needs more says so instead of running on
+PLANNING_POWER = 0.8  # the chance, at the planned k, that the interval clears the margin if the estimate holds
+ASO_SAMPLES = 1000  # deepsig's num_samples and num_bootstrap_iterations (its defaults)
 
 
 class StudyError(PipelineError):
@@ -39,7 +46,7 @@ class SeedRun:
     seed: int
     params: dict
     predictions: dict  # {"label": array, "resnet": array, "cnn": array}
-    info: dict = field(default_factory=dict)  # run ids, timings, machine
+    info: dict = field(default_factory=dict)  # run ids, timings, CPU kind
 
 
 def flatten(params: dict, prefix="") -> dict:
@@ -59,36 +66,46 @@ IGNORED_PARAMS = {"seed", "threads", "evaluate.latency_repeats"}
 IGNORED_SECTIONS = ("study.", "compare.", "tracking.")
 
 
-def check_runs(runs: list[SeedRun]):
-    """Refuse, in one line, what is not a study: fewer than 2 seeds, a seed twice, or runs whose params
-    differ in anything but the seed (naming the params)."""
-    seeds = [run.seed for run in runs]
+def comparable_params(params: dict) -> dict:
+    """The params that must agree across a study's seeds: all but those that may differ (above)."""
+    return {key: value for key, value in flatten(params).items()
+            if key not in IGNORED_PARAMS and not key.startswith(IGNORED_SECTIONS)}
+
+
+def check_distinct(seeds, where="study.seeds"):
+    """Refuse, in one line, a seed listed twice."""
+    seeds = list(seeds)
     repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
     if repeated:
-        raise StudyError(f"seed {', '.join(map(str, repeated))} appears more than once; a study's seeds differ")
+        raise StudyError(f"{where}: seed {', '.join(map(str, repeated))} appears more than once; a study's seeds "
+                         "differ")
+
+
+def check_runs(runs: list[SeedRun]):
+    """Refuse, in one line, what is not a study: fewer than 2 seeds, a seed twice, runs whose params differ
+    in anything but the seed (naming the params), or runs tested on different test sets."""
+    seeds = [run.seed for run in runs]
+    check_distinct(seeds, "the study's runs")
     if len(runs) < MIN_SEEDS:
         raise StudyError(f"a study needs at least {MIN_SEEDS} finished seeds, got {len(runs)} "
                          f"({', '.join(map(str, seeds)) or 'none'}); run more seeds (make study)")
-    first = {k: v for k, v in flatten(runs[0].params).items()
-             if k not in IGNORED_PARAMS and not k.startswith(IGNORED_SECTIONS)}
+    first = comparable_params(runs[0].params)
     for run in runs[1:]:
-        other = {k: v for k, v in flatten(run.params).items()
-                 if k not in IGNORED_PARAMS and not k.startswith(IGNORED_SECTIONS)}
+        other = comparable_params(run.params)
         differing = sorted(key for key in set(first) | set(other) if first.get(key) != other.get(key))
         if differing:
             raise StudyError(f"seeds {runs[0].seed} and {run.seed} ran with different params ({', '.join(differing)}); "
                              "a study varies the seed only: rerun those seeds with the same params.yaml")
-        labels = run.predictions["label"]
-        if not np.array_equal(labels, runs[0].predictions["label"]):
+        if not np.array_equal(run.predictions["label"], runs[0].predictions["label"]):
             raise StudyError(f"seeds {runs[0].seed} and {run.seed} were tested on different test sets")
 
 
-def t_interval(values: np.ndarray, confidence: float) -> tuple:
-    """Mean and its t-interval over the rows of `values` (seeds), per column."""
+def seeds_only_interval(values: np.ndarray, confidence: float) -> list:
+    """The t-interval over seeds of per-seed values: training randomness only (every seed is scored on the
+    same test images, so what they happen to favour never shows in the spread between seeds)."""
     k = len(values)
-    mean = values.mean(axis=0)
-    half = stats.t.ppf((1 + confidence) / 2, k - 1) * values.std(axis=0, ddof=1) / np.sqrt(k)
-    return mean, mean - half, mean + half
+    half = stats.t.ppf((1 + confidence) / 2, k - 1) * values.std(ddof=1) / np.sqrt(k)
+    return [float(values.mean() - half), float(values.mean() + half)]
 
 
 def spread(values: np.ndarray) -> dict:
@@ -96,175 +113,255 @@ def spread(values: np.ndarray) -> dict:
             "max": float(values.max())}
 
 
-def probability_of_superiority(gains: np.ndarray, confidence: float, samples: int, seed: int) -> dict:
-    """P(ResNet18 > CNN) over paired seeds (a tie counts one half), with a percentile bootstrap CI over seeds
-    (Bouthillier et al.). With few seeds that all agree, the bootstrap has nothing to resample and its interval
-    collapses to one point; the exact (Clopper-Pearson) interval of the share of seeds won says how little k
-    seeds can pin down."""
-    wins = (gains > 0) + 0.5 * (gains == 0)
-    draws = np.random.default_rng(seed).integers(0, len(gains), size=(samples, len(gains)))
-    resampled = wins[draws].mean(axis=1)
-    lower, upper = np.percentile(resampled, [(1 - confidence) / 2 * 100, (1 + confidence) / 2 * 100])
-    exact = stats.binomtest(int((gains > 0).sum()), len(gains)).proportion_ci(confidence, method="exact")
-    return {"value": float(wins.mean()), "ci": [float(lower), float(upper)], "bootstrap_samples": samples,
-            "exact_ci": [float(exact.low), float(exact.high)]}
+def probability_of_superiority(gains: np.ndarray, confidence: float) -> dict:
+    """P(ResNet18 > CNN): the share of seeds whose gain is positive, with the exact (Clopper-Pearson)
+    interval of that share. A seed with a gain of exactly 0 is left out of both (the sign test's rule)."""
+    wins, decided = int((gains > 0).sum()), int((gains != 0).sum())
+    if decided == 0:
+        return {"value": 0.5, "exact_ci": [0.0, 1.0], "seeds_won": 0, "seeds_tied": len(gains)}
+    exact = stats.binomtest(wins, decided).proportion_ci(confidence, method="exact")
+    return {"value": wins / decided, "exact_ci": [float(exact.low), float(exact.high)], "seeds_won": wins,
+            "seeds_tied": len(gains) - decided}
+
+
+def almost_stochastic_order(deep: np.ndarray, small: np.ndarray, confidence: float, seed: int) -> float | None:
+    """deepsig's eps_min that ResNet18's accuracy distribution over seeds stochastically dominates the
+    CNN's (0: always better, 0.5: no order, 1: always worse; Dror et al. 2019, Ulmer et al. 2022)."""
+    from deepsig import aso
+
+    return float(aso(deep, small, confidence_level=confidence, num_samples=ASO_SAMPLES,
+                     num_bootstrap_iterations=ASO_SAMPLES, show_progress=False, seed=seed))
+
+
+def plan(gain, margin: float, alpha: float, power=PLANNING_POWER, cap=MAX_PLANNED_SEEDS) -> dict:
+    """How many seeds would likely decide an undecided study (a two-stage plan: the seeds so far are the
+    pilot; the planned k is run once, then decided, with no look in between).
+
+    From the components measured so far, the variance of the mean gain at K seeds is
+    var_seeds k / K + var_images + var_interaction k / K (the test set stays the same 10,000 images, so its
+    part does not shrink). K is the smallest number of seeds at which |gain - margin| is at least
+    (z(1 - alpha) + z(power)) standard errors: the interval then clears the margin with probability `power`
+    if the estimated gain and components hold. When the test-set part alone is too wide, no K can."""
+    components = gain.components()
+    gap = abs(gain.mean - margin)
+    z = stats.norm.ppf(1 - alpha) + stats.norm.ppf(power)
+    per_seed = (components["seeds"] + components["interaction"]) * gain.k  # variance of one seed's share
+    floor = components["images"]
+    result = {"power": power, "cap": cap, "test_set_floor_se": float(np.sqrt(floor))}
+    if (gap / z) ** 2 <= floor:
+        return {**result, "planned_k": None, "more_seeds_can_decide": False}
+    needed = max(gain.k + 1, int(np.ceil(per_seed / ((gap / z) ** 2 - floor))))
+    return {**result, "planned_k": needed, "more_seeds_can_decide": needed <= cap}
+
+
+def per_seed_rows(runs, accuracy, correct, settings) -> list:
+    """Each seed's single run judged alone: its gain, that gain's interval over its test images only, McNemar's
+    test, and the verdict the same rule gives on those images."""
+    rows = []
+    for index, run in enumerate(runs):
+        single = two_way(correct[DEEP][index] - correct[SMALL][index])
+        mcnemar = mcnemar_exact(run.predictions["label"], run.predictions[DEEP], run.predictions[SMALL])
+        rows.append({"seed": run.seed, **{f"{m}_test_accuracy": float(accuracy[m][index]) for m in MODEL_NAMES},
+                     "accuracy_gain": single.mean, "accuracy_gain_ci": single.interval(settings.confidence),
+                     "mcnemar_p": mcnemar["p_value"],
+                     "single_run_decision": decide(single, settings.min_accuracy_gain, settings.alpha)["decision"],
+                     **run.info})
+    return rows
+
+
+def per_class_rows(runs, settings) -> dict:
+    """Per class, the F1 difference over seeds with its interval from both sources, its Holm-adjusted p-value
+    across the classes (checked against statsmodels), and a Bonferroni-adjusted interval."""
+    from statsmodels.stats.multitest import multipletests
+
+    contributions = {m: np.stack([pseudo_values(run.predictions["label"], run.predictions[m])["f1"] for run in runs])
+                     for m in MODEL_NAMES}  # seeds x classes x images
+    estimates = [two_way(contributions[DEEP][:, c] - contributions[SMALL][:, c]) for c in range(len(CLASS_NAMES))]
+    p_values = [estimate.p_value() for estimate in estimates]
+    adjusted = multipletests(p_values, alpha=1 - settings.confidence, method="holm")[1]
+    simultaneous = 1 - (1 - settings.confidence) / len(CLASS_NAMES)
+    rows = {}
+    for c, (name, estimate) in enumerate(zip(CLASS_NAMES, estimates)):
+        significant = adjusted[c] < 1 - settings.confidence
+        rows[name] = {"f1_difference_mean": estimate.mean, "f1_difference_ci": estimate.interval(settings.confidence),
+                      "f1_difference_adjusted_ci": estimate.interval(simultaneous), "se": estimate.se,
+                      "p_value": p_values[c], "holm_p_value": float(adjusted[c]),
+                      "winner": (DEEP if estimate.mean > 0 else SMALL) if significant else NO_WINNER,
+                      **{f"{m}_f1_mean": float(contributions[m][:, c].mean()) for m in MODEL_NAMES}}
+    return rows
+
+
+def cpu_label(kind: dict) -> str:
+    """A CPU kind in a few words: 'AuthenticAMD family 25 model 17, AVX-512 BF16' (its name where a seed's
+    run.json recorded no more)."""
+    if "vendor" not in kind:
+        return kind.get("name", "unknown CPU")
+    return f"{kind['vendor']} family {kind['family']} model {kind['model']}, {kind['isa']}"
+
+
+def per_cpu_kind(runs, gains) -> dict | None:
+    """The gain per CPU kind when the seeds ran on more than one (each kind rounds differently)."""
+    kinds = {}
+    for run, gain in zip(runs, gains):
+        kinds.setdefault(cpu_label(run.info.get("cpu_kind") or {}), []).append((run.seed, gain))
+    if len(kinds) < 2:
+        return None
+    return {label: {"seeds": [seed for seed, _ in rows], "accuracy_gain_mean": float(np.mean([g for _, g in rows]))}
+            for label, rows in sorted(kinds.items())}
 
 
 def aggregate(runs: list[SeedRun], settings, failed: dict | None = None) -> dict:
-    """The study's numbers (see the module's docstring). `settings`: params.yaml's compare section (the verdict
-    rule, confidence, bootstrap samples); `failed`: {seed: why} of seeds that did not finish, reported."""
+    """The study's numbers (see the module's docstring). `settings`: params.yaml's compare section (margin,
+    alpha, confidence); `failed`: {seed: why} of seeds that did not finish, reported."""
     check_runs(runs)
     runs = sorted(runs, key=lambda run: run.seed)
     seeds = [run.seed for run in runs]
-    confidence = settings.confidence
-    y_true = runs[0].predictions["label"]
-    point = np.ones((1, len(y_true)))
-    scores = {model: [_model_scores(point, y_true, run.predictions[model]) for run in runs] for model in MODEL_NAMES}
-    accuracy = {m: np.array([float(s["accuracy"][0]) for s in scores[m]]) for m in MODEL_NAMES}
-    macro_f1 = {m: np.array([float(s["macro_f1"][0]) for s in scores[m]]) for m in MODEL_NAMES}
-    class_f1 = {m: np.array([s["f1"][0] for s in scores[m]]) for m in MODEL_NAMES}  # seeds x classes
-
+    confidence, margin, alpha = settings.confidence, settings.min_accuracy_gain, settings.alpha
+    correct = {m: np.stack([pseudo_values(run.predictions["label"], run.predictions[m])["accuracy"] for run in runs])
+               for m in MODEL_NAMES}  # seeds x images, 0/1
+    accuracy = {m: correct[m].mean(axis=1) for m in MODEL_NAMES}
+    macro_f1 = {m: np.array([scores(run.predictions["label"], run.predictions[m])["macro_f1"] for run in runs])
+                for m in MODEL_NAMES}
     gains = accuracy[DEEP] - accuracy[SMALL]
-    mean_gain, gain_lower, gain_upper = t_interval(gains, confidence)
-    t_test = stats.ttest_rel(accuracy[DEEP], accuracy[SMALL])
-    t_p = float(t_test.pvalue) if np.isfinite(t_test.pvalue) else 1.0  # all gains equal: no evidence either way
-    wilcoxon = float(stats.wilcoxon(gains).pvalue) if len(runs) >= WILCOXON_FROM else None
-
-    per_seed, single_run_ci_excludes_zero = [], np.zeros(len(CLASS_NAMES), dtype=int)
-    for index, run in enumerate(runs):
-        boot = paired_bootstrap(y_true, run.predictions[DEEP], run.predictions[SMALL], settings.bootstrap_samples,
-                                confidence, run.seed)
-        mcnemar = mcnemar_exact(y_true, run.predictions[DEEP], run.predictions[SMALL])
-        single_run_ci_excludes_zero += [excludes_zero(boot["difference"]["f1"], c) for c in range(len(CLASS_NAMES))]
-        gain_ci = [boot["difference"]["accuracy"]["lower"], boot["difference"]["accuracy"]["upper"]]
-        worth_it = bool(gains[index] >= settings.min_accuracy_gain and mcnemar["p_value"] < settings.alpha)
-        per_seed.append({"seed": run.seed, **{f"{m}_test_accuracy": float(accuracy[m][index]) for m in MODEL_NAMES},
-                         **{f"{m}_macro_f1": float(macro_f1[m][index]) for m in MODEL_NAMES},
-                         "accuracy_gain": float(gains[index]), "accuracy_gain_ci": gain_ci,
-                         "mcnemar_p": mcnemar["p_value"], "single_run_verdict": worth_it, **run.info})
-
-    differences = class_f1[DEEP] - class_f1[SMALL]
-    class_mean, class_lower, class_upper = t_interval(differences, confidence)
-    per_class = {name: {"f1_difference_mean": float(class_mean[c]),
-                        "f1_difference_ci": [float(class_lower[c]), float(class_upper[c])],
-                        "seeds_single_run_ci_excludes_zero": int(single_run_ci_excludes_zero[c]),
-                        **{f"{m}_f1_mean": float(class_f1[m][:, c].mean()) for m in MODEL_NAMES}}
-                 for c, name in enumerate(CLASS_NAMES)}
-
-    conditions = {"mean_gain_at_least_min": bool(mean_gain >= settings.min_accuracy_gain),
-                  "paired_t_test_significant": bool(t_p < settings.alpha)}
-    worth_it = all(conditions.values())
+    gain = two_way(correct[DEEP] - correct[SMALL])
+    verdict = decide(gain, margin, alpha)
+    per_seed = per_seed_rows(runs, accuracy, correct, settings)
     return {
         "seeds": seeds,
         "k": len(runs),
+        "n_images": gain.n,
         "failed_seeds": {str(seed): why for seed, why in sorted((failed or {}).items())},
-        "models": {m: {"test_accuracy": spread(accuracy[m]),
-                       "test_accuracy_ci": [float(v) for v in t_interval(accuracy[m], confidence)[1:]],
+        "models": {m: {"test_accuracy": {**spread(accuracy[m]), **two_way(correct[m]).as_dict(confidence)},
+                       "test_accuracy_seeds_only_ci": seeds_only_interval(accuracy[m], confidence),
                        "macro_f1": spread(macro_f1[m])} for m in MODEL_NAMES},
-        "accuracy_gain": {"mean": float(mean_gain), "ci": [float(gain_lower), float(gain_upper)],
-                          "sd": float(gains.std(ddof=1)), "min": float(gains.min()), "max": float(gains.max())},
-        "paired_t_test": {"statistic": float(t_test.statistic) if np.isfinite(t_test.statistic) else 0.0,
-                          "p_value": t_p, "df": len(runs) - 1},
-        "wilcoxon_p": wilcoxon,
-        "p_resnet_better": probability_of_superiority(gains, confidence, 10_000, seeds[0]),
-        "per_class": per_class,
+        "accuracy_gain": {**gain.as_dict(confidence), "seeds_only_ci": seeds_only_interval(gains, confidence),
+                          "variance_components": gain.components(), "sd_over_seeds": float(gains.std(ddof=1)),
+                          "min": float(gains.min()), "max": float(gains.max()), "p_value": gain.p_value()},
+        "p_resnet_better": probability_of_superiority(gains, confidence),
+        "aso_epsilon_min": almost_stochastic_order(accuracy[DEEP], accuracy[SMALL], confidence, seeds[0]),
+        "per_class": per_class_rows(runs, settings),
         "per_seed": per_seed,
-        "verdict": {"deep_model_worth_it": worth_it, "conditions": conditions,
-                    "min_accuracy_gain": settings.min_accuracy_gain, "alpha": settings.alpha,
-                    "confidence": confidence,
-                    "single_runs_saying_otherwise": sum(row["single_run_verdict"] != worth_it for row in per_seed)},
+        "per_cpu_kind": per_cpu_kind(runs, gains),
+        "verdict": {**verdict, "confidence": confidence,
+                    "plan": plan(gain, margin, alpha) if verdict["decision"] == "undecided" else None,
+                    "single_runs_saying_otherwise": sum(row["single_run_decision"] != verdict["decision"]
+                                                        for row in per_seed)},
     }
-
-
-def headline(study: dict) -> dict:
-    """The few numbers of metrics/study.json that `dvc metrics show` should put first."""
-    return {"k": study["k"], **{m: {"test_accuracy_mean": study["models"][m]["test_accuracy"]["mean"]}
-                                for m in MODEL_NAMES},
-            "accuracy_gain_mean": study["accuracy_gain"]["mean"], "accuracy_gain_ci": study["accuracy_gain"]["ci"],
-            "paired_t_p": study["paired_t_test"]["p_value"], "p_resnet_better": study["p_resnet_better"]["value"],
-            "deep_model_worth_it": study["verdict"]["deep_model_worth_it"]}
 
 
 def plot_rows(study: dict):
     """DVC plot data: (file name, rows, fields) for plots/study/."""
     from . import MODEL_TITLES
 
-    def winner(lower, upper):
-        return MODEL_TITLES[DEEP] if lower > 0 else MODEL_TITLES[SMALL] if upper < 0 else "no significant difference"
-
+    title = lambda key: MODEL_TITLES.get(key, key)  # noqa: E731
     accuracy = []
     for model in MODEL_NAMES:
-        lower, upper = study["models"][model]["test_accuracy_ci"]
-        mean = study["models"][model]["test_accuracy"]["mean"]
+        entry = study["models"][model]["test_accuracy"]
         accuracy += [{"model": MODEL_TITLES[model], "seed": row["seed"], "test_accuracy": row[f"{model}_test_accuracy"],
-                      "mean": mean, "mean_lower": lower, "mean_upper": upper} for row in study["per_seed"]]
+                      "mean": entry["mean"], "mean_lower": entry["ci"][0], "mean_upper": entry["ci"][1]}
+                     for row in study["per_seed"]]
     gains = [{"run": f"seed {row['seed']}", "gain": row["accuracy_gain"], "lower": row["accuracy_gain_ci"][0],
-              "upper": row["accuracy_gain_ci"][1], "winner": winner(*row["accuracy_gain_ci"])}
-             for row in study["per_seed"]]
-    gains.append({"run": f"mean of {study['k']} seeds", "gain": study["accuracy_gain"]["mean"],
-                  "lower": study["accuracy_gain"]["ci"][0], "upper": study["accuracy_gain"]["ci"][1],
-                  "winner": winner(*study["accuracy_gain"]["ci"])})
-    classes = [{"class": name, "difference": entry["f1_difference_mean"], "lower": entry["f1_difference_ci"][0],
-                "upper": entry["f1_difference_ci"][1], "winner": winner(*entry["f1_difference_ci"]),
-                "seeds_single_run_ci_excludes_zero": entry["seeds_single_run_ci_excludes_zero"]}
+              "upper": row["accuracy_gain_ci"][1], "winner": title(winner(*row["accuracy_gain_ci"])),
+              "margin": study["verdict"]["margin"]} for row in study["per_seed"]]
+    gain = study["accuracy_gain"]
+    gains.append({"run": f"mean of {study['k']} seeds", "gain": gain["mean"], "lower": gain["ci"][0],
+                  "upper": gain["ci"][1], "winner": title(winner(*gain["ci"])), "margin": study["verdict"]["margin"]})
+    components = [{"source": source, "se_points": 100 * gain[key]} for source, key in (
+        ("seeds (training randomness)", "se_seeds"), ("test images (test-set sampling)", "se_images"),
+        ("seed x image interaction (in both above)", "se_interaction"), ("both sources, combined", "se"))]
+    classes = [{"class": name, "difference": entry["f1_difference_mean"],
+                "lower": entry["f1_difference_adjusted_ci"][0], "upper": entry["f1_difference_adjusted_ci"][1],
+                "winner": title(entry["winner"]), "holm_p_value": entry["holm_p_value"]}
                for name, entry in study["per_class"].items()]
     return [("accuracy_per_seed.csv", accuracy, ["model", "seed", "test_accuracy", "mean", "mean_lower",
                                                   "mean_upper"]),
-            ("gain_per_seed.csv", gains, ["run", "gain", "lower", "upper", "winner"]),
-            ("f1_difference.csv", classes, ["class", "difference", "lower", "upper", "winner",
-                                            "seeds_single_run_ci_excludes_zero"])]
+            ("gain_per_seed.csv", gains, ["run", "gain", "lower", "upper", "winner", "margin"]),
+            ("noise_sources.csv", components, ["source", "se_points"]),
+            ("f1_difference.csv", classes, ["class", "difference", "lower", "upper", "winner", "holm_p_value"])]
+
+
+def next_step(study: dict, params_seeds: list) -> str | None:
+    """What to run next when the study is undecided: the planned seeds, or why more seeds cannot decide."""
+    verdict = study["verdict"]
+    if verdict["decision"] != "undecided":
+        return None
+    planned = verdict["plan"]
+    if not planned["more_seeds_can_decide"]:
+        if planned["planned_k"] is None:
+            return ("more seeds cannot decide: the test set alone (standard error "
+                    f"{100 * planned['test_set_floor_se']:.2f} points) is too wide for the margin; the answer "
+                    "stays undecided on these 10,000 test images")
+        return (f"about {planned['planned_k']} seeds would be needed, beyond this project's cap of {planned['cap']}; "
+                "the answer stays undecided")
+    extra = list(range(max(params_seeds) + 1, max(params_seeds) + 1 + planned["planned_k"] - study["k"]))
+    seeds = ", ".join(map(str, [*params_seeds, *extra]))
+    return (f"the plan's second stage: k = {planned['planned_k']}; set `study.seeds: [{seeds}]` in params.yaml, "
+            "commit, and run `make study` (then decide once, at that k)")
 
 
 def summary_markdown(study: dict) -> str:
     from . import MODEL_TITLES
 
     deep, small = MODEL_TITLES[DEEP], MODEL_TITLES[SMALL]
-    verdict, gain, level = study["verdict"], study["accuracy_gain"], f"{study['verdict']['confidence']:.0%}"
+    verdict, gain = study["verdict"], study["accuracy_gain"]
+    level = f"{verdict['confidence']:.0%}"
+    one_sided = f"{1 - verdict['alpha']:.0%}"
     pp = lambda value: f"{100 * value:+.2f}"  # noqa: E731
+    interval = lambda ci: f"[{pp(ci[0])}, {pp(ci[1])}]"  # noqa: E731
     lines = ["# Seed study: ResNet18 vs small CNN on Fashion-MNIST", "",
              f"Generated by `make study` from the per-image test predictions of {study['k']} paired runs "
-             f"(seeds {', '.join(map(str, study['seeds']))}); do not edit by hand.", "",
-             f"| model | test accuracy, mean ({level} t-interval) | sd | min | max | macro F1, mean |",
-             "|---|---|---|---|---|---|"]
+             f"(seeds {', '.join(map(str, study['seeds']))}); do not edit by hand. Intervals cover training "
+             "randomness and test-set sampling (seed x image variance decomposition, Satterthwaite df) unless "
+             "they say otherwise.", "",
+             f"| model | test accuracy, mean ({level} interval, both sources) | sd over seeds | min | max | "
+             "macro F1, mean |", "|---|---|---|---|---|---|"]
     for model, title in ((DEEP, deep), (SMALL, small)):
         acc, f1 = study["models"][model]["test_accuracy"], study["models"][model]["macro_f1"]
-        lower, upper = study["models"][model]["test_accuracy_ci"]
-        lines.append(f"| {title} | {acc['mean']:.4f} [{lower:.4f}, {upper:.4f}] | {acc['sd']:.4f} | {acc['min']:.4f} "
-                     f"| {acc['max']:.4f} | {f1['mean']:.4f} |")
-    lines += ["", "| seed | ResNet18 | Small CNN | gain, points (single-run CI) | McNemar p | single run says |",
-              "|---|---|---|---|---|---|"]
+        lines.append(f"| {title} | {acc['mean']:.4f} [{acc['ci'][0]:.4f}, {acc['ci'][1]:.4f}] | {acc['sd']:.4f} | "
+                     f"{acc['min']:.4f} | {acc['max']:.4f} | {f1['mean']:.4f} |")
+    lines += ["", "| accuracy gain, points | standard error, points |", "|---|---|",
+              f"| seeds alone (training randomness) | {100 * gain['se_seeds']:.3f} |",
+              f"| test images alone (test-set sampling) | {100 * gain['se_images']:.3f} |",
+              f"| seed x image interaction (in both rows above) | {100 * gain['se_interaction']:.3f} |",
+              f"| both sources, interaction once (df {gain['df']:.1f}) | {100 * gain['se']:.3f} |"]
+    lines += ["", f"| seed | {deep} | {small} | gain, points ({level} interval over its test images) | McNemar p "
+              "| single run says |", "|---|---|---|---|---|---|"]
     for row in study["per_seed"]:
-        lower, upper = row["accuracy_gain_ci"]
         lines.append(f"| {row['seed']} | {row['resnet_test_accuracy']:.4f} | {row['cnn_test_accuracy']:.4f} | "
-                     f"{pp(row['accuracy_gain'])} [{pp(lower)}, {pp(upper)}] | {row['mcnemar_p']:.3g} | "
-                     f"{'yes' if row['single_run_verdict'] else 'no'} |")
-    lines += ["", f"| class | mean F1 difference ({level} t-interval) | seeds whose single-run CI excludes 0 |",
-              "|---|---|---|"]
+                     f"{pp(row['accuracy_gain'])} {interval(row['accuracy_gain_ci'])} | {row['mcnemar_p']:.3g} | "
+                     f"{row['single_run_decision']} |")
+    lines += ["", f"| class | mean F1 difference ({level} interval) | Holm-adjusted p | winner |", "|---|---|---|---|"]
     for name, entry in study["per_class"].items():
         lower, upper = entry["f1_difference_ci"]
         lines.append(f"| {name} | {entry['f1_difference_mean']:+.4f} [{lower:+.4f}, {upper:+.4f}] | "
-                     f"{entry['seeds_single_run_ci_excludes_zero']} of {study['k']} |")
-    t_test, superiority = study["paired_t_test"], study["p_resnet_better"]
-    held = lambda ok: "holds" if ok else "does not hold"  # noqa: E731
-    wilcoxon = (f" Wilcoxon's signed-rank test: p = {study['wilcoxon_p']:.3g}." if study["wilcoxon_p"] is not None
-                else f" (Wilcoxon's signed-rank test needs at least {WILCOXON_FROM} seeds.)")
-    answer = "yes" if verdict["deep_model_worth_it"] else "no"
+                     f"{entry['holm_p_value']:.3g} | {MODEL_TITLES.get(entry['winner'], entry['winner'])} |")
+    superiority = study["p_resnet_better"]
+    bound = {"lower": f"its one-sided {one_sided} lower bound, {pp(verdict['lower'])} points, reaches",
+             "upper": f"its one-sided {one_sided} upper bound, {pp(verdict['upper'])} points, stays below",
+             None: f"its one-sided {one_sided} bounds, {pp(verdict['lower'])} to {pp(verdict['upper'])} points, "
+                   "straddle"}[verdict["deciding_bound"]]
     lines += ["", "## Verdict", "",
               f"Over {study['k']} seeds, {deep} is {pp(gain['mean'])} points of test accuracy ahead of {small} "
-              f"({level} t-interval [{pp(gain['ci'][0])}, {pp(gain['ci'][1])}]; per seed from {pp(gain['min'])} "
-              f"to {pp(gain['max'])}). Paired t-test over seeds: t = {t_test['statistic']:.2f}, "
-              f"p = {t_test['p_value']:.3g}.{wilcoxon} P({deep} > {small}) = {superiority['value']:.2f} "
-              f"({level} bootstrap CI over seeds [{superiority['ci'][0]:.2f}, {superiority['ci'][1]:.2f}]; exact "
-              f"binomial interval of the share of seeds won [{superiority['exact_ci'][0]:.2f}, "
-              f"{superiority['exact_ci'][1]:.2f}]).", "",
-              f"Is the deep model worth its cost on this data? **{answer}**. The rule (params.yaml, `compare`), "
-              "over seeds:",
-              f"- a mean accuracy gain of at least {100 * verdict['min_accuracy_gain']:.2f} points: "
-              f"{held(verdict['conditions']['mean_gain_at_least_min'])} ({pp(gain['mean'])} points);",
-              f"- a paired t-test over seeds with p < {verdict['alpha']}: "
-              f"{held(verdict['conditions']['paired_t_test_significant'])} (p = {t_test['p_value']:.3g}).", "",
-              f"{verdict['single_runs_saying_otherwise']} of the {study['k']} single runs, judged alone (gain and "
-              "McNemar's test on one pair of checkpoints), would have said otherwise."]
+              f"({level} interval {interval(gain['ci'])}, both sources; seeds only {interval(gain['seeds_only_ci'])}; "
+              f"per seed from {pp(gain['min'])} to {pp(gain['max'])}). P(gain >= margin) = "
+              f"{verdict['p_gain_at_least_margin']:.3f}. P({deep} > {small}) = {superiority['value']:.2f}, the share "
+              f"of seeds won (exact {level} interval [{superiority['exact_ci'][0]:.2f}, "
+              f"{superiority['exact_ci'][1]:.2f}]); Almost Stochastic Order eps_min = {study['aso_epsilon_min']:.2f} "
+              "(below 0.5: ResNet18 tends to dominate; reported, not part of the verdict).", "",
+              f"Is the deep model worth its cost on this data? **{verdict['decision']}**: tested against the margin "
+              f"of {100 * verdict['margin']:.2f} points (params.yaml `compare.min_accuracy_gain`), {bound} the "
+              f"margin (alpha {verdict['alpha']}).", "",
+              f"{verdict['single_runs_saying_otherwise']} of the {study['k']} single runs, judged alone by the same "
+              "rule on their test images, would have said otherwise."]
+    if study.get("per_cpu_kind"):
+        lines += ["", "Seeds ran on more than one CPU kind (each rounds differently): " + "; ".join(
+            f"{label}: seeds {', '.join(map(str, entry['seeds']))}, mean gain {pp(entry['accuracy_gain_mean'])}"
+            for label, entry in study["per_cpu_kind"].items()) + "."]
+    if verdict["plan"]:
+        planned = verdict["plan"]
+        lines += ["", f"Plan: {planned['planned_k'] or 'no number of'} seeds would clear the margin with "
+                  f"{planned['power']:.0%} probability if the estimates hold (the test-set part alone: standard "
+                  f"error {100 * planned['test_set_floor_se']:.2f} points)."]
     if study["failed_seeds"]:
         lines += ["", "Left out, failed: " + "; ".join(f"seed {s}: {why}" for s, why in study["failed_seeds"].items())]
     return "\n".join(lines) + "\n"

@@ -4,15 +4,20 @@ each seed's results kept in git (metrics/study/seeds/<seed>/) as soon as it fini
 With jobs 1, `dvc exp run --temp`, one seed after another; with more, `dvc exp run --queue` and
 `dvc queue start -j <jobs>`, the workers sharing the cores (OMP_NUM_THREADS = cores / jobs), and a remainder
 that cannot fill the workers alone with every core. A stage that ran before with the same params and code is
-restored from DVC's run cache, not retrained. A seed whose folder matches the current params (but for the
-seed and what does not shape predictions) and code is done: a study cut short, or split over machines, runs
-only the seeds that are missing. The statistics over the seeds are in study.py.
+restored from DVC's run cache, not retrained. A seed whose folder matches the current params (but for what
+may differ between seeds, study.comparable_params) and code is done: a study cut short, or split over
+machines, runs only the seeds that are missing. A driver that died while DVC's queue workers trained (they
+are detached by DVC's design and go on) is taken over by the next one: it collects the experiments that
+finished, waits for the ones still queued or running, and removes only those that failed or were abandoned.
+Every seed folder is validated before it is aggregated (`load_study`). The statistics are in study.py.
 """
 
 import csv
 import hashlib
+import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -20,16 +25,17 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from dvc import api as dvc_api
 
-from . import MODEL_NAMES, PREDICTIONS_FILE, study
+from . import MODEL_NAMES, NUM_CLASSES, PREDICTIONS_FILE, study
 from .errors import PipelineError
-from .files import read_csv_rows, read_json, write_csv, write_json, write_text
+from .files import read_json, together, write_json, write_text
 from .process import available_cores
 
 SEEDS_DIR = Path("metrics/study/seeds")
+LOG_DIR = Path("logs/study")  # each seed's whole output, kept when it fails (git-ignored)
 PREDICTION_STAGES = ("prepare", "train_resnet", "train_cnn", "evaluate")  # what a seed's predictions depend on
 SEED_METRICS = ("data", "train_resnet", "train_cnn", "evaluate", "compare", "headline")
+PREDICTION_FIELDS = ["image", "label", *MODEL_NAMES]
 POLL_SECONDS = 5
 
 
@@ -57,71 +63,89 @@ def git(*args) -> str:
     return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout
 
 
-def code_fingerprint() -> str:
+def code_fingerprint(rev=None) -> str:
     """What a seed's predictions depend on besides params: the code the DVC stages up to evaluate list as
-    deps (a change there means DVC would rerun them too)."""
-    stages = yaml.safe_load(Path("dvc.yaml").read_text())["stages"]
-    files = sorted({dep for name in PREDICTION_STAGES for dep in stages[name].get("deps", [])
-                    if Path(dep).is_file() and dep.endswith(".py")})
+    deps (a change there means DVC would rerun them too), in the workspace or at git revision `rev`."""
+    read = (lambda path: Path(path).read_bytes()) if rev is None else (
+        lambda path: subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, check=True).stdout)
+    stages = yaml.safe_load(read("dvc.yaml"))["stages"]
+    files = sorted({dep for name in PREDICTION_STAGES for dep in stages[name].get("deps", []) if dep.endswith(".py")})
     digest = hashlib.sha256()
     for name in files:
-        digest.update(name.encode() + b"\0" + Path(name).read_bytes())
+        digest.update(name.encode() + b"\0" + read(name))
     return digest.hexdigest()[:16]
-
-
-def comparable(params: dict) -> dict:
-    """Params as a study compares them: all but the seed and what may differ between machines."""
-    return {k: v for k, v in study.flatten(params).items()
-            if k not in study.IGNORED_PARAMS and not k.startswith(study.IGNORED_SECTIONS)}
 
 
 def seed_dir(seed: int) -> Path:
     return SEEDS_DIR / str(seed)
 
 
-def finished(seed: int, params: dict, fingerprint: str) -> bool:
-    """The seed has results made with these params and this code."""
+def log_path(seed: int) -> Path:
+    return LOG_DIR / f"seed-{seed}.log"
+
+
+def results_current(seed: int, params: dict, fingerprint: str) -> bool:
+    """The seed has results, made with these params (but for what may differ between seeds) and this code, and
+    collected with a checksum of its predictions (older versions recorded none: such a seed is collected again
+    from DVC when DVC still holds it, else run again)."""
     folder = seed_dir(seed)
     if not (folder / "run.json").is_file() or not (folder / "predictions.csv").is_file():
         return False
-    saved = read_json(folder / "run.json")
-    saved_params = yaml.safe_load((folder / "params.yaml").read_text())
-    return saved.get("code") == fingerprint and comparable(saved_params) == comparable(params)
+    try:
+        saved, saved_params = read_json(folder / "run.json"), yaml.safe_load((folder / "params.yaml").read_text())
+    except (PipelineError, OSError, yaml.YAMLError):
+        return False  # unreadable: not a result to keep (load_study says which file, when it aggregates)
+    return (isinstance(saved_params, dict) and saved.get("code") == fingerprint and "predictions_sha256" in saved
+            and study.comparable_params(saved_params) == study.comparable_params(params))
+
+
+def results_exist(seed: int) -> bool:
+    """The seed ran, here or on a machine whose results were pulled: it has predictions or a recorded failure
+    (whatever code or params made them; see results_current)."""
+    folder = seed_dir(seed)
+    return (folder / "failed.json").is_file() or (folder / "predictions.csv").is_file()
 
 
 def experiment_name(seed: int) -> str:
     return f"study-seed-{seed}"
 
 
-def collect(seed: int, fingerprint: str, baseline: str):
-    """Copy a finished experiment's metrics and per-image predictions into metrics/study/seeds/<seed>/.
-    `baseline`: the commit the experiment ran from (DVC files the experiment under it)."""
-    name = experiment_name(seed)
-    ref = f"refs/exps/{baseline[:2]}/{baseline[2:]}/{name}"
+def sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def collect(seed: int, ref: str, fingerprint: str):
+    """Copy a finished experiment's metrics and per-image predictions into metrics/study/seeds/<seed>/, all
+    files or none. `ref`: the experiment's git ref (refs/exps/<baseline>/<name>); the predictions are read
+    through DVC's API from its cache."""
+    from dvc import api as dvc_api
+
     show = lambda path: git("show", f"{ref}:{path}")  # noqa: E731
-    with dvc_api.open(PREDICTIONS_FILE, rev=ref, encoding="utf-8") as handle:  # from DVC's cache
+    with dvc_api.open(PREDICTIONS_FILE, rev=ref, encoding="utf-8") as handle:
         rows = [{"image": row["image"], "label": row["label"], **{m: row[f"{m}_predicted"] for m in MODEL_NAMES}}
                 for row in csv.DictReader(handle)]
-    folder = seed_dir(seed)
-    for metric in SEED_METRICS:
-        write_text(folder / f"{metric}.json", show(f"metrics/{metric}.json"))
-    for model in MODEL_NAMES:
-        write_text(folder / f"{model}_epochs.csv", show(f"plots/train/{model}_epochs.csv"))
-    write_csv(folder / "predictions.csv", rows, ["image", "label", *MODEL_NAMES])
-    write_text(folder / "params.yaml", show("params.yaml"))
+    predictions = io.StringIO(newline="")
+    writer = csv.DictWriter(predictions, fieldnames=PREDICTION_FIELDS)  # as files.write_csv writes it
+    writer.writeheader()
+    writer.writerows(rows)
     train = {m: json.loads(show(f"metrics/train_{m}.json")) for m in MODEL_NAMES}
-    write_json(folder / "run.json", {
-        "seed": seed, "experiment": name, "rev": git("rev-parse", ref).strip(), "baseline": baseline,
-        "code": fingerprint, "cpu": cpu_model(), "cpu_kind": cpu_kind(),
-        "threads": {m: train[m]["threads"] for m in MODEL_NAMES},
-        "train_seconds": {m: train[m]["train_seconds"] for m in MODEL_NAMES},
-        "mlflow_run_ids": {**{m: train[m]["mlflow_run_id"] for m in MODEL_NAMES},
-                           "compare": json.loads(show("metrics/compare.json")).get("mlflow_run_id")}})
+    folder = seed_dir(seed)
+    with together():
+        for metric in SEED_METRICS:
+            write_text(folder / f"{metric}.json", show(f"metrics/{metric}.json"))
+        for model in MODEL_NAMES:
+            write_text(folder / f"{model}_epochs.csv", show(f"plots/train/{model}_epochs.csv"))
+        write_text(folder / "predictions.csv", predictions.getvalue())
+        write_text(folder / "params.yaml", show("params.yaml"))
+        write_json(folder / "run.json", {
+            "seed": seed, "experiment": experiment_name(seed), "rev": git("rev-parse", ref).strip(),
+            "baseline": "".join(ref.split("/")[2:4]), "code": fingerprint, "cpu": cpu_kind()["name"],
+            "cpu_kind": cpu_kind(), "threads": {m: train[m]["threads"] for m in MODEL_NAMES},
+            "train_seconds": {m: train[m]["train_seconds"] for m in MODEL_NAMES},
+            "predictions_sha256": hashlib.sha256(predictions.getvalue().encode("utf-8")).hexdigest(),
+            "mlflow_run_ids": {**{m: train[m]["mlflow_run_id"] for m in MODEL_NAMES},
+                               "compare": json.loads(show("metrics/compare.json")).get("mlflow_run_id")}})
     (folder / "failed.json").unlink(missing_ok=True)
-
-
-def cpu_model() -> str:
-    return cpu_kind()["name"]
 
 
 VECTOR_ISAS = (("avx512_bf16", "AVX-512 BF16"), ("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"))
@@ -132,6 +156,8 @@ def cpu_kind() -> dict:
     across kinds): vendor, family and model numbers, the widest vector ISA, and the model name. The name
     alone is not enough: "AMD EPYC" is what virtual machines of at least three kinds that round
     differently report."""
+    import platform
+
     fields = {}
     text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     for line in text.split("\n\n")[0].splitlines():
@@ -139,48 +165,74 @@ def cpu_kind() -> dict:
         fields[key.strip()] = value.strip()
     flags = set(fields.get("flags", "").split())
     isa = next((title for flag, title in VECTOR_ISAS if flag in flags), "unknown")
-    import platform
-
     return {"vendor": fields.get("vendor_id", platform.machine() or "unknown"), "family": fields.get("cpu family", ""),
             "model": fields.get("model", ""), "isa": isa, "name": fields.get("model name", "unknown")}
 
 
-def cpu_label(kind: dict) -> str:
-    """A CPU kind in a few words: 'AuthenticAMD family 25 model 17, AVX-512 BF16'."""
-    return f"{kind['vendor']} family {kind['family']} model {kind['model']}, {kind['isa']}"
-
-
-def queue_states(names) -> dict:
-    """{experiment name: Queued | Running | Success | Failed} from `dvc queue status`."""
-    states = {}
+def queue_states(names) -> tuple[dict, int]:
+    """({experiment name: Queued | Running | Success | Failed}, active workers) from `dvc queue status`."""
+    states, workers = {}, 0
     for line in dvc("queue", "status").stdout.splitlines():
         words = line.split()
+        if line.startswith("Worker status:") and len(words) > 2 and words[2].isdigit():
+            workers = int(words[2])
         for name in names:
             if name in words:
                 states[name] = words[-1]
-    return states
+    return states, workers
+
+
+def finished_experiments(names) -> dict:
+    """{name: [refs]} of the finished experiments (any baseline) with these names."""
+    found = {}
+    for ref in git("for-each-ref", "--format=%(refname)", "refs/exps").split():
+        parts = ref.split("/")
+        if len(parts) == 5 and parts[4] in names:
+            found.setdefault(parts[4], []).append(ref)
+    return found
+
+
+def stage_error(output: str) -> str:
+    """A failed run's reason: the stage's own `error:` line, else DVC's last ERROR line."""
+    lines = output.splitlines()
+    ours = [line for line in lines if line.startswith("error: ")]
+    theirs = [line for line in lines if line.startswith("ERROR")]
+    return (ours or theirs or ["failed (no error line in its output)"])[-1].strip()
+
+
+def check_arguments(seeds: list, jobs: int):
+    """Before any work: seeds listed once each and not negative, at least one job."""
+    study.check_distinct(seeds, "--seeds")
+    if any(seed < 0 for seed in seeds):
+        raise PipelineError(f"--seeds: {min(seeds)} is negative; a seed is 0 or more")
+    if jobs < 1:
+        raise PipelineError(f"--jobs {jobs}: at least 1 seed at a time")
 
 
 def run_seeds(seeds: list, jobs: int, params: dict) -> dict:
-    """Run the seeds that have no results yet; returns {seed: why} for those that failed.
+    """Run the seeds that have no current results; returns {seed: why} for those that failed.
 
     With jobs > 1, seeds go `jobs` at a time through DVC's queue, each stage with cores / jobs threads; a
-    remainder that cannot fill the workers (the 5th of 5 seeds with 2 jobs) runs alone with every core."""
+    remainder that cannot fill the workers (the 5th of 5 seeds with 2 jobs) runs alone with every core.
+    What DVC already holds for a seed is adopted, not retrained (see the module's docstring)."""
+    check_arguments(seeds, jobs)
     fingerprint = code_fingerprint()
-    todo = [seed for seed in seeds if not finished(seed, params, fingerprint)]
+    todo = [seed for seed in seeds if not results_current(seed, params, fingerprint)]
     for seed in sorted(set(seeds) - set(todo)):
+        (seed_dir(seed) / "failed.json").unlink(missing_ok=True)
         print(f"seed {seed}: done already ({seed_dir(seed)})")
     if not todo:
         return {}
+    runner = SeedRunner(fingerprint, params)
+    todo = runner.adopt(todo, jobs)
+    if not todo:
+        return runner.failed
     if git("status", "--porcelain", "--untracked-files=no", "--", "src", "stages", "dvc.yaml", "params.yaml"):
         raise PipelineError("src/, stages/, dvc.yaml or params.yaml has uncommitted changes; commit them first "
                             "(a study's experiments run the committed code, with only the seed changed)")
-    for seed in todo:
-        dvc("exp", "remove", experiment_name(seed), check=False)  # an earlier attempt's experiment, if any
     jobs = min(jobs, len(todo))
     together = len(todo) - len(todo) % jobs if jobs > 1 else 0
     print(f"running seeds {', '.join(map(str, todo))}, {jobs} at a time", flush=True)
-    runner = SeedRunner(fingerprint)
     if together:
         runner.in_queue(todo[:together], jobs)
     runner.one_at_a_time(todo[together:])
@@ -190,21 +242,73 @@ def run_seeds(seeds: list, jobs: int, params: dict) -> dict:
 class SeedRunner:
     """Runs seeds as DVC experiments and collects each as it finishes."""
 
-    def __init__(self, fingerprint):
-        self.fingerprint, self.failed, self.started = fingerprint, {}, time.perf_counter()
-        self.baseline = git("rev-parse", "HEAD").strip()  # the experiments' baseline, whatever HEAD does later
+    def __init__(self, fingerprint, params):
+        self.fingerprint, self.params, self.failed = fingerprint, params, {}
+        self.started = time.perf_counter()
 
-    def record_success(self, seed):
-        collect(seed, self.fingerprint, self.baseline)
+    def matching_ref(self, refs):
+        """The ref, of those given, whose experiment ran this code with these params (else None)."""
+        for ref in refs:
+            try:
+                ran = yaml.safe_load(git("show", f"{ref}:params.yaml"))
+                if code_fingerprint(ref) == self.fingerprint and \
+                        study.comparable_params(ran) == study.comparable_params(self.params):
+                    return ref
+            except (subprocess.CalledProcessError, yaml.YAMLError, KeyError, TypeError):
+                continue
+        return None
+
+    def adopt(self, seeds, jobs) -> list:
+        """Take over what DVC holds for `seeds`: collect finished experiments of this code and params, wait for
+        queued and running ones (starting workers if none is active), remove failed or abandoned ones and
+        interrupted temporary workspaces. Returns the seeds still to run."""
+        names = {experiment_name(seed): seed for seed in seeds}
+        states, workers = queue_states(names)
+        waiting = {name: seed for name, seed in names.items() if states.get(name) in ("Queued", "Running")}
+        finished = finished_experiments(set(names) - set(waiting))
+        todo = []
+        for name, seed in names.items():
+            if name in waiting:
+                continue
+            ref = self.matching_ref(finished.get(name, []))
+            if ref:
+                print(f"seed {seed}: finished in DVC already ({ref}); collecting it", flush=True)
+                self.record_success(seed, ref)
+            else:
+                if name in finished or name in states:  # failed, abandoned, or of other code or params
+                    dvc("exp", "remove", name, check=False)
+                todo.append(seed)
+        shutil.rmtree(".dvc/tmp/exps/standalone", ignore_errors=True)  # interrupted --temp runs (we hold the lock)
+        if waiting:
+            print(f"seeds {', '.join(map(str, waiting.values()))}: queued or running in DVC already; waiting for "
+                  "them", flush=True)
+            self.follow_queue(waiting, jobs, start_workers=workers == 0)
+        return todo
+
+    def record_success(self, seed, ref):
+        collect(seed, ref, self.fingerprint)
         top = read_json(seed_dir(seed) / "headline.json")
         print(f"seed {seed}: finished after {(time.perf_counter() - self.started) / 60:.1f} min: ResNet18 "
               f"{top['resnet']['test_accuracy']:.4f}, Small CNN {top['cnn']['test_accuracy']:.4f}, "
               f"gain {100 * top['accuracy_gain']:+.2f} points", flush=True)
 
-    def record_failure(self, seed, why):
+    def record_failure(self, seed, output):
+        """Keep the whole output in the seed's log; failed.json holds the stage's own error line and names the
+        log. A folder that holds a current result is left as it is."""
+        log = log_path(seed)
+        write_text(log, output)
+        why = f"{stage_error(output)} (whole output: {log})"
         self.failed[seed] = why
-        write_json(seed_dir(seed) / "failed.json", {"seed": seed, "error": why})
-        print(f"seed {seed}: FAILED ({why})", flush=True)
+        if not results_current(seed, self.params, self.fingerprint):
+            write_json(seed_dir(seed) / "failed.json", {"seed": seed, "error": why, "log": str(log)})
+        print(f"seed {seed}: FAILED: {why}", flush=True)
+
+    def experiment_ref(self, name) -> str:
+        refs = finished_experiments({name}).get(name, [])
+        ref = self.matching_ref(refs)
+        if ref is None:
+            raise PipelineError(f"experiment {name} finished but its ref is not found (refs: {refs}); run again")
+        return ref
 
     def one_at_a_time(self, seeds):
         """`dvc exp run --temp` per seed: a temporary workspace each, no queue to start."""
@@ -219,71 +323,128 @@ class SeedRunner:
                 attempt.wait()
                 raise
             if attempt.returncode == 0:
-                self.record_success(seed)
+                self.record_success(seed, self.experiment_ref(experiment_name(seed)))
             else:
-                errors = (line for line in reversed(output.splitlines()) if line.startswith("ERROR"))
-                self.record_failure(seed, next(errors, "failed").strip())
+                self.record_failure(seed, output)
+
+    def worker_env(self, jobs):
+        return {**os.environ, "OMP_NUM_THREADS": str(max(1, available_cores() // jobs))}  # threads: auto reads it
 
     def in_queue(self, seeds, jobs):
-        """`dvc exp run --queue` per seed, `dvc queue start -j jobs`; the workers share the cores."""
-        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, available_cores() // jobs))}  # threads: auto reads it
-        pending = {experiment_name(seed): seed for seed in seeds}
-        for name, seed in pending.items():
-            dvc("exp", "run", "--queue", "-S", f"seed={seed}", "-n", name, env=env)
-        # Not captured: the workers it starts inherit its output and outlive it (a pipe would stay open until
-        # the queue is empty, and we would collect no seed before the last one).
-        subprocess.run(dvc_command("queue", "start", "-j", str(jobs)),
-                       env=tool_env(env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+        """`dvc exp run --queue` per seed, `dvc queue start -j jobs`; the workers share the cores. Ctrl-C while
+        queueing leaves nothing queued."""
+        pending = {}
+        try:
+            for seed in seeds:
+                dvc("exp", "run", "--queue", "-S", f"seed={seed}", "-n", experiment_name(seed),
+                    env=self.worker_env(jobs))
+                pending[experiment_name(seed)] = seed
+        except KeyboardInterrupt:
+            dvc("queue", "remove", *pending, check=False)
+            raise
+        self.follow_queue(pending, jobs, start_workers=True)
+
+    def follow_queue(self, pending: dict, jobs, start_workers: bool):
+        """Collect each of `pending` ({name: seed}) as DVC's queue finishes it; Ctrl-C kills what is left."""
+        if start_workers:
+            # Not captured: the workers it starts inherit its output and outlive it (a pipe would stay open until
+            # the queue is empty, and we would collect no seed before the last one).
+            subprocess.run(dvc_command("queue", "start", "-j", str(jobs)), env=tool_env(self.worker_env(jobs)),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+        pending = dict(pending)
         try:
             while pending:
                 time.sleep(POLL_SECONDS)
-                for name, state in queue_states(pending).items():
+                for name, state in queue_states(pending)[0].items():
                     if state == "Success":
-                        self.record_success(pending.pop(name))
+                        self.record_success(pending.pop(name), self.experiment_ref(name))
                     elif state == "Failed":
-                        log = dvc("queue", "logs", name, check=False).stdout.strip().splitlines()
-                        why = next((line for line in reversed(log) if line.startswith("ERROR")), "failed").strip()
-                        self.record_failure(pending.pop(name), f"{why} (`dvc queue logs {name}` has the whole log)")
+                        log = dvc("queue", "logs", name, check=False)
+                        self.record_failure(pending.pop(name), log.stdout + log.stderr)
         except KeyboardInterrupt:
             dvc("queue", "kill", *pending, check=False)
             raise
         finally:
-            dvc("queue", "stop", check=False)
+            if start_workers:
+                dvc("queue", "stop", check=False)
 
 
-def has_results(seed: int) -> bool:
-    """The seed ran, here or on a machine whose results were pulled: it finished or it failed."""
+# ----------------------------------------------------------------------------- reading seeds, validated
+
+def _refuse(path, what, remedy) -> PipelineError:
+    return study.StudyError(f"{path}: {what}; {remedy}")
+
+
+def load_predictions(seed: int, info: dict) -> dict:
+    """A seed's predictions.csv, validated: its checksum as collected, the header, image ids 0..n-1 in order,
+    labels and predictions classes 0-9. {"label", "resnet", "cnn": arrays}."""
+    path = seed_dir(seed) / "predictions.csv"
+    remedy = f"restore it (git checkout -- {path}) or run seed {seed} again (remove {seed_dir(seed)}, make study)"
+    if info.get("predictions_sha256") != sha256(path):
+        raise _refuse(path, "does not match the checksum run.json recorded when the seed was collected "
+                      "(edited or damaged since)" if info.get("predictions_sha256") else
+                      "has no checksum in run.json (collected by an older version)", remedy)
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header != PREDICTION_FIELDS:
+            raise _refuse(path, f"header is {header}, expected {PREDICTION_FIELDS}", remedy)
+        columns = [[] for _ in PREDICTION_FIELDS]
+        for row_number, row in enumerate(reader, start=2):
+            values = [int(value) if value.strip().lstrip("-").isdigit() else None for value in row]
+            if len(values) != len(PREDICTION_FIELDS) or None in values:
+                raise _refuse(path, f"row {row_number}: {row} is not {len(PREDICTION_FIELDS)} integers", remedy)
+            image, *classes = values
+            if image != row_number - 2:
+                raise _refuse(path, f"row {row_number}: image {image}, expected {row_number - 2}", remedy)
+            if not all(0 <= value < NUM_CLASSES for value in classes):
+                raise _refuse(path, f"row {row_number}: a class outside 0-{NUM_CLASSES - 1} ({row})", remedy)
+            for column, value in zip(columns, values):
+                column.append(value)
+    if not columns[0]:
+        raise _refuse(path, "holds no predictions", remedy)
+    return {name: np.array(column) for name, column in zip(PREDICTION_FIELDS[1:], columns[1:])}
+
+
+def load_seed(seed: int) -> study.SeedRun:
+    """A finished seed's folder, every file validated (one line naming the file and what to do)."""
     folder = seed_dir(seed)
-    return (folder / "failed.json").is_file() or (folder / "predictions.csv").is_file()
+    remedy = f"run seed {seed} again (remove {folder}, then make study SEEDS={seed})"
+    info = read_json(folder / "run.json", f"seed {seed} again (make study SEEDS={seed})")
+    missing = sorted({"code", "train_seconds", "mlflow_run_ids"} - set(info)) if isinstance(info, dict) else ["all"]
+    if missing:
+        raise _refuse(folder / "run.json", f"lacks {', '.join(missing)}", remedy)
+    try:
+        params = yaml.safe_load((folder / "params.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as error:
+        raise _refuse(folder / "params.yaml", f"not readable YAML ({type(error).__name__})", remedy) from None
+    if not isinstance(params, dict):
+        raise _refuse(folder / "params.yaml", "not a mapping of params", remedy)
+    return study.SeedRun(seed, params, load_predictions(seed, info),
+                         {"cpu_kind": info.get("cpu_kind") or {"name": info.get("cpu", "unknown")},
+                          "train_seconds": info["train_seconds"], "mlflow_run_ids": info["mlflow_run_ids"]})
 
 
-def load_seed_runs(seeds: list):
+def load_study(seeds: list):
+    """Every seed's results, for the aggregate: (finished runs, {seed: why} of failed ones), each folder
+    validated, labels equal across seeds. Refuses a seed listed twice, and seeds with no results yet."""
+    study.check_distinct(seeds)
     runs, failed, missing = [], {}, []
     for seed in seeds:
         folder = seed_dir(seed)
         if (folder / "failed.json").is_file():
-            failed[seed] = read_json(folder / "failed.json")["error"]
+            failed[seed] = read_json(folder / "failed.json", f"seed {seed} again (make study SEEDS={seed})")["error"]
         elif (folder / "predictions.csv").is_file():
-            rows = read_csv_rows(folder / "predictions.csv", f"seed {seed} again (make study SEEDS={seed})")
-            predictions = {key: np.array([int(row[key]) for row in rows]) for key in ("label", *MODEL_NAMES)}
-            info = read_json(folder / "run.json")
-            runs.append(study.SeedRun(seed, yaml.safe_load((folder / "params.yaml").read_text()), predictions,
-                                      {"cpu": info["cpu"], "train_seconds": info["train_seconds"],
-                                       "mlflow_run_ids": info["mlflow_run_ids"]}))
+            runs.append(load_seed(seed))
         else:
             missing.append(seed)
-    return runs, failed, missing
-
-
-def load_study(seeds: list):
-    """Every seed's results, for the aggregate: (finished runs, {seed: why} of failed ones). Refuses a seed
-    listed twice, and seeds with no results yet."""
-    if len(set(seeds)) != len(seeds):
-        repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
-        raise study.StudyError(f"study.seeds: seed {', '.join(map(str, repeated))} appears more than once")
-    runs, failed, missing = load_seed_runs(seeds)
     if missing:
         which = f"seeds {', '.join(map(str, missing))} have" if len(missing) > 1 else f"seed {missing[0]} has"
         raise study.StudyError(f"{which} no results in {SEEDS_DIR}; run them first (make study), or pull them "
                                "from the machine that ran them (git pull)")
+    for run in runs[1:]:
+        if len(run.predictions["label"]) != len(runs[0].predictions["label"]) or \
+                not np.array_equal(run.predictions["label"], runs[0].predictions["label"]):
+            raise study.StudyError(f"{seed_dir(run.seed) / 'predictions.csv'}: its labels differ from seed "
+                                   f"{runs[0].seed}'s (another test set, or an edit); run seed {run.seed} again")
     return runs, failed

@@ -1,18 +1,27 @@
-"""Is a difference between the two models more than noise? Paired tests on the same test images.
+"""Is a difference between the two models more than noise? Paired statistics on the same test images.
 
 - McNemar's exact test on the paired correctness of the two models: of the images exactly one model
   gets right, b go to the first and c to the second; under "equally accurate" b ~ Binomial(b + c, 1/2).
 - A paired bootstrap: resample the test images with replacement (the same resample for both models)
   and take percentile confidence intervals of every metric and of every difference.
+- Both sources of noise (a seed study): `two_way` decomposes per-image values over seeds x images
+  (training randomness and test-set sampling); `pseudo_values` turns accuracy and per-class F1 into per-image
+  contributions it can decompose; `decide` tests a gain against a margin; `winner` reads an interval.
 
 Vectorised: a resample is a vector of counts per image (multinomial), so per-class true positives,
 predicted and true counts of all resamples are three matrix products.
 """
 
+from dataclasses import dataclass
+
 import numpy as np
+from scipy import stats
 from scipy.stats import binomtest
 
-from . import NUM_CLASSES
+from . import MODEL_NAMES, NUM_CLASSES
+
+DEEP, SMALL = MODEL_NAMES
+NO_WINNER = "no significant difference"
 
 
 def mcnemar_exact(y_true, pred_a, pred_b) -> dict:
@@ -31,6 +40,18 @@ def _scores(tp, predicted, actual):
         recall = np.where(actual > 0, tp / actual, 0.0)
         f1 = np.where(predicted + actual > 0, 2 * tp / (predicted + actual), 0.0)
     return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def winner(lower: float, upper: float) -> str:
+    """Which model an interval of a difference (DEEP - SMALL) favours: DEEP, SMALL, or NO_WINNER."""
+    return DEEP if lower > 0 else SMALL if upper < 0 else NO_WINNER
+
+
+def scores(y_true, y_pred) -> dict:
+    """Accuracy, macro F1 and per-class precision, recall and F1 (arrays in class order) of one set of
+    predictions."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    return {key: value[0] for key, value in _model_scores(np.ones((1, len(y_true))), y_true, y_pred).items()}
 
 
 def _model_scores(weights, y_true, y_pred):
@@ -85,3 +106,118 @@ def excludes_zero(interval: dict, index=None) -> bool:
 
 def _tolist(value):
     return value.tolist() if isinstance(value, np.ndarray) else float(value)
+
+
+# ------------------------------------------------------------------ both sources: seeds x test images
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean over seeds and test images with its standard error from both sources of noise.
+
+    `values` of `two_way` are k seeds x n images (per image: a correctness difference, or a metric's
+    per-image contribution, see `pseudo_values`). A two-way random-effects model without replication,
+    value = mean + seed effect + image effect + interaction, gives the mean squares MS_seed, MS_image and
+    MS_error; the variance of the grand mean is (MS_seed + MS_image - MS_error) / (k n), which counts the
+    seed x image interaction once (it is in both MS_seed and MS_image), with Satterthwaite's degrees of
+    freedom. The seeds-only and images-only parts are reported beside it (each holds the interaction).
+    One seed (k = 1): the images only, df = n - 1."""
+
+    mean: float
+    se: float
+    df: float
+    k: int
+    n: int
+    se_seeds: float  # sqrt(MS_seed / (k n)): what the spread between seeds alone says (training randomness)
+    se_images: float  # sqrt(MS_image / (k n)): what the spread between test images alone says (test-set sampling)
+    se_interaction: float  # sqrt(MS_error / (k n)): counted in both of the above, once in `se`
+
+    def interval(self, confidence: float) -> list:
+        half = stats.t.ppf((1 + confidence) / 2, self.df) * self.se
+        return [self.mean - half, self.mean + half]
+
+    def one_sided(self, alpha: float) -> tuple:
+        """The one-sided (1 - alpha) lower and upper bounds."""
+        half = stats.t.ppf(1 - alpha, self.df) * self.se
+        return self.mean - half, self.mean + half
+
+    def p_value(self, null=0.0) -> float:
+        """Two-sided p-value of "the true mean is `null`"."""
+        if self.se == 0:
+            return float(self.mean == null)
+        return float(2 * stats.t.sf(abs(self.mean - null) / self.se, self.df))
+
+    def components(self) -> dict:
+        """Each source's variance of the mean, estimated: seeds, images, interaction (>= 0)."""
+        ms_seed, ms_image, ms_error = (self.k * self.n * se ** 2 for se in (self.se_seeds, self.se_images,
+                                                                            self.se_interaction))
+        return {"seeds": max(0.0, ms_seed - ms_error) / (self.k * self.n) if self.k > 1 else 0.0,
+                "images": max(0.0, ms_image - ms_error) / (self.k * self.n) if self.k > 1 else ms_image / self.n,
+                "interaction": ms_error / (self.k * self.n) if self.k > 1 else 0.0}
+
+    def as_dict(self, confidence: float) -> dict:
+        return {"mean": self.mean, "ci": self.interval(confidence), "se": self.se, "df": self.df,
+                "se_seeds": self.se_seeds, "se_images": self.se_images, "se_interaction": self.se_interaction}
+
+
+def two_way(values) -> Estimate:
+    """The grand mean of `values` (k seeds x n images) and its standard error from both sources (Estimate)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim == 1:
+        values = values[None, :]
+    k, n = values.shape
+    mean = float(values.mean())
+    if k == 1:
+        se = float(values.std(ddof=1) / np.sqrt(n))
+        return Estimate(mean, se, n - 1, 1, n, 0.0, se, 0.0)
+    seed_means, image_means = values.mean(axis=1), values.mean(axis=0)
+    ms_seed = n * ((seed_means - mean) ** 2).sum() / (k - 1)
+    ms_image = k * ((image_means - mean) ** 2).sum() / (n - 1)
+    residual = values - seed_means[:, None] - image_means[None, :] + mean
+    ms_error = (residual ** 2).sum() / ((k - 1) * (n - 1))
+    # Satterthwaite's degrees of freedom for a combination of mean squares. The combination is negative only
+    # when sampling puts MS_error above MS_seed + MS_image (no variance left to either source): then the larger
+    # of the two, with its own degrees of freedom.
+    combined = ms_seed + ms_image - ms_error
+    if combined > 0:
+        df = combined ** 2 / (ms_seed ** 2 / (k - 1) + ms_image ** 2 / (n - 1) + ms_error ** 2 / ((k - 1) * (n - 1)))
+    else:
+        combined, df = max(ms_seed, ms_image), k - 1 if ms_seed >= ms_image else n - 1
+    scale = k * n
+    return Estimate(mean, float(np.sqrt(combined / scale)), float(df), k, n, float(np.sqrt(ms_seed / scale)),
+                    float(np.sqrt(ms_image / scale)), float(np.sqrt(ms_error / scale)))
+
+
+def pseudo_values(y_true, y_pred) -> dict:
+    """Per-image contributions whose mean over the images is the metric: for accuracy, the image's
+    correctness (0/1); for each class's F1 = 2 TP / (predicted + actual), the metric plus its linearised
+    influence (delta method), F1 + n (2 tp_i - F1 (predicted_i + actual_i)) / (predicted + actual), which
+    varies with the image as F1 would under resampling of the test set. {"accuracy": n, "f1": classes x n}."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    n, classes = len(y_true), np.arange(NUM_CLASSES)[:, None]
+    actual, predicted = (y_true[None, :] == classes), (y_pred[None, :] == classes)
+    tp, counted = (actual & predicted).astype(np.float64), actual.astype(np.float64) + predicted
+    totals = counted.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f1 = np.where(totals > 0, 2 * tp.sum(axis=1, keepdims=True) / totals, 0.0)
+        influence = np.where(totals > 0, n * (2 * tp - f1 * counted) / totals, 0.0)
+    return {"accuracy": (y_true == y_pred).astype(np.float64), "f1": f1 + influence}
+
+
+def decide(estimate: Estimate, margin: float, alpha: float) -> dict:
+    """A gain tested against the margin it must reach (two one-sided tests at the margin, as in equivalence
+    testing): "worth it" when the one-sided (1 - alpha) lower bound is at least `margin`, "not worth it"
+    when the one-sided upper bound is below it, else "undecided". P(gain >= margin): the t model's
+    probability of a true gain at least the margin, given the estimate (flat prior)."""
+    lower, upper = estimate.one_sided(alpha)
+    if lower >= margin:
+        decision, bound = "worth it", "lower"
+    elif upper < margin:
+        decision, bound = "not worth it", "upper"
+    else:
+        decision, bound = "undecided", None
+    distance = (estimate.mean - margin) / estimate.se if estimate.se > 0 else np.sign(estimate.mean - margin) * np.inf
+    return {"decision": decision, "deciding_bound": bound, "lower": float(lower), "upper": float(upper),
+            "margin": margin, "alpha": alpha, "p_gain_at_least_margin": float(stats.t.cdf(distance, estimate.df)),
+            # the two one-sided tests' p-values: H0 "gain <= margin" (rejected: worth it) and H0 "gain >= margin"
+            "p_worth_it": float(stats.t.sf(distance, estimate.df)),
+            "p_not_worth_it": float(stats.t.cdf(distance, estimate.df))}
