@@ -83,7 +83,7 @@ browser: data
 
 # The headline of every experiment (both models' accuracy and macro F1, the gain with its CI, McNemar's p,
 # the verdict) and the params a grid usually varies; the detail metrics files are left out.
-EXP_SHOW_KEEP := Experiment|^(resnet|cnn)\.(test_accuracy|macro_f1)$$|^accuracy_gain|^mcnemar_p$$|^deep_model_worth_it$$|^lr$$|^(resnet|cnn)\.(lr|epochs|batch_size)$$
+EXP_SHOW_KEEP := Experiment|^(resnet|cnn)\.(test_accuracy|macro_f1)$$|^accuracy_gain|^mcnemar_p$$|^decision$$|^p_gain_at_least_margin$$|^lr$$|^(resnet|cnn)\.(lr|epochs|batch_size)$$
 exp-show: setup
 	$(BIN)/dvc exp show --md --drop '.*' --keep '$(EXP_SHOW_KEEP)'
 

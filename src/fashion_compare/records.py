@@ -103,6 +103,7 @@ def comparison_metrics(verdict: dict) -> dict:
 def log_comparison(tracker: Tracker, run_id, child_run_ids: dict, figures, summary: str, result: dict):
     """The comparison's metrics, figures and summary in its run; the models' runs become its children."""
     tracker.log_metrics(run_id, comparison_metrics(result["verdict"]))
+    tracker.set_tags(run_id, {"verdict": result["verdict"]["decision"]})
     for path in figures:
         tracker.log_artifact(run_id, path, "comparison")
     tracker.log_text(run_id, summary, "comparison/SUMMARY.md")

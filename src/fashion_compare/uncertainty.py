@@ -97,13 +97,6 @@ def paired_bootstrap(y_true, pred_a, pred_b, samples=2000, confidence=0.95, seed
     return result
 
 
-def excludes_zero(interval: dict, index=None) -> bool:
-    lower, upper = interval["lower"], interval["upper"]
-    if index is not None:
-        lower, upper = lower[index], upper[index]
-    return lower > 0 or upper < 0
-
-
 def _tolist(value):
     return value.tolist() if isinstance(value, np.ndarray) else float(value)
 
