@@ -27,23 +27,23 @@ from fashion_compare.params import load_params  # noqa: E402
 from fashion_compare.study_runs import check_arguments, load_study, results_exist, run_seeds  # noqa: E402
 
 OUT = Path("plots/study")
+FIGURES = {"accuracy_per_seed": plots.seed_accuracy, "f1_difference": plots.seed_forest,
+           "gain_per_seed": plots.seed_gains, "noise_sources": plots.noise_sources}
 LOCK = Path(".dvc/tmp/study.lock")
 
 
 def aggregate(seeds: list, params, tracker):
     """metrics/study.json, plots/study/ and the study's MLflow run, from the seeds' committed results: every
     seed folder validated and every output checked writable first, then all outputs written or none."""
+    check_writable([*(OUT / f"{name}.png" for name in FIGURES), *(OUT / name for name in study.PLOT_TABLES),
+                    OUT / "SUMMARY.md", "metrics/study.json"])
     runs, failed = load_study(seeds)
     for seed, why in failed.items():
         print(f"warning: seed {seed} failed and is left out of the study: {why}")
     result = study.aggregate(runs, params.compare, failed)
     summary = study.summary_markdown(result)
-    figures = {OUT / "accuracy_per_seed.png": plots.seed_accuracy(result),
-               OUT / "f1_difference.png": plots.seed_forest(result),
-               OUT / "gain_per_seed.png": plots.seed_gains(result),
-               OUT / "noise_sources.png": plots.noise_sources(result)}
+    figures = {OUT / f"{name}.png": draw(result) for name, draw in FIGURES.items()}
     tables = study.plot_rows(result)
-    check_writable([*figures, *(OUT / path for path, _, _ in tables), OUT / "SUMMARY.md", "metrics/study.json"])
     run_params = {"seeds": " ".join(map(str, result["seeds"])), "k": result["k"],
                   **{k: v for k, v in study.comparable_params(runs[0].params).items()},
                   **{f"compare.{k}": v for k, v in params.compare.model_dump().items()}}

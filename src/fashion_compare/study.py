@@ -253,8 +253,11 @@ def aggregate(runs: list[SeedRun], settings, failed: dict | None = None) -> dict
     }
 
 
+PLOT_TABLES = ("accuracy_per_seed.csv", "gain_per_seed.csv", "noise_sources.csv", "f1_difference.csv")
+
+
 def plot_rows(study: dict):
-    """DVC plot data: (file name, rows, fields) for plots/study/."""
+    """DVC plot data: (file name, rows, fields) for plots/study/, one per PLOT_TABLES."""
     from . import MODEL_TITLES
 
     title = lambda key: MODEL_TITLES.get(key, key)  # noqa: E731
@@ -277,11 +280,10 @@ def plot_rows(study: dict):
                 "lower": entry["f1_difference_adjusted_ci"][0], "upper": entry["f1_difference_adjusted_ci"][1],
                 "winner": title(entry["winner"]), "holm_p_value": entry["holm_p_value"]}
                for name, entry in study["per_class"].items()]
-    return [("accuracy_per_seed.csv", accuracy, ["model", "seed", "test_accuracy", "mean", "mean_lower",
-                                                  "mean_upper"]),
-            ("gain_per_seed.csv", gains, ["run", "gain", "lower", "upper", "winner", "margin"]),
-            ("noise_sources.csv", components, ["source", "se_points"]),
-            ("f1_difference.csv", classes, ["class", "difference", "lower", "upper", "winner", "holm_p_value"])]
+    return list(zip(PLOT_TABLES, (accuracy, gains, components, classes), (
+        ["model", "seed", "test_accuracy", "mean", "mean_lower", "mean_upper"],
+        ["run", "gain", "lower", "upper", "winner", "margin"], ["source", "se_points"],
+        ["class", "difference", "lower", "upper", "winner", "holm_p_value"])))
 
 
 def next_step(study: dict, params_seeds: list) -> str | None:

@@ -47,9 +47,11 @@ def tool_env(env=None) -> dict:
     return env
 
 
+DVC = Path(sys.executable).parent / "dvc"  # the virtualenv's dvc (beside this Python), whatever PATH says
+
+
 def dvc_command(*args) -> list:
-    """The virtualenv's dvc (beside this Python), whatever PATH says, with `args`."""
-    return [str(Path(sys.executable).parent / "dvc"), *args]
+    return [str(DVC), *args]
 
 
 def dvc(*args, check=True, env=None) -> subprocess.CompletedProcess:
