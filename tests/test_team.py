@@ -198,3 +198,39 @@ def test_a_study_split_over_machines_is_gathered_without_training(tmp_path, buil
     children = client.search_runs([study_run.info.experiment_id], f"tags.study_run_id = '{study_run.info.run_id}'")
     assert {(r.data.tags["seed"], r.data.tags["dvc.stage"]) for r in children} == {
         (seed, stage) for seed in ("1", "2") for stage in ("train_resnet", "train_cnn", "compare")}
+
+
+def test_a_driver_killed_while_the_queue_trains_is_taken_over_without_training_twice(tmp_path, built_pipeline,
+                                                                                     team_server):
+    """`make study` with 2 jobs is SIGKILLed (the OOM killer, a lost SSH session) while DVC's two queue workers
+    train its seeds; they go on, detached. The rerun adopts them: it waits for them and collects them, trains
+    nothing itself, and the aggregate holds both seeds, each trained once."""
+    from mlflow.tracking import MlflowClient
+
+    env = tool_env(MLFLOW_TRACKING_URI=team_server)
+    clone = copy_built(built_pipeline, tmp_path / "clone")
+    reset_to_head(clone)
+    set_params(clone, data__subset=200, study__seeds=[5, 6], study__jobs=2, tracking__log_model=False,
+               tracking__experiment="killed-driver")
+    commit_all(clone, "a 2-job study of seeds 5 and 6")
+    driver = subprocess.Popen([sys.executable, "stages/study.py", "run"], cwd=clone, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while run(["dvc", "queue", "status"], clone, env=env).stdout.count("Running") < 2:
+        assert driver.poll() is None and time.time() < deadline
+        time.sleep(0.5)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    try:
+        rerun = study(clone, env, "all").stdout
+    finally:
+        run(["dvc", "queue", "stop"], clone, env=env, check=False)
+    assert "seeds 5, 6: queued or running in DVC already; waiting for them" in rerun, rerun
+    assert "running seeds" not in rerun and "seed 5: finished" in rerun and "seed 6: finished" in rerun
+    result = json.loads((clone / "metrics/study.json").read_text())
+    assert result["seeds"] == [5, 6] and result["failed_seeds"] == {}
+    client = MlflowClient(team_server)
+    experiment = client.get_experiment_by_name("killed-driver")
+    trained = [(run_.data.params["seed"], run_.data.tags["dvc.stage"]) for run_ in client.search_runs(
+        [experiment.experiment_id], "tags.`dvc.stage` LIKE 'train_%'")]
+    assert sorted(trained) == [(seed, stage) for seed in ("5", "6") for stage in ("train_cnn", "train_resnet")]

@@ -79,15 +79,19 @@ def test_checkpoint_keeps_best_state_and_config(tmp_path, small_splits):
     assert accuracy == pytest.approx(result.best_val_accuracy)
 
 
-def test_device_auto_picks_cuda_when_present_and_cpu_otherwise(monkeypatch):
-    from fashion_compare.errors import ParamsError
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present: device cuda is valid here")
+def test_device_cuda_without_a_gpu_is_refused_in_one_line_before_any_work(tmp_path):
+    import yaml
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert training.select_device("auto").type == "cuda" and training.select_device("cpu").type == "cpu"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert training.select_device("auto").type == "cpu"
-    with pytest.raises(ParamsError, match="device: 'cuda' requested but no CUDA GPU is available"):
-        training.select_device("cuda")
+    repo = Path(__file__).resolve().parents[1]
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["device"] = "cuda"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = subprocess.run([sys.executable, str(repo / "stages/train.py"), "cnn"], cwd=tmp_path, capture_output=True,
+                            text=True)
+    assert result.returncode == 1
+    assert result.stderr == "error: device: 'cuda' requested but no CUDA GPU is available (use 'auto' or 'cpu')\n"
+    assert not (tmp_path / "models").exists() and not (tmp_path / "metrics").exists()
 
 
 def test_checkpoints_that_are_not_ours_are_one_line_errors(tmp_path):
