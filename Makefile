@@ -35,9 +35,11 @@ test:
 test-fast: setup data
 	$(BIN)/pytest -q -m "not e2e"
 
-# The benchmarks, each runnable alone (needs data/prepared: run `make repro` first); every figure goes to
-# metrics/benchmark.json as soon as it is measured.
-bench: setup
+# The training and inference benchmarks, each runnable alone; the data they measure is prepared first (DVC's
+# prepare stage). Every figure goes to metrics/benchmark.json as soon as it is measured. The study's
+# benchmarks (queue_workers.py, study_workers.py, study_aggregate.py) run on their own: see docs/performance.md.
+bench: setup data
+	test -d data/prepared || $(BIN)/dvc repro prepare
 	$(BIN)/python benchmarks/training_speed.py
 	$(BIN)/python benchmarks/resnet_speedups.py
 	$(BIN)/python benchmarks/compute.py

@@ -15,21 +15,33 @@ VENV_BIN = Path(sys.executable).parent  # dvc, mlflow: the virtualenv's own, wha
 REPORT = REPO / "metrics" / "benchmark.json"
 sys.path.insert(0, str(REPO / "src"))  # this checkout's package, as the stages use it
 
-from fashion_compare.study_runs import cpu_model  # noqa: E402  (the name a seed's run.json records too)
+from fashion_compare.errors import PipelineError, exit_on_error  # noqa: E402, F401  (each script's main: one line)
+from fashion_compare.study_runs import cpu_kind  # noqa: E402  (what a seed's run.json records too)
+
+
+def cpu_model() -> str:
+    return cpu_kind()["name"]
+
+
+def failed(what: str, result) -> PipelineError:
+    """One line for a command that failed: what it was, and the last line it printed (its `error:` line)."""
+    lines = (result.stderr.strip() or result.stdout.strip() or "no output").splitlines()
+    return PipelineError(f"{what} failed: {lines[-1]}")
 
 
 def tool(name: str) -> str:
     """The virtualenv's command `name` (dvc, mlflow), found beside this Python."""
     path = VENV_BIN / name
     if not path.exists():
-        sys.exit(f"{path}: not found; run `make setup` (or the script with the virtualenv's python)")
+        raise PipelineError(f"{path}: not found; run `make setup` (or the script with the virtualenv's python)")
     return str(path)
 
 
 def machine() -> dict:
     import torch
 
-    return {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    return {"cpu": cpu_model(), "cpu_kind": cpu_kind(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
             "avx512": "avx512f" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else None,
             "torch": torch.__version__, "cuda": torch.cuda.is_available()}
 
@@ -56,5 +68,5 @@ def in_fresh_process(script: Path, *args) -> dict:
     JSON object as its last line."""
     result = subprocess.run([sys.executable, str(script), *args], cwd=REPO, capture_output=True, text=True)
     if result.returncode != 0:
-        sys.exit(f"{script.name} {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+        raise failed(f"{script.name} {' '.join(args)}", result)
     return json.loads(result.stdout.strip().splitlines()[-1])

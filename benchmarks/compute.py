@@ -11,7 +11,7 @@ import json
 import time
 
 import torch  # noqa: E402
-from common import REPO, REPORT, record, say
+from common import REPO, REPORT, exit_on_error, record, say
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from fashion_compare import cpu_speedups, data, evaluation, models  # noqa: E402
@@ -35,6 +35,7 @@ def matmul_flops_per_second(size=2048, repeats=10):
     return 2 * size**3 * repeats / (time.perf_counter() - started)
 
 
+@exit_on_error
 def main():
     params = load_params(REPO / "params.yaml")
     matmul = matmul_flops_per_second()

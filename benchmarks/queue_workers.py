@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import yaml
-from common import record
+from common import PipelineError, exit_on_error, failed, record
 
 REPO = Path(__file__).resolve().parent.parent
 GRID = ("0.0005", "0.001", "0.002", "0.004")
@@ -29,7 +29,7 @@ GRID = ("0.0005", "0.001", "0.002", "0.004")
 def sh(command, cwd, env=None):
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
     if result.returncode != 0:
-        sys.exit(f"{' '.join(command)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+        raise failed(" ".join(command), result)
     return result.stdout
 
 
@@ -71,12 +71,13 @@ def grid_seconds(repo: Path, workers: int) -> float:
             break
         time.sleep(2)
     seconds = time.perf_counter() - started
-    failed = [line for line in status.splitlines() if f"j{workers}-" in line and "Success" not in line]
-    if failed:
-        sys.exit("experiments failed:\n" + "\n".join(failed))
+    unfinished = [line for line in status.splitlines() if f"j{workers}-" in line and "Success" not in line]
+    if unfinished:
+        raise PipelineError("experiments failed: " + "; ".join(unfinished))
     return seconds
 
 
+@exit_on_error
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subset", type=int, default=6000)

@@ -9,7 +9,7 @@ training_speed.py: fresh processes, interleaved rounds, the best round counts.
 
 import argparse
 
-from common import record, say
+from common import exit_on_error, record, say
 from training_speed import LOOPS, Loop, best_of_interleaved
 
 ABLATION = {
@@ -21,6 +21,7 @@ ABLATION = {
 }
 
 
+@exit_on_error
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=300)

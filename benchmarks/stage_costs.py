@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import yaml
-from common import REPO, record, say, tool
+from common import REPO, exit_on_error, record, say, tool
 
 # A forked child keeps its parent's RSS high-water mark through exec, so the child is started from this
 # small wrapper process rather than from the benchmark process, and the wrapper reports its peak.
@@ -36,6 +36,7 @@ def peak_rss_gib(command, cwd, env):
     return round(int(out[1]) / 2**20, 3) if int(out[0]) == 0 else None  # ru_maxrss is in KiB on Linux
 
 
+@exit_on_error
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subset", type=int, default=2000)

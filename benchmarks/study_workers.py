@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import record, say
+from common import exit_on_error, failed, record, say
 from queue_workers import scratch_copy
 
 
@@ -30,10 +30,11 @@ def study_seconds(repo: Path, jobs: int, seeds) -> float:
                              str(jobs)], cwd=repo, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if result.returncode != 0 or "FAILED" in result.stdout:
-        sys.exit(f"study with --jobs {jobs} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+        raise failed(f"study with --jobs {jobs}", result)
     return seconds
 
 
+@exit_on_error
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subset", type=int, default=6000)

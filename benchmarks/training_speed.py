@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
-from common import REPO, in_fresh_process, record, say  # puts this checkout's package first on the path
+from common import REPO, exit_on_error, in_fresh_process, record, say  # puts this checkout's package first on the path
 
 from fashion_compare import cpu_speedups, data, models, tracking, training  # noqa: E402
 from fashion_compare.files import save_torch  # noqa: E402
@@ -140,6 +140,7 @@ def best_of_interleaved(name, loops: dict, steps, repeats):
     return {label: images / value for label, value in seconds.items()}
 
 
+@exit_on_error
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=["resnet", "cnn"], nargs="+", default=["resnet", "cnn"])
