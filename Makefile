@@ -17,11 +17,14 @@ repro: setup data
 
 # The seed study: the pipeline once per seed of study.seeds (or SEEDS="3 4": a slice, for one machine of a
 # team), JOBS at a time, then metrics/study.json and plots/study/ once every seed has its results.
+# CLUSTER=tcp://host:8786 (or DASK_SCHEDULER_ADDRESS): each missing seed a task on that Dask cluster.
 SEEDS ?=
 JOBS ?=
+CLUSTER ?=
 study: setup data
 	$(BIN)/python -m fashion_compare.params params.yaml
-	$(BIN)/python stages/study.py all $(if $(SEEDS),--seeds $(SEEDS)) $(if $(JOBS),--jobs $(JOBS))
+	$(BIN)/python stages/study.py all $(if $(SEEDS),--seeds $(SEEDS)) $(if $(JOBS),--jobs $(JOBS)) \
+		$(if $(CLUSTER),--cluster $(CLUSTER))
 
 # Every test, on as many pytest-xdist workers as there are cores (they share the cores: tests/conftest.py).
 # The virtualenv and Debian's packages are set up side by side (a sub-make with jobs: `make -j` for every

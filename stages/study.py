@@ -21,6 +21,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from fashion_compare import plots, process, records, study, tracking  # noqa: E402
+from fashion_compare.cluster import scheduler_address  # noqa: E402
 from fashion_compare.errors import PipelineError, exit_on_error  # noqa: E402
 from fashion_compare.files import check_writable, save_figure, together, write_csv, write_json, write_text  # noqa: E402
 from fashion_compare.params import load_params  # noqa: E402
@@ -75,6 +76,8 @@ def main():
     parser.add_argument("command", choices=["run", "aggregate", "all"])
     parser.add_argument("--seeds", type=int, nargs="+", help="default: study.seeds in params.yaml")
     parser.add_argument("--jobs", type=int, help="seeds at once (default: study.jobs)")
+    parser.add_argument("--cluster", help="a Dask scheduler's address (default: DASK_SCHEDULER_ADDRESS; none: "
+                                          "DVC's local queue)")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
     process.raise_on_sigterm()
@@ -86,7 +89,8 @@ def main():
     failed = {}
     with process.exclusive(LOCK, "a seed study"):
         if args.command in ("run", "all"):
-            failed = run_seeds(seeds, args.jobs if args.jobs is not None else params.study.jobs, raw_params)
+            failed = run_seeds(seeds, args.jobs if args.jobs is not None else params.study.jobs, raw_params,
+                               scheduler_address(args.cluster))
         if args.command in ("aggregate", "all"):
             all_seeds = params.study.seeds if args.command == "all" else seeds
             missing = [seed for seed in all_seeds if not results_exist(seed)]

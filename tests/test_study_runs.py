@@ -301,3 +301,22 @@ def test_a_second_driver_is_refused_with_the_pid_of_the_first_and_one_outside_th
     Path("sub").mkdir()
     result = drive("run", cwd="sub")
     assert result.returncode == 1 and "run the study from the repository root (where dvc.yaml is)" in result.stderr
+
+
+def test_an_unreachable_dask_scheduler_is_one_line_naming_it_within_seconds(fake, monkeypatch):
+    import socket
+    import time
+
+    from fashion_compare import cluster
+
+    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT", "2s")  # the project's is 10 s
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+    started = time.perf_counter()
+    with pytest.raises(PipelineError) as error:
+        study_runs.run_seeds([1], 1, PARAMS, cluster=address)
+    assert time.perf_counter() - started < 10
+    message = str(error.value)
+    assert message.startswith(f"Dask scheduler at {address}: cannot connect (") and "\n" not in message
+    assert not (study_runs.DVC.parent / "state.json").exists()  # nothing sent anywhere, DVC not called

@@ -116,38 +116,51 @@ def sha256(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def collect(seed: int, ref: str, fingerprint: str):
-    """Copy a finished experiment's metrics and per-image predictions into metrics/study/seeds/<seed>/, all
-    files or none. `ref`: the experiment's git ref (refs/exps/<baseline>/<name>); the predictions are read
-    through DVC's API from its cache."""
-    from dvc import api as dvc_api
-
-    show = lambda path: git("show", f"{ref}:{path}")  # noqa: E731
-    with dvc_api.open(PREDICTIONS_FILE, rev=ref, encoding="utf-8") as handle:
-        rows = [{"image": row["image"], "label": row["label"], **{m: row[f"{m}_predicted"] for m in MODEL_NAMES}}
-                for row in csv.DictReader(handle)]
+def seed_files(seed: int, read, predictions_csv: str, fingerprint: str, source: dict) -> dict:
+    """The files of a seed's result folder, {name: text}, from a finished run of its pipeline: `read(path)` gives
+    a file of that run's workspace as text, `predictions_csv` its data/predictions/test.csv; run.json records
+    `source` (where it ran: experiment and revision, or cluster worker), the code fingerprint, the CPU kind,
+    threads and timings, and a checksum of the predictions kept (checked at every aggregate)."""
+    rows = [{"image": row["image"], "label": row["label"], **{m: row[f"{m}_predicted"] for m in MODEL_NAMES}}
+            for row in csv.DictReader(io.StringIO(predictions_csv))]
     predictions = io.StringIO(newline="")
     writer = csv.DictWriter(predictions, fieldnames=PREDICTION_FIELDS)  # as files.write_csv writes it
     writer.writeheader()
     writer.writerows(rows)
-    train = {m: json.loads(show(f"metrics/train_{m}.json")) for m in MODEL_NAMES}
+    train = {m: json.loads(read(f"metrics/train_{m}.json")) for m in MODEL_NAMES}
+    files = {f"{metric}.json": read(f"metrics/{metric}.json") for metric in SEED_METRICS}
+    files.update({f"{model}_epochs.csv": read(f"plots/train/{model}_epochs.csv") for model in MODEL_NAMES})
+    files.update({"predictions.csv": predictions.getvalue(), "params.yaml": read("params.yaml")})
+    files["run.json"] = json.dumps({
+        "seed": seed, **source, "code": fingerprint, "cpu": cpu_kind()["name"], "cpu_kind": cpu_kind(),
+        "threads": {m: train[m]["threads"] for m in MODEL_NAMES},
+        "train_seconds": {m: train[m]["train_seconds"] for m in MODEL_NAMES},
+        "predictions_sha256": hashlib.sha256(predictions.getvalue().encode("utf-8")).hexdigest(),
+        "mlflow_run_ids": {**{m: train[m]["mlflow_run_id"] for m in MODEL_NAMES},
+                           "compare": json.loads(read("metrics/compare.json")).get("mlflow_run_id")}}, indent=2) + "\n"
+    return files
+
+
+def write_seed_folder(seed: int, files: dict):
+    """metrics/study/seeds/<seed>/: every file, or none; a failure recorded before is cleared."""
     folder = seed_dir(seed)
     with together():
-        for metric in SEED_METRICS:
-            write_text(folder / f"{metric}.json", show(f"metrics/{metric}.json"))
-        for model in MODEL_NAMES:
-            write_text(folder / f"{model}_epochs.csv", show(f"plots/train/{model}_epochs.csv"))
-        write_text(folder / "predictions.csv", predictions.getvalue())
-        write_text(folder / "params.yaml", show("params.yaml"))
-        write_json(folder / "run.json", {
-            "seed": seed, "experiment": experiment_name(seed), "rev": git("rev-parse", ref).strip(),
-            "baseline": "".join(ref.split("/")[2:4]), "code": fingerprint, "cpu": cpu_kind()["name"],
-            "cpu_kind": cpu_kind(), "threads": {m: train[m]["threads"] for m in MODEL_NAMES},
-            "train_seconds": {m: train[m]["train_seconds"] for m in MODEL_NAMES},
-            "predictions_sha256": hashlib.sha256(predictions.getvalue().encode("utf-8")).hexdigest(),
-            "mlflow_run_ids": {**{m: train[m]["mlflow_run_id"] for m in MODEL_NAMES},
-                               "compare": json.loads(show("metrics/compare.json")).get("mlflow_run_id")}})
+        for name, text in files.items():
+            write_text(folder / name, text)
     (folder / "failed.json").unlink(missing_ok=True)
+
+
+def collect(seed: int, ref: str, fingerprint: str):
+    """Copy a finished experiment's metrics and per-image predictions into metrics/study/seeds/<seed>/.
+    `ref`: the experiment's git ref (refs/exps/<baseline>/<name>); the predictions are read through DVC's API
+    from its cache."""
+    from dvc import api as dvc_api
+
+    predictions = dvc_api.read(PREDICTIONS_FILE, rev=ref, encoding="utf-8")
+    source = {"experiment": experiment_name(seed), "rev": git("rev-parse", ref).strip(),
+              "baseline": "".join(ref.split("/")[2:4])}
+    files = seed_files(seed, lambda path: git("show", f"{ref}:{path}"), predictions, fingerprint, source)
+    write_seed_folder(seed, files)
 
 
 VECTOR_ISAS = (("avx512_bf16", "AVX-512 BF16"), ("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"))
@@ -211,12 +224,13 @@ def check_arguments(seeds: list, jobs: int):
         raise PipelineError(f"--jobs {jobs}: at least 1 seed at a time")
 
 
-def run_seeds(seeds: list, jobs: int, params: dict) -> dict:
+def run_seeds(seeds: list, jobs: int, params: dict, cluster: str | None = None) -> dict:
     """Run the seeds that have no current results; returns {seed: why} for those that failed.
 
     With jobs > 1, seeds go `jobs` at a time through DVC's queue, each stage with cores / jobs threads; a
     remainder that cannot fill the workers (the 5th of 5 seeds with 2 jobs) runs alone with every core.
-    What DVC already holds for a seed is adopted, not retrained (see the module's docstring)."""
+    What DVC already holds for a seed is adopted, not retrained (see the module's docstring). With `cluster`
+    (a Dask scheduler's address), each missing seed is a task on that cluster instead (cluster.py)."""
     check_arguments(seeds, jobs)
     fingerprint = code_fingerprint()
     todo = [seed for seed in seeds if not results_current(seed, params, fingerprint)]
@@ -226,12 +240,18 @@ def run_seeds(seeds: list, jobs: int, params: dict) -> dict:
     if not todo:
         return {}
     runner = SeedRunner(fingerprint, params)
-    todo = runner.adopt(todo, jobs)
+    if cluster is None:
+        todo = runner.adopt(todo, jobs)
     if not todo:
         return runner.failed
     if git("status", "--porcelain", "--untracked-files=no", "--", "src", "stages", "dvc.yaml", "params.yaml"):
         raise PipelineError("src/, stages/, dvc.yaml or params.yaml has uncommitted changes; commit them first "
                             "(a study's experiments run the committed code, with only the seed changed)")
+    if cluster is not None:
+        from .cluster import ClusterRunner
+
+        ClusterRunner(runner, cluster).run(todo, fingerprint)
+        return runner.failed
     jobs = min(jobs, len(todo))
     together = len(todo) - len(todo) % jobs if jobs > 1 else 0
     print(f"running seeds {', '.join(map(str, todo))}, {jobs} at a time", flush=True)
@@ -289,10 +309,13 @@ class SeedRunner:
 
     def record_success(self, seed, ref):
         collect(seed, ref, self.fingerprint)
+        self.report_success(seed)
+
+    def report_success(self, seed, where=""):
         top = read_json(seed_dir(seed) / "headline.json")
-        print(f"seed {seed}: finished after {(time.perf_counter() - self.started) / 60:.1f} min: ResNet18 "
-              f"{top['resnet']['test_accuracy']:.4f}, Small CNN {top['cnn']['test_accuracy']:.4f}, "
-              f"gain {100 * top['accuracy_gain']:+.2f} points", flush=True)
+        print(f"seed {seed}: finished {where + ' ' if where else ''}after "
+              f"{(time.perf_counter() - self.started) / 60:.1f} min: ResNet18 {top['resnet']['test_accuracy']:.4f}, "
+              f"Small CNN {top['cnn']['test_accuracy']:.4f}, gain {100 * top['accuracy_gain']:+.2f} points", flush=True)
 
     def record_failure(self, seed, output):
         """Keep the whole output in the seed's log; failed.json holds the stage's own error line and names the

@@ -1,0 +1,116 @@
+"""The study's seeds as tasks on a Dask cluster, with real processes on 127.0.0.1: a scheduler, two one-thread
+workers (each its own local directory), a bare git remote, a local-directory DVC remote and an MLflow server.
+One worker is killed while it trains; the study still completes on the other, and its per-seed predictions
+are byte for byte those of the local path (same CPU kind, one thread)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from conftest import VENV_BIN, commit_all, copy_built, free_port, reset_to_head, run, set_params, tool_env
+
+pytestmark = pytest.mark.e2e
+SEEDS = ("1", "2", "3")
+
+
+def start(command, **kwargs):
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)
+
+
+def wait_for_workers(address, count, env, seconds=60):
+    code = ("import sys; from distributed import Client; c = Client(sys.argv[1], timeout='10s'); "
+            "print(len(c.scheduler_info()['workers']))")
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        result = subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True, env=env)
+        if result.returncode == 0 and int(result.stdout.strip() or 0) >= count:
+            return
+        time.sleep(1)
+    raise AssertionError(f"{count} workers did not join {address}")
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    env = tool_env()
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    processes = [start([str(VENV_BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                        "--no-dashboard"], env=env)]
+    workers = {}
+    for name in ("a", "b"):
+        worker_port = free_port()
+        workers[f"tcp://127.0.0.1:{worker_port}"] = start(
+            [str(VENV_BIN / "dask"), "worker", address, "--nthreads", "1", "--no-nanny", "--resources", "seed=1",
+             "--host", "127.0.0.1", "--worker-port", str(worker_port), "--no-dashboard",
+             "--local-directory", str(tmp_path / f"worker-{name}")], env=env, start_new_session=True)
+    processes += workers.values()
+    try:
+        wait_for_workers(address, 2, env)
+        yield address, workers
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+
+
+def test_a_study_on_a_dask_cluster_survives_a_dead_worker_and_matches_the_local_path(tmp_path, built_pipeline,
+                                                                                  team_server, cluster):
+    from mlflow.tracking import MlflowClient
+
+    address, workers = cluster
+    env = tool_env(MLFLOW_TRACKING_URI=team_server, OMP_NUM_THREADS="1")
+    seed_repo = copy_built(built_pipeline, tmp_path / "seed-repo")
+    reset_to_head(seed_repo)
+    set_params(seed_repo, data__subset=200, study__seeds=[1, 2, 3], study__jobs=1, tracking__log_model=False,
+               tracking__experiment="cluster-study")
+    run(["dvc", "remote", "add", "-d", "shared", str(tmp_path / "dvc-remote")], seed_repo)
+    commit_all(seed_repo, "a study of seeds 1-3, shared DVC remote")
+    origin = tmp_path / "origin.git"
+    run(["git", "clone", "-q", "--bare", str(seed_repo), str(origin)], tmp_path)
+    driver = tmp_path / "driver"
+    run(["git", "clone", "-q", str(origin), str(driver)], tmp_path)
+
+    study = subprocess.Popen([sys.executable, "stages/study.py", "all", "--cluster", address], cwd=driver, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(study.stdout), daemon=True)
+    reader.start()
+    deadline, killed = time.time() + 300, None
+    while killed is None:  # the first worker whose seed has started training (its resume state exists)
+        assert study.poll() is None and time.time() < deadline, "".join(lines)
+        for worker_address, process in workers.items():
+            folder = tmp_path / f"worker-{'ab'[list(workers).index(worker_address)]}"
+            if any(folder.glob("**/seed-*/.resume/*.lock")):
+                os.killpg(process.pid, signal.SIGKILL)
+                killed = worker_address
+                break
+        time.sleep(0.2)
+    assert study.wait(timeout=600) == 0, "".join(lines)
+    reader.join(timeout=10)
+    output = "".join(lines)
+    assert f"running on {killed}" in output and "finished on" in output, output
+    result = json.loads((driver / "metrics/study.json").read_text())
+    assert result["seeds"] == [1, 2, 3] and result["failed_seeds"] == {}
+    survivor = next(address for address in workers if address != killed)
+    for seed in SEEDS:  # the killed worker finished none: every seed came back from the survivor
+        assert json.loads((driver / f"metrics/study/seeds/{seed}/run.json").read_text())["worker"] == survivor
+    experiment = MlflowClient(team_server).get_experiment_by_name("cluster-study")
+    trained = {run_.data.params["seed"] for run_ in MlflowClient(team_server).search_runs(
+        [experiment.experiment_id], "tags.`dvc.stage` = 'train_resnet' and attributes.status = 'FINISHED'")}
+    assert trained == set(SEEDS)
+
+    local = tmp_path / "local"  # the same seeds on this machine through DVC, without the cluster's run cache
+    run(["git", "clone", "-q", str(origin), str(local)], tmp_path)
+    run([sys.executable, "stages/study.py", "all"], local, env=tool_env(OMP_NUM_THREADS="1",
+                                                                        MLFLOW_TRACKING_URI=team_server))
+    for seed in SEEDS:
+        assert (local / f"metrics/study/seeds/{seed}/predictions.csv").read_bytes() == \
+            (driver / f"metrics/study/seeds/{seed}/predictions.csv").read_bytes(), seed
+    local_result = json.loads((local / "metrics/study.json").read_text())
+    for key in ("accuracy_gain", "models", "per_class", "verdict"):
+        assert local_result[key] == result[key], key
