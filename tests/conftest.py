@@ -233,6 +233,19 @@ def mlflow_server(tmp_path):
 
 # ---------------------------------------------------------------- raw data in the layouts users have
 
+@pytest.fixture(scope="session")
+def team_server(tmp_path_factory):
+    """The team's MLflow server on loopback, for this module's tests (each uses an experiment of its own).
+    Session-scoped: a module-scoped server would start again whenever pytest-xdist runs another module's
+    test in between."""
+    folder = tmp_path_factory.mktemp("team-server")
+    server = start_mlflow_server(folder, free_port())
+    try:
+        yield f"http://127.0.0.1:{server.args[server.args.index('--port') + 1]}"
+    finally:
+        stop(server)
+
+
 def write_csv_layout(dataset, path):
     """Write a dataset in the CSV layout (label, pixel1..pixel784), as Kaggle's copy of Fashion-MNIST has it."""
     import pandas as pd

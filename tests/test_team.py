@@ -17,27 +17,12 @@ from conftest import (
     reset_to_head,
     run,
     set_params,
-    start_mlflow_server,
-    stop,
     tool_env,
     wait_until_up,
 )
 
 pytestmark = pytest.mark.e2e
 MODELS = ("resnet", "cnn")
-
-
-@pytest.fixture(scope="session")
-def team_server(tmp_path_factory):
-    """The team's MLflow server on loopback, for this module's tests (each uses an experiment of its own).
-    Session-scoped: a module-scoped server would start again whenever pytest-xdist runs another module's
-    test in between."""
-    folder = tmp_path_factory.mktemp("team-server")
-    server = start_mlflow_server(folder, free_port())
-    try:
-        yield f"http://127.0.0.1:{server.args[server.args.index('--port') + 1]}"
-    finally:
-        stop(server)
 
 
 def stages_run(output):
