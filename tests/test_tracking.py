@@ -187,3 +187,14 @@ def test_only_connect_sets_the_mlflow_client_environment(tmp_path, monkeypatch):
     assert tracking.connect(TrackingParams(enabled=False)) is None and dict(os.environ) == before
     assert tracking.connect(TrackingParams(experiment="unit-test")).experiment_id
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0" and os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30"
+
+
+def test_the_ui_link_opens_the_experiment_in_the_model_training_view(tmp_path, monkeypatch):
+    """MLflow 3.17's UI opens an experiment on its GenAI overview unless the link asks for the model-training
+    view (checked in headless Chromium: docs/experiments.md)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    assert tracking.ui_link("fashion-mnist", 5000) == "http://127.0.0.1:5000/#/experiments"  # no store yet
+    experiment_id = tracking.Tracker("fashion-mnist").experiment_id
+    assert tracking.ui_link("fashion-mnist", 5001) == \
+        f"http://127.0.0.1:5001/#/experiments/{experiment_id}?workflowType=machine_learning"

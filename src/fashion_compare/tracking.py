@@ -23,7 +23,8 @@ STORE_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
 BATCH_LIMIT = 1000  # MLflow's maximum number of metrics per log_batch call
 TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
-# The tag MLflow's UI reads to open an experiment in its model-training view (not the GenAI overview).
+# MLflow's marker of an experiment's kind: model training, not GenAI development. MLflow 3.17's UI reads it where
+# its GenAI / Model training toggle is off; with the toggle, the view comes from the link (`ui_link`).
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
@@ -397,3 +398,23 @@ def existing_runs(tracker: Tracker | None, run_ids: dict) -> dict:
             print(f"warning: MLflow run {run_id} of {name} is not in {tracker.uri} (was it trained with another "
                   "MLFLOW_TRACKING_URI?); it is left out of this run's links")
     return found
+
+
+def ui_link(experiment: str, port: int, host="127.0.0.1") -> str:
+    """The MLflow UI's address of `experiment` in its model-training view (MLflow 3.17 opens an experiment on its
+    GenAI overview unless the link asks for `workflowType=machine_learning`); the experiments list when the
+    default store does not hold the experiment yet."""
+    base = f"http://{host}:{port}/#/experiments"
+    from mlflow.tracking import MlflowClient
+
+    found = None
+    if (repo_root() / STORE_FILE).is_file():
+        with contextlib.suppress(Exception):
+            found = MlflowClient(tracking_uri()).get_experiment_by_name(experiment)
+    return f"{base}/{found.experiment_id}?workflowType=machine_learning" if found else base
+
+
+if __name__ == "__main__":  # `python -m fashion_compare.tracking <experiment> <port>`: the link make mlflow-ui prints
+    import sys
+
+    print(f"MLflow UI: {ui_link(sys.argv[1], int(sys.argv[2]))}")
