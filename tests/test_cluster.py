@@ -14,7 +14,7 @@ import time
 import pytest
 from conftest import VENV_BIN, commit_all, copy_built, free_port, reset_to_head, run, set_params, tool_env
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
 SEEDS = ("1", "2", "3")
 
 

@@ -112,6 +112,12 @@ def log_comparison(tracker: Tracker, run_id, child_run_ids: dict, figures, summa
         tracker.set_tags(child, {"mlflow.parentRunId": run_id, "compare_run_id": run_id})
 
 
+def study_run_params(study: dict, shared_params: dict, compare_settings) -> dict:
+    """The params of a study's run: its seeds, the params every seed shares, and the verdict's settings."""
+    return {"seeds": " ".join(map(str, study["seeds"])), "k": study["k"], **shared_params,
+            **{f"compare.{k}": v for k, v in compare_settings.model_dump().items()}}
+
+
 def log_study(tracker: Tracker, run_id, study: dict, figures, summary: str):
     """The study's metrics, figures and summary in its run; every seed's runs tagged with the study and their
     seed (the runs list groups by it), each seed's comparison run a child of the study's run."""

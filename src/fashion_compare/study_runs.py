@@ -1,5 +1,5 @@
-"""Running a seed study's seeds: each a DVC experiment of the committed code with only `seed` changed, and
-each seed's results kept in git (metrics/study/seeds/<seed>/) as soon as it finishes.
+"""Running a seed study's seeds and writing its aggregate: each seed a DVC experiment of the committed code
+with only `seed` changed, its results kept in git (metrics/study/seeds/<seed>/) as soon as it finishes.
 
 With jobs 1, `dvc exp run --temp`, one seed after another; with more, `dvc exp run --queue` and
 `dvc queue start -j <jobs>`, the workers sharing the cores (OMP_NUM_THREADS = cores / jobs), and a remainder
@@ -213,6 +213,12 @@ def stage_error(output: str) -> str:
     ours = [line for line in lines if line.startswith("error: ")]
     theirs = [line for line in lines if line.startswith("ERROR")]
     return (ours or theirs or ["failed (no error line in its output)"])[-1].strip()
+
+
+def check_repository_root(params_path: str):
+    if not Path("dvc.yaml").is_file() or not Path(params_path).is_file():
+        raise PipelineError(f"{Path.cwd()}: no dvc.yaml or {params_path} here; run the study from the repository "
+                            "root (where dvc.yaml is)")
 
 
 def check_arguments(seeds: list, jobs: int):
@@ -473,3 +479,42 @@ def load_study(seeds: list):
             raise study.StudyError(f"{seed_dir(run.seed) / 'predictions.csv'}: its labels differ from seed "
                                    f"{runs[0].seed}'s (another test set, or an edit); run seed {run.seed} again")
     return runs, failed
+
+
+# ------------------------------------------------------------------------------------ the aggregate
+
+STUDY_PLOTS = Path("plots/study")
+
+
+def aggregate(seeds: list, params, tracker) -> dict:
+    """metrics/study.json, plots/study/ and the study's MLflow run, from the seeds' committed results: every
+    output checked writable and every seed folder validated first, then all outputs written or none."""
+    from . import plots, records, tracking
+    from .files import check_writable, save_figure, write_csv
+
+    draw = {"accuracy_per_seed": plots.seed_accuracy, "f1_difference": plots.seed_forest,
+            "gain_per_seed": plots.seed_gains, "noise_sources": plots.noise_sources}
+    outputs = [*(f"{name}.png" for name in draw), *study.PLOT_TABLES, "SUMMARY.md"]
+    check_writable([*(STUDY_PLOTS / name for name in outputs), "metrics/study.json"])
+    runs, failed = load_study(seeds)
+    for seed, why in failed.items():
+        print(f"warning: seed {seed} failed and is left out of the study: {why}")
+    result = study.aggregate(runs, params.compare, failed)
+    summary = study.summary_markdown(result)
+    figures = {STUDY_PLOTS / f"{name}.png": figure(result) for name, figure in draw.items()}
+    tables = study.plot_rows(result)
+    run_params = records.study_run_params(result, study.comparable_params(runs[0].params), params.compare)
+    with tracking.stage_run(tracker, "study", f"Seed study ({result['k']} seeds)", run_params) as run_id:
+        with together():
+            for path, figure in figures.items():
+                save_figure(path, figure)
+            for path, rows, fields in tables:
+                write_csv(STUDY_PLOTS / path, rows, fields)
+            write_text(STUDY_PLOTS / "SUMMARY.md", summary)
+            write_json("metrics/study.json", {**result, "mlflow_run_id": run_id})
+        if run_id:
+            records.log_study(tracker, run_id, result, figures, summary)
+    for figure in figures.values():
+        plots.close(figure)
+    print(summary.split("## Verdict")[1].strip())
+    return result
