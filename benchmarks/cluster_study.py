@@ -10,28 +10,14 @@ tracking is off in both (no server to share). The figure is their time ratio.
 
 import argparse
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
-from common import exit_on_error, failed, record, say
+from common import exit_on_error, record, say
 from queue_workers import scratch_copy, sh
-
-
-def study_seconds(repo: Path, seeds, extra_args, env) -> float:
-    shutil.rmtree(repo / ".dvc" / "cache" / "runs", ignore_errors=True)
-    shutil.rmtree(repo / "metrics" / "study", ignore_errors=True)
-    started = time.perf_counter()
-    result = subprocess.run([sys.executable, "stages/study.py", "run", "--seeds", *map(str, seeds), *extra_args],
-                            cwd=repo, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    if result.returncode != 0:
-        raise failed(f"study {' '.join(extra_args)}", result)
-    return seconds
+from study_workers import study_seconds
 
 
 @exit_on_error
@@ -43,8 +29,6 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4])
     args = parser.parse_args()
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # the venv's dvc
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "OMP_NUM_THREADS",
-                                                             "DASK_SCHEDULER_ADDRESS")}
     git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.invalid"]
     with tempfile.TemporaryDirectory(prefix="fashion-cluster-") as folder:
         folder = Path(folder)
@@ -58,11 +42,11 @@ def main():
         sh(["git", "clone", "-q", "--bare", str(repo), str(folder / "origin.git")], folder)
         sh(["git", "remote", "add", "origin", str(folder / "origin.git")], repo)
         sh(["git", "fetch", "-q", "origin"], repo)
-        local = study_seconds(repo, args.seeds, ["--jobs", "2"], env)
+        local = study_seconds(repo, args.seeds, "--jobs", "2")
         say(f"{len(args.seeds)}-seed study, data.subset {args.subset}: DVC's queue -j 2: {local:.1f} s")
         with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, resources={"seed": 1},
                           dashboard_address=None) as cluster:
-            on_cluster = study_seconds(repo, args.seeds, ["--cluster", cluster.scheduler_address], env)
+            on_cluster = study_seconds(repo, args.seeds, "--cluster", cluster.scheduler_address)
         say(f"the same on a local Dask cluster (2 workers x 1 thread): {on_cluster:.1f} s, "
             f"{on_cluster / local:.2f} x the queue's time")
         record("cluster_study", f"{len(args.seeds)}_seeds", {"queue_j2_seconds": local, "dask_seconds": on_cluster,

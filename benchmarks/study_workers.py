@@ -21,16 +21,18 @@ from common import exit_on_error, failed, record, say
 from queue_workers import scratch_copy
 
 
-def study_seconds(repo: Path, jobs: int, seeds) -> float:
+def study_seconds(repo: Path, seeds, *options) -> float:
+    """`stages/study.py run` of `seeds` with `options`, from no results and an empty run cache: seconds."""
     shutil.rmtree(repo / ".dvc" / "cache" / "runs", ignore_errors=True)
     shutil.rmtree(repo / "metrics" / "study", ignore_errors=True)
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "OMP_NUM_THREADS")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_TRACKING_URI", "OMP_NUM_THREADS", "DASK_SCHEDULER_ADDRESS")}
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "stages/study.py", "run", "--seeds", *map(str, seeds), "--jobs",
-                             str(jobs)], cwd=repo, env=env, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "stages/study.py", "run", "--seeds", *map(str, seeds), *options],
+                            cwd=repo, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if result.returncode != 0 or "FAILED" in result.stdout:
-        raise failed(f"study with --jobs {jobs}", result)
+        raise failed(f"study {' '.join(options)}", result)
     return seconds
 
 
@@ -47,7 +49,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="fashion-study-") as folder:
         repo = scratch_copy(Path(folder), args.subset)
         for jobs in args.jobs:
-            seconds[jobs] = study_seconds(repo, jobs, args.seeds)
+            seconds[jobs] = study_seconds(repo, args.seeds, "--jobs", str(jobs))
             ratio = seconds[jobs] / seconds[args.jobs[0]]
             say(f"{len(args.seeds)}-seed study, data.subset {args.subset}, 1 epoch, {cores} cores: --jobs {jobs} "
                 f"({max(1, cores // jobs)} thread(s) per stage): {seconds[jobs]:.1f} s, {ratio:.2f} x the "
