@@ -100,7 +100,7 @@ def test_every_stage_writes_its_outputs(repo):
         assert (repo / f"plots/compare/{figure}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = (repo / "plots/compare/SUMMARY.md").read_text()
     assert "## Verdict" in summary and f"{compare['models']['resnet']['test_accuracy']:.4f}" in summary
-    assert "McNemar's exact test" in summary and "(`alpha`)" in summary
+    assert "McNemar's exact test" in summary and "`compare.min_accuracy_gain`" in summary
 
 
 def test_repro_again_is_a_no_op(repo):
