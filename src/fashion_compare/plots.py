@@ -213,8 +213,9 @@ def noise_sources(study: dict):
     labels = ["seeds\n(training randomness)", "test images\n(test-set sampling)", "interaction\n(in both)",
               "combined\n(interaction once)"]
     values = [100 * gain[key] for key in ("se_seeds", "se_images", "se_interaction", "se")]
-    figure, axes = plt.subplots(figsize=(7, 3.5))
+    figure, axes = plt.subplots(figsize=(8.5, 3.8))
     bars = axes.bar(labels, values, color=["#4C72B0", "#DD8452", "#BBBBBB", "#333333"])
+    axes.tick_params(axis="x", labelsize=8)
     axes.bar_label(bars, fmt="%.3f", fontsize=8)
     axes.set_ylabel("standard error of the mean gain, points")
     axes.set_title(f"Where the uncertainty of the gain comes from ({study['k']} seeds x {study['n_images']:,} "
