@@ -78,7 +78,7 @@ def fake(tmp_path, monkeypatch):
     monkeypatch.chdir(workspace)
     monkeypatch.setattr(study_runs, "DVC", dvc)
     monkeypatch.setattr(study_runs, "POLL_SECONDS", 0)
-    monkeypatch.setattr(study_runs, "code_fingerprint", lambda rev=None: "fake-code")
+    monkeypatch.setattr(study_runs, "code_fingerprint", lambda rev=None, root=None: "fake-code")
     state = lambda: json.loads((bin_dir / "state.json").read_text())  # noqa: E731
     monkeypatch.setattr(study_runs, "finished_experiments", lambda names: {
         name: [f"refs/exps/ab/cdef/{name}"] for name in state()["finished"] if name in names})

@@ -86,7 +86,8 @@ def run_seed_task(seed: int, commit: str, git_remote: str, mlflow_uri: str | Non
     log = scratch.parent / f"{scratch.name}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("DVC_")}
     env.update(OMP_NUM_THREADS=str(worker.state.nthreads),  # the stages' `threads: auto` reads it
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+               GIT_TERMINAL_PROMPT="0")  # a remote that asks for a password fails instead of waiting
     if mlflow_uri:
         env["MLFLOW_TRACKING_URI"] = mlflow_uri
     dvc = str(Path(sys.executable).parent / "dvc")
@@ -94,7 +95,7 @@ def run_seed_task(seed: int, commit: str, git_remote: str, mlflow_uri: str | Non
         steps = [(["git", "clone", "--quiet", "--no-checkout", git_remote, str(scratch)], scratch.parent, True),
                  (["git", "checkout", "--quiet", commit], scratch, True),
                  ([dvc, "pull", "--quiet", "--run-cache"], scratch, False),  # missing outputs are rebuilt
-                 ([dvc, "exp", "run", "--quiet", "-S", f"seed={seed}"], scratch, True),
+                 ([dvc, "exp", "run", "-S", f"seed={seed}"], scratch, True),
                  ([dvc, "push", "--quiet", "--run-cache"], scratch, True)]
         for command, cwd, required in steps:
             returncode = _run(command, cwd, env, stop, log)
@@ -104,16 +105,11 @@ def run_seed_task(seed: int, commit: str, git_remote: str, mlflow_uri: str | Non
                     raise RuntimeError(f"seed {seed}: {' '.join(command[:2])} failed: {output.strip()[-300:]}")
                 return {"seed": seed, "ok": False, "error": stage_error(output), "log": output,
                         "worker": worker.address}
-        previous = os.getcwd()
-        os.chdir(scratch)  # code_fingerprint and the files are read relative to the workspace
-        try:
-            fingerprint = code_fingerprint()
-            files = seed_files(seed, lambda path: Path(path).read_text(encoding="utf-8"),
-                               Path(PREDICTIONS_FILE).read_text(encoding="utf-8"), fingerprint,
-                               {"experiment": f"cluster seed {seed}", "rev": commit, "baseline": commit,
-                                "worker": worker.address})
-        finally:
-            os.chdir(previous)
+        fingerprint = code_fingerprint(root=scratch)
+        files = seed_files(seed, lambda path: (scratch / path).read_text(encoding="utf-8"),
+                           (scratch / PREDICTIONS_FILE).read_text(encoding="utf-8"), fingerprint,
+                           {"experiment": f"cluster seed {seed}", "rev": commit, "baseline": commit,
+                            "worker": worker.address})
         return {"seed": seed, "ok": True, "files": files, "worker": worker.address, "fingerprint": fingerprint}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -65,10 +65,10 @@ def git(*args) -> str:
     return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout
 
 
-def code_fingerprint(rev=None) -> str:
+def code_fingerprint(rev=None, root=Path(".")) -> str:
     """What a seed's predictions depend on besides params: the code the DVC stages up to evaluate list as
-    deps (a change there means DVC would rerun them too), in the workspace or at git revision `rev`."""
-    read = (lambda path: Path(path).read_bytes()) if rev is None else (
+    deps (a change there means DVC would rerun them too), in the workspace at `root` or at git revision `rev`."""
+    read = (lambda path: (root / path).read_bytes()) if rev is None else (
         lambda path: subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, check=True).stdout)
     stages = yaml.safe_load(read("dvc.yaml"))["stages"]
     files = sorted({dep for name in PREDICTION_STAGES for dep in stages[name].get("deps", []) if dep.endswith(".py")})
