@@ -216,6 +216,7 @@ def test_every_file_of_a_seed_is_validated_before_the_aggregate(fake):
     cases = [
         ("1,1,1,1", "1,1,x,1", True, r"predictions.csv: row 3: \['1', '1', 'x', '1'\] is not 4 integers"),
         ("1,1,1,1", "1,1,,1", True, "row 3: .* is not 4 integers"),
+        ("1,1,1,1", "1,1,1,1,5", True, "row 3: .* is not 4 integers"),  # a value too many
         ("image,label,resnet,cnn", "image,label,resnet18,cnn", True, "header is"),
         ("1,1,1,1", "1,1,12,1", True, "row 3: a class outside 0-9"),
         ("1,1,1,1", "7,1,1,1", True, "row 3: image 7, expected 1"),

@@ -28,7 +28,7 @@ import yaml
 
 from . import MODEL_NAMES, NUM_CLASSES, PREDICTIONS_FILE, study
 from .errors import PipelineError
-from .files import read_json, together, write_json, write_text
+from .files import read_csv_rows, read_json, together, write_json, write_text
 from .process import available_cores
 
 SEEDS_DIR = Path("metrics/study/seeds")
@@ -415,25 +415,26 @@ def load_predictions(seed: int, info: dict) -> dict:
         raise _refuse(path, "does not match the checksum run.json recorded when the seed was collected "
                       "(edited or damaged since)" if info.get("predictions_sha256") else
                       "has no checksum in run.json (collected by an older version)", remedy)
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header != PREDICTION_FIELDS:
-            raise _refuse(path, f"header is {header}, expected {PREDICTION_FIELDS}", remedy)
-        columns = [[] for _ in PREDICTION_FIELDS]
-        for row_number, row in enumerate(reader, start=2):
-            values = [int(value) if value.strip().lstrip("-").isdigit() else None for value in row]
-            if len(values) != len(PREDICTION_FIELDS) or None in values:
-                raise _refuse(path, f"row {row_number}: {row} is not {len(PREDICTION_FIELDS)} integers", remedy)
-            image, *classes = values
-            if image != row_number - 2:
-                raise _refuse(path, f"row {row_number}: image {image}, expected {row_number - 2}", remedy)
-            if not all(0 <= value < NUM_CLASSES for value in classes):
-                raise _refuse(path, f"row {row_number}: a class outside 0-{NUM_CLASSES - 1} ({row})", remedy)
-            for column, value in zip(columns, values):
-                column.append(value)
-    if not columns[0]:
+    rows = read_csv_rows(path, f"seed {seed} again (remove {seed_dir(seed)}, make study)")
+    if not rows:
         raise _refuse(path, "holds no predictions", remedy)
+    if list(rows[0]) != PREDICTION_FIELDS:
+        raise _refuse(path, f"header is {list(rows[0])}, expected {PREDICTION_FIELDS}", remedy)
+    columns = [[] for _ in PREDICTION_FIELDS]
+    for row_number, row in enumerate(rows, start=2):
+        values = [int(value) if isinstance(value, str) and value.strip().lstrip("-").isdigit() else None
+                  for value in row.values()]
+        if len(values) != len(PREDICTION_FIELDS) or None in values:
+            raise _refuse(path, f"row {row_number}: {list(row.values())} is not {len(PREDICTION_FIELDS)} integers",
+                          remedy)
+        image, *classes = values
+        if image != row_number - 2:
+            raise _refuse(path, f"row {row_number}: image {image}, expected {row_number - 2}", remedy)
+        if not all(0 <= value < NUM_CLASSES for value in classes):
+            raise _refuse(path, f"row {row_number}: a class outside 0-{NUM_CLASSES - 1} ({list(row.values())})",
+                          remedy)
+        for column, value in zip(columns, values):
+            column.append(value)
     return {name: np.array(column) for name, column in zip(PREDICTION_FIELDS[1:], columns[1:])}
 
 
