@@ -84,6 +84,9 @@ def test_holm_adjusts_the_per_class_p_values_and_a_class_is_won_only_after_it():
     by_hand = np.empty_like(holm)
     by_hand[order] = holm
     assert [entry["holm_p_value"] for entry in result["per_class"].values()] == pytest.approx(by_hand)
+    from statsmodels.stats.multitest import multipletests
+
+    assert by_hand == pytest.approx(multipletests(raw, method="holm")[1])
     for entry in result["per_class"].values():
         assert (entry["winner"] != study.NO_WINNER) == (entry["holm_p_value"] < 0.05)
         if entry["p_value"] < 0.05 <= entry["holm_p_value"]:
@@ -179,3 +182,39 @@ def test_failed_seeds_are_named_not_dropped_silently():
     result = study.aggregate(runs, SETTINGS, failed={3: "train_resnet: out of memory"})
     assert result["failed_seeds"] == {"3": "train_resnet: out of memory"}
     assert "seed 3: train_resnet: out of memory" in study.summary_markdown(result)
+
+
+def test_the_committed_study_is_what_its_seeds_predictions_give():
+    """metrics/study.json against numbers computed here from the committed seed folders, independently of the
+    project's code: pandas for the seed x image mean squares, scipy for the t quantiles."""
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    repo = Path(__file__).resolve().parent.parent
+    result = json.loads((repo / "metrics/study.json").read_text())
+    frames = [pd.read_csv(repo / f"metrics/study/seeds/{seed}/predictions.csv").assign(seed=seed)
+              for seed in result["seeds"]]
+    table = pd.concat(frames)
+    table["d"] = (table["resnet"] == table["label"]).astype(float) - (table["cnn"] == table["label"]).astype(float)
+    k, n = len(frames), len(frames[0])
+    grand = table["d"].mean()
+    seed_means, image_means = table.groupby("seed")["d"].mean(), table.groupby("image")["d"].mean()
+    ms_seed = n * ((seed_means - grand) ** 2).sum() / (k - 1)
+    ms_image = k * ((image_means - grand) ** 2).sum() / (n - 1)
+    residual = table["d"] - table["seed"].map(seed_means) - table["image"].map(image_means) + grand
+    ms_error = (residual ** 2).sum() / ((k - 1) * (n - 1))
+    combined = ms_seed + ms_image - ms_error
+    df = combined ** 2 / (ms_seed ** 2 / (k - 1) + ms_image ** 2 / (n - 1) + ms_error ** 2 / ((k - 1) * (n - 1)))
+    se = np.sqrt(combined / (k * n))
+    gain = result["accuracy_gain"]
+    assert gain["mean"] == pytest.approx(grand) and gain["se"] == pytest.approx(se) and gain["df"] == pytest.approx(df)
+    half = stats.t.ppf(0.975, df) * se
+    assert gain["ci"] == pytest.approx([grand - half, grand + half])
+    one_sided = stats.t.ppf(0.95, df) * se
+    verdict = result["verdict"]
+    assert (verdict["lower"], verdict["upper"]) == pytest.approx((grand - one_sided, grand + one_sided))
+    expected = ("worth it" if grand - one_sided >= 0.01 else "not worth it" if grand + one_sided < 0.01
+                else "undecided")
+    assert verdict["decision"] == expected
