@@ -39,9 +39,9 @@ test:
 test-cluster: setup data
 	$(BIN)/pytest -q -m cluster
 
-# The inner loop: the tests that run no pipeline (under a minute).
+# The inner loop: the tests that run no pipeline, on as many workers as there are cores.
 test-fast: setup data
-	$(BIN)/pytest -q -m "not e2e"
+	$(BIN)/pytest -q -n auto -m "not e2e"
 
 # The training and inference benchmarks, each runnable alone; the data they measure is prepared first (DVC's
 # prepare stage). Every figure goes to metrics/benchmark.json as soon as it is measured. The study's
