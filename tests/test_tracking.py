@@ -198,3 +198,26 @@ def test_the_ui_link_opens_the_experiment_in_the_model_training_view(tmp_path, m
     experiment_id = tracking.Tracker("fashion-mnist").experiment_id
     assert tracking.ui_link("fashion-mnist", 5001) == \
         f"http://127.0.0.1:5001/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
+def test_an_experiment_created_by_another_process_meanwhile_is_found(tmp_path, monkeypatch):
+    """Two queue workers connect at once to one tracking server: both find no experiment, one creates it, and
+    the other's creation is refused as RESOURCE_ALREADY_EXISTS; that one goes on with the experiment."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'server.db'}")  # not the locked default
+    client = MlflowClient(tracking.tracking_uri())
+    real_lookup = MlflowClient.get_experiment_by_name
+    state = {"calls": 0}
+
+    def the_other_process_is_faster(self, name):
+        state["calls"] += 1
+        if state["calls"] == 1:  # our first look: nothing yet; the other worker creates it right after
+            client.create_experiment(name)
+            return None
+        return real_lookup(self, name)
+
+    monkeypatch.setattr(MlflowClient, "get_experiment_by_name", the_other_process_is_faster)
+    tracker = tracking.Tracker("raced")
+    monkeypatch.setattr(MlflowClient, "get_experiment_by_name", real_lookup)
+    assert tracker.experiment_id == client.get_experiment_by_name("raced").experiment_id

@@ -151,9 +151,10 @@ class Tracker:
                 self.client = MlflowClient(self.uri)
                 found = self.client.get_experiment_by_name(experiment)
                 if found is None:
-                    location = (repo_root() / ARTIFACT_DIR).as_uri() if _is_default_store(self.uri) else None
-                    return self.client.create_experiment(experiment, artifact_location=location,
-                                                         tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+                    created = self._create_experiment(experiment)
+                    if created is not None:
+                        return created
+                    found = self.client.get_experiment_by_name(experiment)  # another process created it meanwhile
                 if found.tags.get(EXPERIMENT_KIND_TAG) is None:  # an experiment an earlier version created
                     self.client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
                 return found.experiment_id
@@ -163,6 +164,20 @@ class Tracker:
                 remedy = (f"if {STORE_FILE} is damaged, move it aside (mv {STORE_FILE} {STORE_FILE}.broken) and "
                           "run again to start a new store; or set tracking.enabled: false")
             raise TrackingError(f"MLflow tracking at {self.uri} failed: {first_line(error, 200)} ({remedy})") from None
+
+    def _create_experiment(self, experiment: str) -> str | None:
+        """The new experiment's id; None when another process created it first (two queue workers starting at
+        once against one tracking server: the file lock serialises this only for the default sqlite store)."""
+        from mlflow.exceptions import MlflowException
+
+        location = (repo_root() / ARTIFACT_DIR).as_uri() if _is_default_store(self.uri) else None
+        try:
+            return self.client.create_experiment(experiment, artifact_location=location,
+                                                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            return None
 
     @_timed
     def start_run(self, run_name: str, params: dict, tags: dict) -> str:
