@@ -144,7 +144,7 @@ def test_a_rerun_adopts_what_dvc_holds_after_the_driver_died(fake, monkeypatch):
     study_runs.dvc("exp", "run", "--queue", "-S", "seed=3", "-n", "study-seed-3")
     state = fake()
     state["queue"]["study-seed-3"] = ["Failed", "3"]
-    state["workers"] = 1
+    state["workers"] = 2
     Path(study_runs.DVC.parent / "state.json").write_text(json.dumps(state))
     Path(".dvc/tmp/exps/standalone/tmpabc").mkdir(parents=True)  # an interrupted --temp run's workspace
     monkeypatch.delenv("FAKE_DVC_FAIL")
@@ -321,3 +321,15 @@ def test_an_unreachable_dask_scheduler_is_one_line_naming_it_within_seconds(fake
     message = str(error.value)
     assert message.startswith(f"Dask scheduler at {address}: cannot connect (") and "\n" not in message
     assert not (study_runs.DVC.parent / "state.json").exists()  # nothing sent anywhere, DVC not called
+
+
+def test_a_rerun_starts_the_workers_missing_for_the_queued_seeds(fake):
+    """DVC still holds two queued seeds but only one worker is left (a worker can exit early): the rerun starts
+    workers up to the jobs asked for, and follows both seeds to the end."""
+    for seed in (1, 2):
+        study_runs.dvc("exp", "run", "--queue", "-S", f"seed={seed}", "-n", f"study-seed-{seed}")
+    state = fake()
+    state["workers"] = 1
+    Path(study_runs.DVC.parent / "state.json").write_text(json.dumps(state))
+    assert study_runs.run_seeds([1, 2], 2, PARAMS) == {}
+    assert "queue start -j 2" in fake()["calls"] and fake()["runs"] == {"study-seed-1": 1, "study-seed-2": 1}

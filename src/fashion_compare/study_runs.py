@@ -310,7 +310,7 @@ class SeedRunner:
         if waiting:
             print(f"seeds {', '.join(map(str, waiting.values()))}: queued or running in DVC already; waiting for "
                   "them", flush=True)
-            self.follow_queue(waiting, jobs, start_workers=workers == 0)
+            self.follow_queue(waiting, jobs, start_workers=workers < min(jobs, len(waiting)))
         return todo
 
     def record_success(self, seed, ref):
@@ -375,23 +375,34 @@ class SeedRunner:
             raise
         self.follow_queue(pending, jobs, start_workers=True)
 
+    def start_workers(self, jobs):
+        """`dvc queue start -j jobs`: starts the workers missing up to `jobs`. Not captured: the workers it starts
+        inherit its output and outlive it (a pipe would stay open until the queue is empty, and we would collect
+        no seed before the last one)."""
+        subprocess.run(dvc_command("queue", "start", "-j", str(jobs)), env=tool_env(self.worker_env(jobs)),
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+
     def follow_queue(self, pending: dict, jobs, start_workers: bool):
-        """Collect each of `pending` ({name: seed}) as DVC's queue finishes it; Ctrl-C kills what is left."""
+        """Collect each of `pending` ({name: seed}) as DVC's queue finishes it; Ctrl-C kills what is left. A worker
+        that exits while seeds are still queued (seen with DVC 3.67's first worker) is started again."""
         if start_workers:
-            # Not captured: the workers it starts inherit its output and outlive it (a pipe would stay open until
-            # the queue is empty, and we would collect no seed before the last one).
-            subprocess.run(dvc_command("queue", "start", "-j", str(jobs)), env=tool_env(self.worker_env(jobs)),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+            self.start_workers(jobs)
         pending = dict(pending)
         try:
             while pending:
                 time.sleep(POLL_SECONDS)
-                for name, state in queue_states(pending)[0].items():
+                states, workers = queue_states(pending)
+                for name, state in states.items():
                     if state == "Success":
                         self.record_success(pending.pop(name), self.experiment_ref(name))
                     elif state == "Failed":
                         log = dvc("queue", "logs", name, check=False)
                         self.record_failure(pending.pop(name), log.stdout + log.stderr)
+                queued = sum(state == "Queued" for state in states.values())
+                if queued and workers < min(jobs, queued + sum(state == "Running" for state in states.values())):
+                    print(f"{workers} queue worker(s) left for {queued} queued seed(s): starting {jobs}", flush=True)
+                    self.start_workers(jobs)
+                    start_workers = True
         except KeyboardInterrupt:
             dvc("queue", "kill", *pending, check=False)
             raise
