@@ -45,7 +45,7 @@ def test_the_answer_on_the_first_screen_is_the_study_verdict():
     assert f"P(gain ≥ margin) = {verdict['p_gain_at_least_margin']:.2f}" in first_screen
     assert f"Over {result['k']} paired training runs" in first_screen
     if result["k"] < len(planned):
-        assert f"interim: {result['k']} of the {len(planned)} planned seeds" in first_screen
+        assert f"on the {result['k']} of the {len(planned)} planned seeds run so far (interim" in first_screen
 
 
 def test_the_single_run_tables_are_those_of_metrics_compare_json():
