@@ -52,8 +52,9 @@ def main():
                   "for them; run them here or on another machine, then `make study` again")
         elif args.command in ("aggregate", "all"):
             result = study_runs.aggregate(all_seeds, params, tracking.connect(params.tracking))
-            if study.next_step(result, params.study.seeds):
-                print(f"next: {study.next_step(result, params.study.seeds)}")
+            step = study.next_step(result, params.study.seeds)
+            if step:
+                print(f"next: {step}")
     if failed:
         print("\n".join(f"seed {seed} failed: {why}" for seed, why in failed.items()), file=sys.stderr)
         raise PipelineError(f"seeds {', '.join(map(str, failed))} failed (their reasons above, in failed.json and "
