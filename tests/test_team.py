@@ -124,6 +124,7 @@ def push(clone, env, message, paths):
     run(["dvc", "push", "-q", "--run-cache"], clone, env=env)
 
 
+@pytest.mark.study
 def test_a_study_split_over_machines_is_gathered_without_training(tmp_path, built_pipeline, team_server):
     """Clone A runs seeds 1 and 2 and is killed after seed 1; it pushes seed 1. Clone B runs seed 2 (a slice of
     the study) and pushes it. Clone C pulls both and aggregates without training anything, from the numbers
@@ -185,6 +186,7 @@ def test_a_study_split_over_machines_is_gathered_without_training(tmp_path, buil
         (seed, stage) for seed in ("1", "2") for stage in ("train_resnet", "train_cnn", "compare")}
 
 
+@pytest.mark.study
 def test_a_driver_killed_while_the_queue_trains_is_taken_over_without_training_twice(tmp_path, built_pipeline,
                                                                                      team_server):
     """`make study` with 2 jobs is SIGKILLed (the OOM killer, a lost SSH session) while DVC's two queue workers
