@@ -116,12 +116,6 @@ def run_seed_task(seed: int, commit: str, git_remote: str, mlflow_uri: str | Non
         log.unlink(missing_ok=True)
 
 
-def git_dvc_default_remote() -> str:
-    from .study_runs import dvc
-
-    return dvc("remote", "default", check=False).stdout.strip()
-
-
 def connect(address: str):
     from distributed import Client
 
@@ -174,7 +168,7 @@ class ClusterRunner:
         from distributed import Event, wait
         from tqdm.auto import tqdm
 
-        from .study_runs import git, write_seed_folder
+        from .study_runs import dvc, git, write_seed_folder
 
         commit = git("rev-parse", "HEAD").strip()
         remote = check_pushed(commit)
@@ -182,7 +176,7 @@ class ClusterRunner:
         if (self.runner.params.get("tracking") or {}).get("enabled", True) and not mlflow_uri:
             raise PipelineError("a cluster study logs to a shared MLflow server: set MLFLOW_TRACKING_URI to it (or "
                                 "tracking.enabled: false); a worker's own store would be lost with its scratch folder")
-        if not git_dvc_default_remote():
+        if not dvc("remote", "default", check=False).stdout.strip():
             raise PipelineError("a cluster study needs a default DVC remote that every worker reaches (dvc remote "
                                 "add -d <name> <url>, committed): workers pull the run cache and push outputs there")
         workers = client.scheduler_info()["workers"].values()
