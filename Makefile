@@ -34,9 +34,8 @@ test:
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q -n auto -m "not study and not cluster"
 
-# The seed studies end to end, one test at a time (each trains several smoke seeds in processes of its own: a
-# study split over machines, a killed driver taken over, the Dask cluster's scheduler and two workers: minutes);
-# CI runs them after `make test`.
+# The longest seed studies end to end, one test at a time (a study split over three clones, and one on a Dask
+# cluster of a scheduler and two workers: minutes, several smoke seeds each); CI runs them after `make test`.
 test-study: setup data
 	$(BIN)/pytest -q -m "study or cluster"
 

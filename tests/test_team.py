@@ -186,7 +186,6 @@ def test_a_study_split_over_machines_is_gathered_without_training(tmp_path, buil
         (seed, stage) for seed in ("1", "2") for stage in ("train_resnet", "train_cnn", "compare")}
 
 
-@pytest.mark.study
 def test_a_driver_killed_while_the_queue_trains_is_taken_over_without_training_twice(tmp_path, built_pipeline,
                                                                                      team_server):
     """`make study` with 2 jobs is SIGKILLed (the OOM killer, a lost SSH session) while DVC's two queue workers
