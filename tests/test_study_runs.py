@@ -137,17 +137,20 @@ def test_queued_seeds_are_followed_to_the_end_and_failures_read_from_the_queue_l
 
 def test_a_rerun_adopts_what_dvc_holds_after_the_driver_died(fake, monkeypatch):
     """The driver was killed while DVC's workers trained: seed 1 finished in DVC but was never collected, seed 2
-    is still queued with a worker alive, seed 3 failed. The rerun collects 1, waits for 2, reruns only 3."""
+    is still running with its worker alive, seed 3 failed. The rerun collects 1, queues 3 beside 2 (jobs 2) and
+    follows both, never training 2 itself."""
     study_runs.dvc("exp", "run", "--temp", "-S", "seed=1", "-n", "study-seed-1")  # finished, not collected
     study_runs.dvc("exp", "run", "--queue", "-S", "seed=2", "-n", "study-seed-2")
     monkeypatch.setenv("FAKE_DVC_FAIL", "3")
     study_runs.dvc("exp", "run", "--queue", "-S", "seed=3", "-n", "study-seed-3")
     state = fake()
+    state["queue"]["study-seed-2"] = ["Running", "2"]
     state["queue"]["study-seed-3"] = ["Failed", "3"]
     state["workers"] = 2
     Path(study_runs.DVC.parent / "state.json").write_text(json.dumps(state))
     Path(".dvc/tmp/exps/standalone/tmpabc").mkdir(parents=True)  # an interrupted --temp run's workspace
     monkeypatch.delenv("FAKE_DVC_FAIL")
+    monkeypatch.setattr(study_runs, "live_experiments", lambda: {"study-seed-2"})  # its process is alive
 
     def worker_finishes_seed_2(*args, **kwargs):  # the live worker: seed 2 succeeds while we wait
         state = fake()
@@ -161,9 +164,49 @@ def test_a_rerun_adopts_what_dvc_holds_after_the_driver_died(fake, monkeypatch):
     assert runs == {"study-seed-1": 1, "study-seed-3": 1}  # seed 1 not retrained, seed 2 never by us, 3 rerun
     assert "exp remove study-seed-3" in calls and not any("remove study-seed-1" in c or "remove study-seed-2" in c
                                                           for c in calls)
-    assert not any(call.startswith("queue start") for call in calls)  # a worker was alive
+    assert calls.count("exp run --queue -S seed=3 -n study-seed-3") == 2  # queued again, to run beside seed 2
+    assert not any(call.startswith("queue kill") or "--temp -S seed=3" in call for call in calls)
     assert all(study_runs.seed_dir(seed).joinpath("run.json").exists() for seed in (1, 2, 3))
     assert not Path(".dvc/tmp/exps/standalone").exists()
+
+
+def test_a_seed_dvc_shows_running_with_no_process_left_is_run_again(fake, monkeypatch, capsys):
+    """The session that ran DVC's workers ended while seed 2 trained: DVC shows it Running for good
+    (treeverse/dvc#8702). Seed 3's worker is alive. The rerun kills seed 2 the DVC way and trains it again, and
+    waits for seed 3."""
+    for seed in (2, 3):
+        study_runs.dvc("exp", "run", "--queue", "-S", f"seed={seed}", "-n", f"study-seed-{seed}")
+    state = fake()
+    state["queue"] = {"study-seed-2": ["Running", "2"], "study-seed-3": ["Running", "3"]}
+    state["workers"] = 1
+    Path(study_runs.DVC.parent / "state.json").write_text(json.dumps(state))
+    monkeypatch.setattr(study_runs, "live_experiments", lambda: {"study-seed-3"})
+
+    def worker_finishes_seed_3(*args, **kwargs):
+        state = fake()
+        if state["queue"].get("study-seed-3", [None])[0] == "Running":
+            state["queue"]["study-seed-3"] = ["Success", "3"]
+            state["finished"]["study-seed-3"] = "3"
+            Path(study_runs.DVC.parent / "state.json").write_text(json.dumps(state))
+    monkeypatch.setattr(study_runs.time, "sleep", worker_finishes_seed_3)
+
+    assert study_runs.run_seeds([2, 3], 2, PARAMS) == {}
+    calls = fake()["calls"]
+    assert "queue kill study-seed-2" in calls and "exp remove study-seed-2" in calls
+    assert not any("study-seed-3" in call for call in calls if call.startswith(("queue kill", "exp remove")))
+    assert fake()["runs"] == {"study-seed-2": 1}  # seed 3 trained by its live worker, not by us
+    assert "seed 2: DVC shows it running, but no process runs it" in capsys.readouterr().out
+    assert all(study_runs.seed_dir(seed).joinpath("run.json").exists() for seed in (2, 3))
+
+
+def test_live_experiments_are_read_from_the_exec_run_processes(tmp_path, monkeypatch):
+    info = tmp_path / "abc.run"
+    info.write_text(json.dumps({"name": "study-seed-7", "status": 2}))
+    listing = (f"ARGS\n/venv/bin/python /venv/bin/dvc exp exec-run --infofile {info}\n"
+               f"/venv/bin/python /venv/bin/dvc exp exec-run --infofile {tmp_path / 'gone.run'}\npython train.py\n")
+    monkeypatch.setattr(study_runs.subprocess, "run", lambda *args, **kwargs: subprocess.CompletedProcess(
+        args, 0, stdout=listing))
+    assert study_runs.live_experiments() == {"study-seed-7"}
 
 
 def test_ctrl_c_while_queueing_leaves_nothing_queued(fake, monkeypatch):

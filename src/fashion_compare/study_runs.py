@@ -197,6 +197,34 @@ def queue_states(names) -> tuple[dict, int]:
     return states, workers
 
 
+def live_experiments() -> set:
+    """Names of the experiments whose `dvc exp exec-run` process is alive on this machine (each is started with
+    its executor's info file, which names the experiment)."""
+    names = set()
+    for line in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines():
+        words = line.split()
+        if "exec-run" in words and "--infofile" in words[:-1]:
+            try:
+                names.add(json.loads(Path(words[words.index("--infofile") + 1]).read_text())["name"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+    return names
+
+
+def abandoned_experiments(states: dict) -> set:
+    """Those of `states` that DVC shows Running although no process runs them: their worker was stopped with
+    its session or machine, and DVC keeps such a task Running for good (treeverse/dvc#8702). Looked at twice,
+    a poll apart: a worker that has just taken a task starts its process a moment later."""
+    abandoned = {name for name, state in states.items() if state == "Running"}
+    for look in range(2):
+        if not abandoned:
+            break
+        if look:
+            time.sleep(POLL_SECONDS)
+        abandoned -= live_experiments()
+    return abandoned
+
+
 def finished_experiments(names) -> dict:
     """{name: [refs]} of the finished experiments (any baseline) with these names."""
     found = {}
@@ -246,9 +274,12 @@ def run_seeds(seeds: list, jobs: int, params: dict, cluster: str | None = None) 
     if not todo:
         return {}
     runner = SeedRunner(fingerprint, params)
+    waiting, workers = {}, 0
     if cluster is None:
-        todo = runner.adopt(todo, jobs)
+        todo, waiting, workers = runner.adopt(todo)
     if not todo:
+        if waiting:
+            runner.follow_queue(waiting, jobs, start_workers=workers < min(jobs, len(waiting)))
         return runner.failed
     if git("status", "--porcelain", "--untracked-files=no", "--", "src", "stages", "dvc.yaml", "params.yaml"):
         raise PipelineError("src/, stages/, dvc.yaml or params.yaml has uncommitted changes; commit them first "
@@ -258,11 +289,12 @@ def run_seeds(seeds: list, jobs: int, params: dict, cluster: str | None = None) 
 
         ClusterRunner(runner, cluster).run(todo, fingerprint)
         return runner.failed
-    jobs = min(jobs, len(todo))
-    together = len(todo) - len(todo) % jobs if jobs > 1 else 0
+    jobs = min(jobs, len(todo) + len(waiting))
+    in_flight = len(todo) + len(waiting)  # seeds DVC already runs take their places among the workers
+    together = max(0, in_flight - in_flight % jobs - len(waiting)) if jobs > 1 else 0
     print(f"running seeds {', '.join(map(str, todo))}, {jobs} at a time", flush=True)
-    if together:
-        runner.in_queue(todo[:together], jobs)
+    if together or waiting:
+        runner.in_queue(todo[:together], jobs, waiting)
     runner.one_at_a_time(todo[together:])
     return runner.failed
 
@@ -286,12 +318,20 @@ class SeedRunner:
                 continue
         return None
 
-    def adopt(self, seeds, jobs) -> list:
-        """Take over what DVC holds for `seeds`: collect finished experiments of this code and params, wait for
-        queued and running ones (starting workers if none is active), remove failed or abandoned ones and
-        interrupted temporary workspaces. Returns the seeds still to run."""
+    def adopt(self, seeds) -> tuple[list, dict, int]:
+        """Take over what DVC holds for `seeds`: collect finished experiments of this code and params; remove
+        failed or abandoned ones (also those DVC shows running with no process left) and interrupted temporary
+        workspaces. Returns (the seeds still to run, {name: seed} of those queued or running in DVC, to follow,
+        the queue workers alive)."""
         names = {experiment_name(seed): seed for seed in seeds}
         states, workers = queue_states(names)
+        abandoned = abandoned_experiments(states)
+        if abandoned:
+            which = ", ".join(str(names[name]) for name in sorted(abandoned))
+            print(f"seed{'s' if len(abandoned) > 1 else ''} {which}: DVC shows it running, but no process runs it "
+                  "(stopped with its session or machine); running it again", flush=True)
+            dvc("queue", "kill", *sorted(abandoned), check=False)  # DVC's remedy: marks them failed
+            states.update(dict.fromkeys(abandoned, "Failed"))
         waiting = {name: seed for name, seed in names.items() if states.get(name) in ("Queued", "Running")}
         finished = finished_experiments(set(names) - set(waiting))
         todo = []
@@ -310,8 +350,7 @@ class SeedRunner:
         if waiting:
             print(f"seeds {', '.join(map(str, waiting.values()))}: queued or running in DVC already; waiting for "
                   "them", flush=True)
-            self.follow_queue(waiting, jobs, start_workers=workers < min(jobs, len(waiting)))
-        return todo
+        return todo, waiting, workers
 
     def record_success(self, seed, ref):
         collect(seed, ref, self.fingerprint)
@@ -361,9 +400,10 @@ class SeedRunner:
     def worker_env(self, jobs):
         return {**os.environ, "OMP_NUM_THREADS": str(max(1, available_cores() // jobs))}  # threads: auto reads it
 
-    def in_queue(self, seeds, jobs):
-        """`dvc exp run --queue` per seed, `dvc queue start -j jobs`; the workers share the cores. Ctrl-C while
-        queueing leaves nothing queued."""
+    def in_queue(self, seeds, jobs, waiting=None):
+        """`dvc exp run --queue` per seed, `dvc queue start -j jobs` (the workers missing), then follows them and
+        `waiting` ({name: seed} that DVC runs already); the workers share the cores. Ctrl-C while queueing leaves
+        nothing queued."""
         pending = {}
         try:
             for seed in seeds:
@@ -373,7 +413,7 @@ class SeedRunner:
         except KeyboardInterrupt:
             dvc("queue", "remove", *pending, check=False)
             raise
-        self.follow_queue(pending, jobs, start_workers=True)
+        self.follow_queue({**(waiting or {}), **pending}, jobs, start_workers=True)
 
     def start_workers(self, jobs):
         """`dvc queue start -j jobs`: starts the workers missing up to `jobs`. Not captured: the workers it starts
