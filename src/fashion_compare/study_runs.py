@@ -348,8 +348,9 @@ class SeedRunner:
                 todo.append(seed)
         shutil.rmtree(".dvc/tmp/exps/standalone", ignore_errors=True)  # interrupted --temp runs (we hold the lock)
         if waiting:
-            print(f"seeds {', '.join(map(str, waiting.values()))}: queued or running in DVC already; waiting for "
-                  "them", flush=True)
+            many = len(waiting) > 1
+            print(f"seed{'s' if many else ''} {', '.join(map(str, waiting.values()))}: queued or running in DVC "
+                  f"already; waiting for {'them' if many else 'it'}", flush=True)
         return todo, waiting, workers
 
     def record_success(self, seed, ref):
