@@ -199,14 +199,19 @@ def test_a_seed_dvc_shows_running_with_no_process_left_is_run_again(fake, monkey
     assert all(study_runs.seed_dir(seed).joinpath("run.json").exists() for seed in (2, 3))
 
 
-def test_live_experiments_are_read_from_the_exec_run_processes(tmp_path, monkeypatch):
-    info = tmp_path / "abc.run"
-    info.write_text(json.dumps({"name": "study-seed-7", "status": 2}))
-    listing = (f"ARGS\n/venv/bin/python /venv/bin/dvc exp exec-run --infofile {info}\n"
-               f"/venv/bin/python /venv/bin/dvc exp exec-run --infofile {tmp_path / 'gone.run'}\npython train.py\n")
+def test_live_experiments_are_read_from_this_repositorys_exec_run_processes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    infos = {}
+    for where, name in (("repo", "study-seed-7"), ("other-repo", "study-seed-8")):
+        infos[name] = tmp_path / where / ".dvc/tmp/exps/run/abc/abc.run"
+        infos[name].parent.mkdir(parents=True)
+        infos[name].write_text(json.dumps({"name": name, "status": 2}))
+    monkeypatch.chdir(tmp_path / "repo")
+    listing = "".join(f"/venv/bin/python /venv/bin/dvc exp exec-run --infofile {path}\n" for path in (
+        infos["study-seed-7"], infos["study-seed-8"], tmp_path / "repo/.dvc/tmp/exps/run/gone/gone.run"))
     monkeypatch.setattr(study_runs.subprocess, "run", lambda *args, **kwargs: subprocess.CompletedProcess(
-        args, 0, stdout=listing))
-    assert study_runs.live_experiments() == {"study-seed-7"}
+        args, 0, stdout="ARGS\n" + listing + "python stages/train.py resnet\n"))
+    assert study_runs.live_experiments() == {"study-seed-7"}  # not another repository's, not a vanished one
 
 
 def test_ctrl_c_while_queueing_leaves_nothing_queued(fake, monkeypatch):

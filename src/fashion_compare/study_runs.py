@@ -198,14 +198,16 @@ def queue_states(names) -> tuple[dict, int]:
 
 
 def live_experiments() -> set:
-    """Names of the experiments whose `dvc exp exec-run` process is alive on this machine (each is started with
-    its executor's info file, which names the experiment)."""
-    names = set()
+    """Names of this repository's experiments whose `dvc exp exec-run` process is alive on this machine (each is
+    started with its executor's info file, kept under the repository's .dvc/, which names the experiment)."""
+    names, dvc_dir = set(), Path(".dvc").resolve()
     for line in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines():
         words = line.split()
         if "exec-run" in words and "--infofile" in words[:-1]:
+            info = Path(words[words.index("--infofile") + 1]).resolve()
             try:
-                names.add(json.loads(Path(words[words.index("--infofile") + 1]).read_text())["name"])
+                if info.is_relative_to(dvc_dir):
+                    names.add(json.loads(info.read_text())["name"])
             except (OSError, ValueError, KeyError, TypeError):
                 continue
     return names
