@@ -199,6 +199,38 @@ def test_a_seed_dvc_shows_running_with_no_process_left_is_run_again(fake, monkey
     assert all(study_runs.seed_dir(seed).joinpath("run.json").exists() for seed in (2, 3))
 
 
+def test_an_entry_is_abandoned_only_when_every_active_worker_has_its_process(monkeypatch):
+    """A worker that has just taken its experiment sets it up (a copy of the repository) before its process
+    starts: while some active worker has no process, nothing counts as abandoned."""
+    running = {"study-seed-1": "Running", "study-seed-2": "Running", "study-seed-3": "Queued"}
+    monkeypatch.setattr(study_runs, "POLL_SECONDS", 0)
+    for live, workers, abandoned in ((set(), 2, set()),  # both workers still setting up
+                                     (set(), 0, {"study-seed-1", "study-seed-2"}),  # no worker left at all
+                                     ({"study-seed-2"}, 1, {"study-seed-1"}),  # the one worker runs seed 2
+                                     ({"study-seed-2"}, 2, set()),  # the other worker may be setting seed 1 up
+                                     ({"study-seed-1", "study-seed-2"}, 2, set())):
+        monkeypatch.setattr(study_runs, "live_experiments", lambda live=live: live)
+        assert study_runs.abandoned_experiments(running, workers) == abandoned, (live, workers)
+
+
+def test_a_seed_whose_worker_dies_while_followed_is_named_as_failed(fake, monkeypatch):
+    """Both seeds queued and taken by the workers; seed 2's worker then dies (DVC keeps it Running). The driver
+    collects seed 1, names seed 2 in the failures (make study reruns it) and does not wait for it forever."""
+    def workers_take_both(*args, **kwargs):
+        state = fake()
+        state["queue"] = {"study-seed-1": ["Success", "1"], "study-seed-2": ["Running", "2"]}
+        state["finished"]["study-seed-1"] = "1"
+        state["workers"] = 0  # none active: seed 1's worker is idle, seed 2's gone
+        Path(study_runs.DVC.parent / "state.json").write_text(json.dumps(state))
+    monkeypatch.setattr(study_runs.SeedRunner, "start_workers", lambda self, jobs: workers_take_both())
+    monkeypatch.setattr(study_runs, "live_experiments", lambda: set())
+    failed = study_runs.run_seeds([1, 2], 2, PARAMS)
+    assert list(failed) == [2] and "DVC showed study-seed-2 running, but no process ran it" in failed[2]
+    assert "queue kill study-seed-2" in fake()["calls"]
+    assert study_runs.seed_dir(1).joinpath("run.json").exists()
+    assert json.loads((study_runs.seed_dir(2) / "failed.json").read_text())["error"] == failed[2]
+
+
 def test_live_experiments_are_read_from_this_repositorys_exec_run_processes(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     infos = {}

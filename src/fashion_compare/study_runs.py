@@ -213,18 +213,17 @@ def live_experiments() -> set:
     return names
 
 
-def abandoned_experiments(states: dict) -> set:
-    """Those of `states` that DVC shows Running although no process runs them: their worker was stopped with
-    its session or machine, and DVC keeps such a task Running for good (treeverse/dvc#8702). Looked at twice,
-    a poll apart: a worker that has just taken a task starts its process a moment later."""
-    abandoned = {name for name, state in states.items() if state == "Running"}
-    for look in range(2):
-        if not abandoned:
-            break
-        if look:
-            time.sleep(POLL_SECONDS)
-        abandoned -= live_experiments()
-    return abandoned
+def abandoned_experiments(states: dict, workers: int) -> set:
+    """Those of `states` that DVC shows Running although nothing runs them: their worker was stopped with its
+    session or machine, and DVC keeps such a task Running for good (treeverse/dvc#8702). An active worker that
+    is still setting its experiment up has no process for it yet, so none counts as abandoned until every active
+    worker is accounted for by a live process; then looked at again, a poll later."""
+    running = {name for name, state in states.items() if state == "Running"}
+    live = live_experiments() if running else set()
+    if not running - live or len(live) < workers:
+        return set()
+    time.sleep(POLL_SECONDS)
+    return running - live - live_experiments()
 
 
 def finished_experiments(names) -> dict:
@@ -327,7 +326,7 @@ class SeedRunner:
         the queue workers alive)."""
         names = {experiment_name(seed): seed for seed in seeds}
         states, workers = queue_states(names)
-        abandoned = abandoned_experiments(states)
+        abandoned = abandoned_experiments(states, workers)
         if abandoned:
             which = ", ".join(str(names[name]) for name in sorted(abandoned))
             print(f"seed{'s' if len(abandoned) > 1 else ''} {which}: DVC shows it running, but no process runs it "
@@ -435,6 +434,11 @@ class SeedRunner:
             while pending:
                 time.sleep(POLL_SECONDS)
                 states, workers = queue_states(pending)
+                for name in abandoned_experiments(states, workers):  # its worker died while we followed it
+                    dvc("queue", "kill", name, check=False)
+                    states[name] = "Abandoned"
+                    self.record_failure(pending.pop(name), f"error: DVC showed {name} running, but no process ran "
+                                        "it (its worker stopped); make study runs it again\n")
                 for name, state in states.items():
                     if state == "Success":
                         self.record_success(pending.pop(name), self.experiment_ref(name))
