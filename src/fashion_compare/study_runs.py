@@ -290,8 +290,8 @@ def run_seeds(seeds: list, jobs: int, params: dict, cluster: str | None = None) 
 
         ClusterRunner(runner, cluster).run(todo, fingerprint)
         return runner.failed
-    jobs = min(jobs, len(todo) + len(waiting))
     in_flight = len(todo) + len(waiting)  # seeds DVC already runs take their places among the workers
+    jobs = min(jobs, in_flight)
     together = max(0, in_flight - in_flight % jobs - len(waiting)) if jobs > 1 else 0
     print(f"running seeds {', '.join(map(str, todo))}, {jobs} at a time", flush=True)
     if together or waiting:
