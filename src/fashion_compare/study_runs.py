@@ -112,6 +112,12 @@ def experiment_name(seed: int) -> str:
     return f"study-seed-{seed}"
 
 
+def seeds_named(seeds) -> tuple[str, bool]:
+    """How a message names seeds ("seed 4", "seeds 4, 5"), and whether that is more than one."""
+    seeds = list(seeds)
+    return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}", len(seeds) > 1
+
+
 def sha256(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -328,9 +334,10 @@ class SeedRunner:
         states, workers = queue_states(names)
         abandoned = abandoned_experiments(states, workers)
         if abandoned:
-            which = ", ".join(str(names[name]) for name in sorted(abandoned))
-            print(f"seed{'s' if len(abandoned) > 1 else ''} {which}: DVC shows it running, but no process runs it "
-                  "(stopped with its session or machine); running it again", flush=True)
+            which, many = seeds_named(names[name] for name in sorted(abandoned))
+            them, their = ("them", "their") if many else ("it", "its")
+            print(f"{which}: DVC shows {them} running, but no process runs {them} (stopped with {their} session or "
+                  f"machine); running {them} again", flush=True)
             dvc("queue", "kill", *sorted(abandoned), check=False)  # DVC's remedy: marks them failed
             states.update(dict.fromkeys(abandoned, "Failed"))
         waiting = {name: seed for name, seed in names.items() if states.get(name) in ("Queued", "Running")}
@@ -349,9 +356,8 @@ class SeedRunner:
                 todo.append(seed)
         shutil.rmtree(".dvc/tmp/exps/standalone", ignore_errors=True)  # interrupted --temp runs (we hold the lock)
         if waiting:
-            many = len(waiting) > 1
-            print(f"seed{'s' if many else ''} {', '.join(map(str, waiting.values()))}: queued or running in DVC "
-                  f"already; waiting for {'them' if many else 'it'}", flush=True)
+            which, many = seeds_named(waiting.values())
+            print(f"{which}: queued or running in DVC already; waiting for {'them' if many else 'it'}", flush=True)
         return todo, waiting, workers
 
     def record_success(self, seed, ref):
@@ -529,8 +535,9 @@ def load_study(seeds: list):
         else:
             missing.append(seed)
     if missing:
-        which = f"seeds {', '.join(map(str, missing))} have" if len(missing) > 1 else f"seed {missing[0]} has"
-        raise study.StudyError(f"{which} no results in {SEEDS_DIR}; run them first (make study), or pull them "
+        which, many = seeds_named(missing)
+        raise study.StudyError(f"{which} {'have' if many else 'has'} no results in {SEEDS_DIR}; run them first "
+                               "(make study), or pull them "
                                "from the machine that ran them (git pull)")
     for run in runs[1:]:
         if len(run.predictions["label"]) != len(runs[0].predictions["label"]) or \
