@@ -87,6 +87,11 @@ def fake(tmp_path, monkeypatch):
     return state
 
 
+def save_state(state: dict):
+    """What the fake dvc holds from now on (as if its workers had changed it)."""
+    (study_runs.DVC.parent / "state.json").write_text(json.dumps(state))
+
+
 def write_seed(seed, fingerprint="fake-code", labels=(0, 1, 2, 3), resnet=(0, 1, 2, 3), cnn=(0, 1, 2, 0)):
     """A seed folder as collect writes it (predictions, params, run.json with the checksum, headline)."""
     folder = study_runs.seed_dir(seed)
@@ -147,7 +152,7 @@ def test_a_rerun_adopts_what_dvc_holds_after_the_driver_died(fake, monkeypatch):
     state["queue"]["study-seed-2"] = ["Running", "2"]
     state["queue"]["study-seed-3"] = ["Failed", "3"]
     state["workers"] = 2
-    Path(study_runs.DVC.parent / "state.json").write_text(json.dumps(state))
+    save_state(state)
     Path(".dvc/tmp/exps/standalone/tmpabc").mkdir(parents=True)  # an interrupted --temp run's workspace
     monkeypatch.delenv("FAKE_DVC_FAIL")
     monkeypatch.setattr(study_runs, "live_experiments", lambda: {"study-seed-2"})  # its process is alive
@@ -156,7 +161,7 @@ def test_a_rerun_adopts_what_dvc_holds_after_the_driver_died(fake, monkeypatch):
         state = fake()
         state["queue"]["study-seed-2"] = ["Success", "2"]
         state["finished"]["study-seed-2"] = "2"
-        Path(study_runs.DVC.parent / "state.json").write_text(json.dumps(state))
+        save_state(state)
     monkeypatch.setattr(study_runs.time, "sleep", worker_finishes_seed_2)
 
     assert study_runs.run_seeds([1, 2, 3], 2, PARAMS) == {}
@@ -179,7 +184,7 @@ def test_a_seed_dvc_shows_running_with_no_process_left_is_run_again(fake, monkey
     state = fake()
     state["queue"] = {"study-seed-2": ["Running", "2"], "study-seed-3": ["Running", "3"]}
     state["workers"] = 1
-    Path(study_runs.DVC.parent / "state.json").write_text(json.dumps(state))
+    save_state(state)
     monkeypatch.setattr(study_runs, "live_experiments", lambda: {"study-seed-3"})
 
     def worker_finishes_seed_3(*args, **kwargs):
@@ -187,7 +192,7 @@ def test_a_seed_dvc_shows_running_with_no_process_left_is_run_again(fake, monkey
         if state["queue"].get("study-seed-3", [None])[0] == "Running":
             state["queue"]["study-seed-3"] = ["Success", "3"]
             state["finished"]["study-seed-3"] = "3"
-            Path(study_runs.DVC.parent / "state.json").write_text(json.dumps(state))
+            save_state(state)
     monkeypatch.setattr(study_runs.time, "sleep", worker_finishes_seed_3)
 
     assert study_runs.run_seeds([2, 3], 2, PARAMS) == {}
@@ -221,7 +226,7 @@ def test_a_seed_whose_worker_dies_while_followed_is_named_as_failed(fake, monkey
         state["queue"] = {"study-seed-1": ["Success", "1"], "study-seed-2": ["Running", "2"]}
         state["finished"]["study-seed-1"] = "1"
         state["workers"] = 0  # none active: seed 1's worker is idle, seed 2's gone
-        Path(study_runs.DVC.parent / "state.json").write_text(json.dumps(state))
+        save_state(state)
     monkeypatch.setattr(study_runs.SeedRunner, "start_workers", lambda self, jobs: workers_take_both())
     monkeypatch.setattr(study_runs, "live_experiments", lambda: set())
     failed = study_runs.run_seeds([1, 2], 2, PARAMS)
@@ -410,6 +415,6 @@ def test_a_rerun_starts_the_workers_missing_for_the_queued_seeds(fake):
         study_runs.dvc("exp", "run", "--queue", "-S", f"seed={seed}", "-n", f"study-seed-{seed}")
     state = fake()
     state["workers"] = 1
-    Path(study_runs.DVC.parent / "state.json").write_text(json.dumps(state))
+    save_state(state)
     assert study_runs.run_seeds([1, 2], 2, PARAMS) == {}
     assert "queue start -j 2" in fake()["calls"] and fake()["runs"] == {"study-seed-1": 1, "study-seed-2": 1}
