@@ -71,7 +71,7 @@ def bare_loop(name, loop: Loop, config, subset):
     batches = [(x.contiguous(memory_format=memory_format), y)
                for x, y in zip(subset["images"].split(config.batch_size), subset["labels"].split(config.batch_size))]
     live_taps = lambda: cpu_speedups.prepare_for_cpu_training(model)  # noqa: E731  (as training.train on a CPU)
-    optimizer = {"project": lambda: training.make_optimizer(live_taps(), config.lr, torch.device("cpu")),
+    optimizer = {"project": lambda: training.make_optimizer(live_taps(), config, torch.device("cpu")),
                  "fused": lambda: torch.optim.Adam(model.parameters(), lr=config.lr, fused=True),
                  "default": lambda: torch.optim.Adam(model.parameters(), lr=config.lr)}[loop.adam]()
     loss_fn = torch.nn.CrossEntropyLoss()

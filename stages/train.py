@@ -22,6 +22,11 @@ from fashion_compare.files import check_writable, save_torch, write_csv, write_j
 from fashion_compare.params import load_params, train_config
 
 
+def output_paths(name: str) -> dict:
+    return {"checkpoint": f"models/{name}.pt", "epochs": f"plots/train/{name}_epochs.csv",
+            "steps": f"plots/train/{name}_steps.csv", "metrics": f"metrics/train_{name}.json"}
+
+
 @exit_on_error
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
@@ -39,8 +44,7 @@ def main():
     device = training.select_device(config.device)
     torch.set_num_threads(training.thread_count(params.threads))
     training.keep_freed_memory()
-    outputs = {"checkpoint": f"models/{name}.pt", "epochs": f"plots/train/{name}_epochs.csv",
-               "steps": f"plots/train/{name}_steps.csv", "metrics": f"metrics/train_{name}.json"}
+    outputs = output_paths(name)
     training.seed_everything(config.seed)
     model = models.build_model(name)
     parameter_count = models.parameter_count(model)

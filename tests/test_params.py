@@ -21,6 +21,8 @@ def test_repository_params_are_valid_and_resolve_overrides():
     resnet, cnn = train_config(params, "resnet"), train_config(params, "cnn")
     assert (params.lr, resnet.batch_size, cnn.batch_size) == (0.001, 20, 100)
     assert (resnet.step_size, resnet.gamma, cnn.step_size) == (5, 0.1, None)
+    assert (resnet.schedule, cnn.schedule) == ("step", "constant")  # the reference recipe
+    assert resnet.weight_decay == cnn.weight_decay == 0 and resnet.augment == cnn.augment == "none"
     assert resnet.lr == cnn.lr == params.lr
     assert cnn.epochs == resnet.epochs == params.epochs == 10  # the design notes' experiment
 
@@ -36,6 +38,15 @@ def test_model_section_overrides_top_level(tmp_path, defaults):
     (lambda p: p.update(lr=-0.1), "lr", "greater than 0"),
     (lambda p: p.update(lr=0), "lr", "greater than 0"),
     (lambda p: p.update(epochs=0), "epochs", "greater than 0"),
+    (lambda p: p.update(epochs=31), "epochs", "less than or equal to 30"),
+    (lambda p: p["cnn"].update(augment="mixup"), "cnn.augment", "Input should be"),
+    (lambda p: p["cnn"].update(schedule="step"), "cnn", "schedule 'step' needs a step_size"),
+    (lambda p: p["resnet"].update(weight_decay=-0.1), "resnet.weight_decay", "greater than or equal to 0"),
+    (lambda p: p["tune"].update(trials=0), "tune.trials", "greater than or equal to 1"),
+    (lambda p: p["tune"]["space"].update(lr={"low": 0.01, "high": 0.001}), "tune.space.lr", "inverted range"),
+    (lambda p: p["tune"]["space"].update(lr={"low": 0.01, "high": 0.01}), "tune.space.lr", "empty or inverted"),
+    (lambda p: p["tune"]["space"].update(augment=["flip", "cutout"]), "tune.space.augment.1", "Input should be"),
+    (lambda p: p["tune"]["space"].update(batch_size=[]), "tune.space.batch_size", "at least 1 item"),
     (lambda p: p["resnet"].update(batch_size=0), "resnet.batch_size", "greater than 0"),
     (lambda p: p["cnn"].update(batch_size="many"), "cnn.batch_size", "valid integer"),
     (lambda p: p["data"].update(val_fraction=1.0), "data.val_fraction", "less than 1"),

@@ -11,8 +11,9 @@ from fashion_compare.params import TrainConfig
 
 
 def config(**changes):
-    values = dict(model="cnn", lr=0.001, epochs=2, batch_size=50, step_size=1, gamma=0.5, seed=3, device="cpu",
-                  mixed_precision=False, channels_last=False, eval_batch_size=100)
+    values = dict(model="cnn", lr=0.001, epochs=2, batch_size=50, weight_decay=0.0, schedule="step", step_size=1,
+                  gamma=0.5, augment="none", seed=3, device="cpu", mixed_precision=False, channels_last=False,
+                  eval_batch_size=100)
     values.update(changes)
     return TrainConfig(**values)
 
@@ -118,7 +119,7 @@ sys.path.insert(0, sys.argv[1])
 from fashion_compare import models, training
 training.seed_everything(0)
 model = models.build_model("cnn").train().to(memory_format=torch.channels_last)
-optimizer = training.make_optimizer(list(model.parameters()), 0.001, torch.device("cpu"))
+optimizer = torch.optim.Adam(list(model.parameters()), lr=0.001, fused=True)
 x = torch.rand(100, 1, 28, 28).contiguous(memory_format=torch.channels_last)
 y = torch.randint(0, 10, (100,))
 def step():

@@ -1,15 +1,8 @@
 """Fashion-MNIST: ResNet18 versus a small CNN, class by class.
 
-The package, one module per concern (stages/*.py call them; none imports a stage):
-- params: params.yaml, validated            - data: raw files, checks, split, tensors
-- models: the two networks                  - cpu_speedups: ResNet18's fast CPU training path
-- training: the loop, resume state          - evaluation: test metrics, predictions file
-- uncertainty: paired bootstrap, McNemar    - comparison: the verdict, rows for plots
-- study: a seed study's statistics          - study_runs: a seed study's runs, as DVC experiments
-- plots: matplotlib figures                 - tracking: MLflow connection and run life cycle
-- records: what each stage logs to MLflow   - process: signals, locks, cores
-- files, errors: atomic writes, one-line errors
-The constants below are shared by all of them (and cost no import of torch).
+The package has one module per concern; stages/*.py call them, none imports a stage, and no module imports
+one above it. README.md's "Where things live" is the map of every module (tests/test_readme.py checks that
+it names each one). The constants below are shared by all of them (and cost no import of torch).
 """
 
 CLASS_NAMES = (

@@ -11,12 +11,16 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic import Strict as StrictValue
 
 from .errors import ParamsError
 
 PARAMS_FILE = "params.yaml"
+MAX_EPOCHS = 30
+Schedule = Literal["constant", "step", "cosine"]
+# Augmentation of the training batches only (training.augment_batch): validation and test images never are
+Augment = Literal["none", "flip", "flip_translate", "flip_translate_rotate"]
 
 
 class Strict(BaseModel):
@@ -48,12 +52,23 @@ class DataParams(Strict):
 
 
 class ModelParams(Strict):
+    """One model's training recipe (the reference experiment's by default, see params.yaml)."""
+
     batch_size: Int = Field(gt=0)
     lr: Float | None = Field(None, gt=0, description="overrides the top-level lr")
-    epochs: Int | None = Field(None, gt=0, description="overrides the top-level epochs")
-    step_size: Int | None = Field(None, gt=0, description="StepLR period in epochs; null = constant lr")
-    gamma: Float = Field(0.1, gt=0, le=1)
+    epochs: Int | None = Field(None, gt=0, le=MAX_EPOCHS, description="overrides the top-level epochs")
+    weight_decay: Float = Field(0.0, ge=0, lt=1, description="decoupled weight decay: AdamW when > 0, else Adam")
+    schedule: Schedule = Field("constant", description="learning rate per epoch: constant, StepLR or cosine")
+    step_size: Int | None = Field(None, gt=0, description="StepLR period in epochs (schedule: step only)")
+    gamma: Float = Field(0.1, gt=0, le=1, description="StepLR factor (schedule: step only)")
+    augment: Augment = Field("none", description="augmentation of the training batches")
     channels_last: Bool = Field(False, description="NHWC memory format (faster for the CNN on CPU)")
+
+    @model_validator(mode="after")
+    def _step_needs_a_period(self):
+        if self.schedule == "step" and self.step_size is None:
+            raise ValueError("schedule 'step' needs a step_size")
+        return self
 
 
 class EvaluateParams(Strict):
@@ -70,7 +85,7 @@ class TrackingParams(Strict):
 
 class CompareParams(Strict):
     min_accuracy_gain: Float = Field(0.01, ge=0, le=1, description="accuracy the deep model must add")
-    alpha: Float = Field(0.05, gt=0, lt=1, description="McNemar's p-value must be below this")
+    alpha: Float = Field(0.05, gt=0, lt=1, description="level of the verdict's one-sided bounds against the margin")
     bootstrap_samples: Int = Field(2000, ge=100, description="paired bootstrap resamples of the test set")
     confidence: Float = Field(0.95, gt=0, lt=1, description="level of the confidence intervals")
 
@@ -80,10 +95,53 @@ class StudyParams(Strict):
     jobs: Int = Field(1, ge=1, description="seeds trained at once; the cores are shared among them")
 
 
+class FloatRange(Strict):
+    """A search range of a float knob, drawn uniformly (on a log scale with `log`)."""
+
+    low: Float = Field(gt=0)
+    high: Float = Field(gt=0)
+    log: Bool = False
+
+    @model_validator(mode="after")
+    def _not_empty(self):
+        if not self.low < self.high:
+            raise ValueError(f"empty or inverted range: low {self.low:g} must be below high {self.high:g}")
+        return self
+
+
+class SearchSpace(Strict):
+    """The recipe knobs a tuning draws, the same space for both models (tuning.py)."""
+
+    lr: FloatRange
+    weight_decay: list[Annotated[Float, Field(ge=0, lt=1)]] = Field(min_length=1)
+    batch_size: list[Annotated[Int, Field(gt=0)]] = Field(min_length=1)
+    epochs: list[Annotated[Int, Field(gt=0, le=MAX_EPOCHS)]] = Field(min_length=1)
+    schedule: list[Schedule] = Field(min_length=1)
+    augment: list[Augment] = Field(min_length=1)
+
+
+class TuneParams(Strict):
+    """make tune: a seeded random search of each model's recipe, the same budget for both (tuning.py)."""
+
+    trials: Int = Field(12, ge=1, description="trials per model")
+    seed: Int = Field(0, ge=0, description="seeds the sampler; each trial trains with the top-level seed")
+    subset: Int = Field(9000, ge=0, description="training images per trial, stratified from the training split;"
+                                                " 0 = all of it")
+    storage: str | None = Field(None, min_length=1, description="Optuna storage URL; null = the SQLite file")
+    space: SearchSpace
+
+    @field_validator("subset")
+    @classmethod
+    def _enough_per_class(cls, subset):
+        if 0 < subset < 100:
+            raise ValueError("must be 0 (all) or at least 100 (10 images of each class)")
+        return subset
+
+
 class Params(Strict):
     seed: Int = Field(42, ge=0)
     lr: Float = Field(0.001, gt=0)
-    epochs: Int = Field(10, gt=0)
+    epochs: Int = Field(10, gt=0, le=MAX_EPOCHS)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: Literal["auto"] | int = Field(
         "auto", description="CPU threads per stage; auto: OMP_NUM_THREADS when set, else the cores available")
@@ -95,6 +153,7 @@ class Params(Strict):
     tracking: TrackingParams = TrackingParams()
     compare: CompareParams = CompareParams()
     study: StudyParams = StudyParams()
+    tune: TuneParams | None = None
 
     @field_validator("threads", mode="before")
     @classmethod
@@ -111,8 +170,11 @@ class TrainConfig(Strict):
     lr: float
     epochs: int
     batch_size: int
-    step_size: int | None
+    weight_decay: float
+    schedule: str
+    step_size: int | None  # schedule step only
     gamma: float
+    augment: str
     channels_last: bool
     seed: int
     device: str
@@ -157,8 +219,11 @@ def train_config(params: Params, model: str) -> TrainConfig:
         lr=section.lr if section.lr is not None else params.lr,
         epochs=section.epochs if section.epochs is not None else params.epochs,
         batch_size=section.batch_size,
-        step_size=section.step_size,
+        weight_decay=section.weight_decay,
+        schedule=section.schedule,
+        step_size=section.step_size if section.schedule == "step" else None,
         gamma=section.gamma,
+        augment=section.augment,
         channels_last=section.channels_last,
         seed=params.seed,
         device=params.device,

@@ -80,6 +80,14 @@ def alive(pid: int) -> bool:
         return True
 
 
+def set_parent_death_signal(signum=signal.SIGTERM):
+    """Have Linux send `signum` to this process when the thread that started it exits (prctl
+    PR_SET_PDEATHSIG); nothing elsewhere. Safe in a subprocess's preexec_fn (one system call)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum)
+
+
 def stop_with_parent():
     """When the process that started this stage dies (`kill <pid of dvc>`, a CI runner's cancel), stop as
     on our own SIGTERM. Only under DVC (it sets DVC_STAGE): a stage run by hand with nohup may outlive its
@@ -94,9 +102,7 @@ def stop_with_parent():
     watched = [parent]
     if _command_name(parent) in SHELLS and _parent_of(parent) > 1:
         watched.append(_parent_of(parent))
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    set_parent_death_signal(signal.SIGTERM)
 
     def watch():
         stop = threading.Event()

@@ -1,4 +1,5 @@
-"""One training loop for both models: seeded batches straight from tensors, Adam, optional StepLR.
+"""One training loop for both models: seeded batches straight from tensors, Adam (AdamW with weight decay),
+a constant, step or cosine learning rate, and optional augmentation of the training batches.
 
 Training can be interrupted at any point and resumed: after every epoch the loop saves, atomically,
 everything it needs to go on (model, optimizer, scheduler, every RNG, the records so far, the best
@@ -31,6 +32,10 @@ RESUME_FORMAT = 1
 # Cross-entropy over 10 classes starts near ln(10) = 2.3; a loss this large (or NaN/inf) means the
 # weights have blown up, and every later step only computes garbage.
 DIVERGED_LOSS = 1e4
+# Augmentation (params.Augment): the largest shift, in pixels, and rotation, in degrees, drawn per image.
+MAX_SHIFT_PIXELS = 2
+MAX_ROTATION_DEGREES = 10.0
+AUGMENT_SEED_OFFSET = 1_000_003  # the augmentation's generator: its own stream, apart from the batch order
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -108,10 +113,12 @@ class TrainResult:
     best_epoch: int = 0
     best_val_accuracy: float = 0.0
     train_seconds: float = 0.0
+    train_cpu_seconds: float = 0.0  # CPU time of this process while it trained (all its threads)
     observer_seconds: float = 0.0  # time spent in observers (e.g. MLflow logging)
     resumed_from_epoch: int = 0  # 0: trained from the start
 
-    RESUMED = ("epochs", "steps", "best_state", "best_epoch", "best_val_accuracy", "train_seconds")
+    RESUMED = ("epochs", "steps", "best_state", "best_epoch", "best_val_accuracy", "train_seconds",
+               "train_cpu_seconds")
 
     def add_epoch(self, record: EpochRecord, losses: list, model: nn.Module) -> list:
         """Record an epoch (and the model's state if it is the best so far); returns its step tuples."""
@@ -141,30 +148,32 @@ class TrainingState:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler | None
     batch_generator: torch.Generator
+    augment_generator: torch.Generator | None = None  # None: no augmentation
     result: TrainResult = field(default_factory=TrainResult)
 
     @classmethod
     def start(cls, model: nn.Module, parameters, config: TrainConfig, device: torch.device) -> "TrainingState":
         """A fresh state; the optimizer updates `parameters` (those of `model`, or the part of them
         cpu_speedups.prepare_for_cpu_training hands over)."""
-        optimizer = make_optimizer(parameters, config.lr, device)
-        scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
-                     if config.step_size else None)
-        return cls(model, optimizer, scheduler, torch.Generator().manual_seed(config.seed))
+        optimizer = make_optimizer(parameters, config, device)
+        augment_generator = (torch.Generator().manual_seed(config.seed + AUGMENT_SEED_OFFSET)
+                             if config.augment != "none" else None)
+        return cls(model, optimizer, make_scheduler(optimizer, config), torch.Generator().manual_seed(config.seed),
+                   augment_generator)
 
     def state_dict(self) -> dict:
         saved = {name: getattr(self.result, name) for name in TrainResult.RESUMED}
         saved["epochs"] = [asdict(record) for record in self.result.epochs]
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict() if self.scheduler else None,
-                "rng": _rng_states(self.batch_generator), **saved}
+                "rng": _rng_states(self.batch_generator, self.augment_generator), **saved}
 
     def load_state_dict(self, saved: dict):
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         if self.scheduler:
             self.scheduler.load_state_dict(saved["scheduler"])
-        _restore_rng_states(saved["rng"], self.batch_generator)
+        _restore_rng_states(saved["rng"], self.batch_generator, self.augment_generator)
         for name in TrainResult.RESUMED:
             setattr(self.result, name, saved[name])
         self.result.epochs = [EpochRecord(**record) for record in saved["epochs"]]
@@ -235,16 +244,19 @@ def loss_and_accuracy(model, images, labels, batch_size, device, memory_format=t
     return total_loss.item() / len(labels), correct.item() / len(labels)
 
 
-def _rng_states(generator):
+def _rng_states(generator, augment_generator=None):
     numpy_state = np.random.get_state()
     return {"torch": torch.get_rng_state(), "batches": generator.get_state(), "python": random.getstate(),
             "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "augment": augment_generator.get_state() if augment_generator is not None else None}
 
 
-def _restore_rng_states(states, generator):
+def _restore_rng_states(states, generator, augment_generator=None):
     torch.set_rng_state(states["torch"])
     generator.set_state(states["batches"])
+    if augment_generator is not None:
+        augment_generator.set_state(states["augment"])
     version, internal, gauss_next = states["python"]
     random.setstate((version, tuple(internal), gauss_next))
     name, keys, *rest = states["numpy"]
@@ -253,10 +265,45 @@ def _restore_rng_states(states, generator):
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def make_optimizer(parameters, lr: float, device: torch.device) -> torch.optim.Adam:
-    """Adam over `parameters` (on `device`); its fused kernel (one pass over all of them) where PyTorch
-    has one for the device."""
-    return torch.optim.Adam(parameters, lr=lr, fused=device.type in ("cpu", "cuda"))
+def make_optimizer(parameters, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """Adam over `parameters` (on `device`), or AdamW when the recipe has weight decay; the fused kernel (one
+    pass over all of them) where PyTorch has one for the device."""
+    fused = device.type in ("cpu", "cuda")
+    if config.weight_decay > 0:
+        return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
+    return torch.optim.Adam(parameters, lr=config.lr, fused=fused)
+
+
+def make_scheduler(optimizer, config: TrainConfig):
+    """The learning rate per epoch (stepped after each): StepLR, cosine annealing to 0 over the epochs, or
+    None for a constant rate."""
+    if config.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    return None
+
+
+def augment_batch(images: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
+    """A training batch (N, 1, H, W) augmented per image, as params.Augment names: a horizontal flip with
+    probability 1/2; with translate, a shift of up to MAX_SHIFT_PIXELS whole pixels each way; with rotate, a
+    rotation of up to MAX_ROTATION_DEGREES (bilinear, zeros outside). The draws come from `generator` (on the
+    CPU, so that they repeat on any device); one affine resampling of the batch does the geometry."""
+    count, height, width = len(images), images.shape[-2], images.shape[-1]
+    flip = torch.rand(count, generator=generator) < 0.5
+    if kind == "flip":
+        return torch.where(flip.to(images.device)[:, None, None, None], images.flip(-1), images)
+    shifts = torch.randint(-MAX_SHIFT_PIXELS, MAX_SHIFT_PIXELS + 1, (count, 2), generator=generator)
+    angles = torch.zeros(count)
+    if kind == "flip_translate_rotate":
+        angles = (torch.rand(count, generator=generator) * 2 - 1) * math.radians(MAX_ROTATION_DEGREES)
+    cos, sin, mirror = angles.cos(), angles.sin(), 1.0 - 2.0 * flip.float()
+    # affine_grid maps output to input coordinates in [-1, 1]: one pixel is 2 / size
+    theta = torch.stack([torch.stack([cos * mirror, -sin, -shifts[:, 0] * 2.0 / width], dim=1),
+                         torch.stack([sin * mirror, cos, -shifts[:, 1] * 2.0 / height], dim=1)], dim=1)
+    theta = theta.to(images.device, images.dtype)
+    grid = nn.functional.affine_grid(theta, list(images.shape), align_corners=False)
+    return nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def _check_finite(loss: float, config: TrainConfig, where: str):
@@ -277,7 +324,10 @@ def train_one_epoch(state: TrainingState, images, labels, config: TrainConfig, e
     step_bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=quiet)
     for index in step_bar:
         index = index.to(device, non_blocking=True)
-        x, y = images[index].contiguous(memory_format=memory_format), labels[index]
+        x, y = images[index], labels[index]
+        if state.augment_generator is not None:
+            x = augment_batch(x, config.augment, state.augment_generator)
+        x = x.contiguous(memory_format=memory_format)
         optimizer.zero_grad(set_to_none=True)
         with autocast():
             logits = model(x)
@@ -310,44 +360,60 @@ def train(model: nn.Module, train_set: dict, val_set: dict, config: TrainConfig,
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
     images, labels = train_set["images"].to(device), train_set["labels"].to(device)
-    val_images, val_labels = val_set["images"].to(device), val_set["labels"].to(device)
+    validation = (val_set["images"].to(device), val_set["labels"].to(device))
     parameters = prepare_for_cpu_training(model) if device.type == "cpu" else list(model.parameters())
     training = TrainingState.start(model, parameters, config, device)
     result = training.result
     if state is not None:
-        training.load_state_dict(state)
-        print(f"{config.model}: resuming from epoch {result.resumed_from_epoch + 1} "
-              f"({result.resumed_from_epoch} of {config.epochs} done)")
-        for observer in observers:
-            if hasattr(observer, "on_resume"):
-                observer.on_resume(result.epochs, result.steps)
+        _go_on_from(training, state, config, observers)
 
     started = time.perf_counter() - result.train_seconds
+    cpu_started = time.process_time() - result.train_cpu_seconds
     epoch_bar = tqdm(range(result.resumed_from_epoch + 1, config.epochs + 1), desc=config.model, unit="epoch",
                      disable=quiet, initial=result.resumed_from_epoch, total=config.epochs)
     for epoch in epoch_bar:
-        epoch_started = time.perf_counter()
-        losses, train_accuracy = train_one_epoch(training, images, labels, config, epoch, memory_format, quiet)
-        val_loss, val_accuracy = loss_and_accuracy(model, val_images, val_labels, config.eval_batch_size, device,
-                                                   memory_format)
-        _check_finite(val_loss, config, f"validation loss is {val_loss} after epoch {epoch}")
-        lr = training.optimizer.param_groups[0]["lr"]
-        if training.scheduler:
-            training.scheduler.step()
-        record = EpochRecord(epoch=epoch, train_loss=sum(losses) / len(losses), train_accuracy=train_accuracy,
-                             val_loss=val_loss, val_accuracy=val_accuracy, lr=lr,
-                             seconds=time.perf_counter() - epoch_started)
-        steps = result.add_epoch(record, losses, model)
+        record, steps = _train_and_validate(training, images, labels, validation, config, epoch, memory_format,
+                                            quiet)
         result.train_seconds = time.perf_counter() - started
+        result.train_cpu_seconds = time.process_time() - cpu_started
         if resume is not None:
             resume.save(training.state_dict())
         observer_started = time.perf_counter()
         for observer in observers:
             observer.on_epoch(record, steps)
         result.observer_seconds += time.perf_counter() - observer_started
-        epoch_bar.set_postfix(loss=f"{record.train_loss:.4f}", val_acc=f"{val_accuracy:.4f}")
+        epoch_bar.set_postfix(loss=f"{record.train_loss:.4f}", val_acc=f"{record.val_accuracy:.4f}")
     result.train_seconds = time.perf_counter() - started
+    result.train_cpu_seconds = time.process_time() - cpu_started
     return result
+
+
+def _go_on_from(training: TrainingState, state: dict, config: TrainConfig, observers):
+    """Restore a saved state and tell the observers what earlier attempts trained."""
+    training.load_state_dict(state)
+    result = training.result
+    print(f"{config.model}: resuming from epoch {result.resumed_from_epoch + 1} "
+          f"({result.resumed_from_epoch} of {config.epochs} done)")
+    for observer in observers:
+        if hasattr(observer, "on_resume"):
+            observer.on_resume(result.epochs, result.steps)
+
+
+def _train_and_validate(training: TrainingState, images, labels, validation, config: TrainConfig, epoch: int,
+                        memory_format, quiet):
+    """One epoch: train, validate, step the schedule, record it. Returns its EpochRecord and step tuples."""
+    epoch_started = time.perf_counter()
+    losses, train_accuracy = train_one_epoch(training, images, labels, config, epoch, memory_format, quiet)
+    val_loss, val_accuracy = loss_and_accuracy(training.model, *validation, config.eval_batch_size,
+                                               images.device, memory_format)
+    _check_finite(val_loss, config, f"validation loss is {val_loss} after epoch {epoch}")
+    lr = training.optimizer.param_groups[0]["lr"]
+    if training.scheduler:
+        training.scheduler.step()
+    record = EpochRecord(epoch=epoch, train_loss=sum(losses) / len(losses), train_accuracy=train_accuracy,
+                         val_loss=val_loss, val_accuracy=val_accuracy, lr=lr,
+                         seconds=time.perf_counter() - epoch_started)
+    return record, training.result.add_epoch(record, losses, training.model)
 
 
 def summary(result: TrainResult, config: TrainConfig, parameter_count: int, device: torch.device) -> dict:
@@ -355,7 +421,8 @@ def summary(result: TrainResult, config: TrainConfig, parameter_count: int, devi
     return {"model": config.model, "parameter_count": parameter_count, "epochs": config.epochs,
             "best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
             "final_val_accuracy": result.epochs[-1].val_accuracy, "final_train_loss": result.epochs[-1].train_loss,
-            "train_seconds": result.train_seconds, "resumed_from_epoch": result.resumed_from_epoch,
+            "train_seconds": result.train_seconds, "train_cpu_seconds": result.train_cpu_seconds,
+            "resumed_from_epoch": result.resumed_from_epoch,
             "threads": torch.get_num_threads(), "device": str(device)}
 
 

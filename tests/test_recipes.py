@@ -1,0 +1,147 @@
+"""The recipe knobs (weight decay, schedule, augmentation), and the reference recipe left as it was."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fashion_compare import models, training
+from fashion_compare.params import TrainConfig
+
+REPO = Path(__file__).resolve().parent.parent
+# The last commit before the recipe knobs: its training of the reference recipe is the one to keep.
+BEFORE_RECIPES = "b7144d1"
+
+
+def config(**changes):
+    values = dict(model="cnn", lr=0.001, epochs=4, batch_size=50, weight_decay=0.0, schedule="constant",
+                  step_size=None, gamma=0.1, augment="none", seed=3, device="cpu", mixed_precision=False,
+                  channels_last=False, eval_batch_size=100)
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def test_optimizer_and_schedule_follow_the_recipe():
+    parameters = [torch.nn.Parameter(torch.zeros(3))]
+    cpu = torch.device("cpu")
+    assert type(training.make_optimizer(parameters, config(), cpu)) is torch.optim.Adam
+    adamw = training.make_optimizer(parameters, config(weight_decay=0.01), cpu)
+    assert type(adamw) is torch.optim.AdamW and adamw.param_groups[0]["weight_decay"] == 0.01
+    assert training.make_scheduler(adamw, config()) is None
+    rates = []
+    for schedule, extra in (("step", {"step_size": 2}), ("cosine", {})):
+        optimizer = training.make_optimizer([torch.nn.Parameter(torch.zeros(3))], config(), cpu)
+        scheduler = training.make_scheduler(optimizer, config(schedule=schedule, **extra))
+        lrs = []
+        for _ in range(4):
+            lrs.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        rates.append(lrs)
+    assert rates[0] == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4])
+    assert rates[1][0] == pytest.approx(1e-3) and rates[1] == sorted(rates[1], reverse=True)
+    assert rates[1][2] == pytest.approx(5e-4)  # half way through the cosine
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0, abs=1e-12)  # ends at 0
+
+
+def test_augmentation_flips_and_shifts_whole_pixels_and_repeats_with_its_seed():
+    images = torch.rand(64, 1, 28, 28)
+    flipped = training.augment_batch(images, "flip", torch.Generator().manual_seed(0))
+    same = [torch.equal(a, b) for a, b in zip(flipped, images)]
+    mirrored = [torch.equal(a, b.flip(-1)) for a, b in zip(flipped, images)]
+    assert all(s or m for s, m in zip(same, mirrored)) and 16 < sum(mirrored) < 48
+    shifted = training.augment_batch(images, "flip_translate", torch.Generator().manual_seed(1))
+    for augmented, image in zip(shifted, images):  # a whole-pixel shift (and maybe a flip): the same values
+        candidates = [torch.roll(version, (dy, dx), (-2, -1)) for version in (image, image.flip(-1))
+                      for dy in range(-2, 3) for dx in range(-2, 3)]
+        inner = (slice(None), slice(2, -2), slice(2, -2))
+        assert any(torch.allclose(augmented[inner], c[inner], atol=1e-5) for c in candidates)
+    again = training.augment_batch(images, "flip_translate_rotate", torch.Generator().manual_seed(2))
+    assert torch.equal(again, training.augment_batch(images, "flip_translate_rotate",
+                                                     torch.Generator().manual_seed(2)))
+    assert again.shape == images.shape and not torch.equal(again, shifted)
+    assert 0 <= again.min() and again.max() <= 1 + 1e-6
+
+
+def test_augmented_training_repeats_and_resumes_bit_for_bit(real_raw, tmp_path):
+    from fashion_compare import data
+
+    splits = data.prepare(*real_raw, 0.25, 400, seed=0)
+    cfg = config(epochs=2, augment="flip_translate_rotate", weight_decay=0.01, schedule="cosine")
+
+    class StopAfterFirstEpoch:
+        def on_epoch(self, record, steps):
+            raise KeyboardInterrupt
+
+    def weights(resume=None, state=None, observers=()):
+        training.seed_everything(cfg.seed)
+        model = models.build_model("cnn")
+        result = training.train(model, splits["train"], splits["val"], cfg, torch.device("cpu"), quiet=True,
+                                resume=resume, state=state, observers=observers)
+        return {k: v.clone() for k, v in model.state_dict().items()}, result
+
+    whole, _ = weights()
+    resume = training.ResumeFile(tmp_path / "state.pt", "fp")
+    with pytest.raises(KeyboardInterrupt):  # cut short after one epoch, then go on from it
+        weights(resume=resume, observers=[StopAfterFirstEpoch()])
+    resumed, result = weights(state=resume.load())
+    assert result.resumed_from_epoch == 1
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    plain = config(epochs=2, weight_decay=0.01, schedule="cosine")
+    training.seed_everything(plain.seed)
+    model = models.build_model("cnn")
+    training.train(model, splits["train"], splits["val"], plain, torch.device("cpu"), quiet=True)
+    assert not torch.equal(model.state_dict()["features.0.weight"], whole["features.0.weight"])  # augmented
+
+
+REFERENCE_SCRIPT = r"""
+import hashlib, json, sys
+sys.path.insert(0, sys.argv[1])
+import torch
+from fashion_compare import data, models, training
+from fashion_compare.params import load_params, train_config
+raw = data.load_raw("/nonexistent", fetch=None)
+splits = data.prepare(raw[0], raw[1], 0.25, 400, seed=0)
+params = load_params(sys.argv[2])
+digests = {}
+for name in ("resnet", "cnn"):
+    config = train_config(params, name).model_copy(update={"epochs": 2, "device": "cpu"})
+    if name == "resnet":
+        config = config.model_copy(update={"step_size": 1})
+    training.seed_everything(config.seed)
+    model = models.build_model(name)
+    result = training.train(model, splits["train"], splits["val"], config, torch.device("cpu"), quiet=True)
+    model.load_state_dict(result.best_state)
+    with torch.inference_mode():
+        predictions = model.eval()(splits["test"]["images"][:500]).argmax(1)
+    digests[name] = hashlib.sha256(predictions.numpy().tobytes()
+                                   + b"".join(v.numpy().tobytes() for v in result.best_state.values())).hexdigest()
+print(json.dumps(digests))
+"""
+
+
+def reference_digests(src: Path, params: Path) -> dict:
+    result = subprocess.run([sys.executable, "-c", REFERENCE_SCRIPT, str(src), str(params)], capture_output=True,
+                            text=True, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+@pytest.mark.e2e
+def test_reference_recipe_trains_as_before_the_recipe_knobs(real_raw, tmp_path):
+    """The default recipe (Adam, StepLR for ResNet18, no augmentation) gives the same weights and predictions,
+    bit for bit, as the code of the commit before the knobs, on this machine: ResNet18 with its StepLR firing,
+    and the CNN."""
+    if subprocess.run(["git", "cat-file", "-e", f"{BEFORE_RECIPES}^{{commit}}"], cwd=REPO).returncode != 0:
+        pytest.skip(f"this clone lacks commit {BEFORE_RECIPES} (a shallow clone)")
+    old = tmp_path / "before"
+    archive = subprocess.run(["git", "archive", BEFORE_RECIPES, "src", "params.yaml"], cwd=REPO, capture_output=True,
+                             check=True).stdout
+    old.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+    before = reference_digests(old / "src", old / "params.yaml")
+    now = reference_digests(REPO / "src", REPO / "params.yaml")
+    assert now == before
