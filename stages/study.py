@@ -2,11 +2,12 @@
 
     python stages/study.py run [--seeds 42 43] [--jobs 2] [--cluster tcp://host:8786]   the missing seeds
     python stages/study.py aggregate [--seeds ...]          metrics/study.json, plots/study/, an MLflow run
-    python stages/study.py all                              both (what `make study` runs)
+    python stages/study.py all [--recipe tuned]             both (what `make study [RECIPE=tuned]` runs)
 
-Not a DVC stage: it drives DVC, or a Dask cluster (study_runs.py, cluster.py say how). Each finished seed is
-written to metrics/study/seeds/<seed>/ (kept in git), so `run` again, here or elsewhere, runs only the missing
-seeds. One driver per workspace at a time; exits 1 when a seed failed, after aggregating what finished.
+Not a DVC stage: its seeds are Dask tasks, each a DVC experiment, on this machine or a cluster (engine.py).
+Each finished seed is written to metrics/study/seeds/<seed>/ (the tuned recipe's: metrics/study_tuned/seeds/),
+kept in git, so `run` again, here or elsewhere, runs only the missing seeds. One driver per workspace at a
+time; exits 1 when a seed failed, after aggregating what finished.
 """
 
 import argparse
@@ -19,9 +20,10 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from fashion_compare import process, study, study_runs, tracking  # noqa: E402
-from fashion_compare.cluster import scheduler_address  # noqa: E402
+from fashion_compare.engine import scheduler_address  # noqa: E402
 from fashion_compare.errors import PipelineError, exit_on_error  # noqa: E402
 from fashion_compare.params import load_params  # noqa: E402
+from fashion_compare.seed_folders import load_recipe, results_exist  # noqa: E402
 
 LOCK = Path(".dvc/tmp/study.lock")
 
@@ -32,7 +34,8 @@ def main():
     parser.add_argument("command", choices=["run", "aggregate", "all"])
     parser.add_argument("--seeds", type=int, nargs="+", help="default: study.seeds in params.yaml")
     parser.add_argument("--jobs", type=int, help="seeds at once (default: study.jobs)")
-    parser.add_argument("--cluster", help="a Dask scheduler (default: DASK_SCHEDULER_ADDRESS; none: DVC's queue)")
+    parser.add_argument("--cluster", help="a Dask scheduler (default: DASK_SCHEDULER_ADDRESS; none: this machine)")
+    parser.add_argument("--recipe", default="reference", help="reference (params.yaml) or tuned (make tune's)")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
     process.raise_on_sigterm()
@@ -41,17 +44,18 @@ def main():
     raw_params = yaml.safe_load(Path(args.params).read_text())
     seeds, jobs = args.seeds or params.study.seeds, args.jobs if args.jobs is not None else params.study.jobs
     study_runs.check_arguments(seeds, jobs)
+    recipe, address = load_recipe(args.recipe), scheduler_address(args.cluster)
     failed = {}
     with process.exclusive(LOCK, "a seed study"):
         if args.command in ("run", "all"):
-            failed = study_runs.run_seeds(seeds, jobs, raw_params, scheduler_address(args.cluster))
+            failed = study_runs.run_seeds(recipe, seeds, jobs, raw_params, address)
         all_seeds = params.study.seeds if args.command == "all" else seeds
-        missing = [seed for seed in all_seeds if not study_runs.results_exist(seed)]
+        missing = [seed for seed in all_seeds if not results_exist(recipe.seed_dir(seed))]
         if args.command == "all" and missing:
             print(f"study.seeds not all run yet (missing: {', '.join(map(str, missing))}): the aggregate waits "
                   "for them; run them here or on another machine, then `make study` again")
         elif args.command in ("aggregate", "all"):
-            result = study_runs.aggregate(all_seeds, params, tracking.connect(params.tracking))
+            result = study_runs.aggregate(recipe, all_seeds, params, tracking.connect(params.tracking))
             step = study.next_step(result, params.study.seeds)
             if step:
                 print(f"next: {step}")

@@ -1,7 +1,7 @@
 """The study's seeds as tasks on a Dask cluster, with real processes on 127.0.0.1: a scheduler, two one-thread
 workers (each its own local directory), a bare git remote, a local-directory DVC remote and an MLflow server.
 One worker is killed while it trains; the study still completes on the other, and its per-seed predictions
-are byte for byte those of the local path (same CPU kind, one thread)."""
+are byte for byte those of the local path (same CPU kind, one thread). Each seed trains to the end once."""
 
 import json
 import os
@@ -85,7 +85,7 @@ def test_a_study_on_a_dask_cluster_survives_a_dead_worker_and_matches_the_local_
         assert study.poll() is None and time.time() < deadline, "".join(lines)
         for worker_address, process in workers.items():
             folder = tmp_path / f"worker-{'ab'[list(workers).index(worker_address)]}"
-            if any(folder.glob("**/seed-*/.resume/*.lock")):
+            if any(folder.glob("**/*seed-*/.resume/*.lock")):
                 os.killpg(process.pid, signal.SIGKILL)
                 killed = worker_address
                 break
@@ -93,18 +93,18 @@ def test_a_study_on_a_dask_cluster_survives_a_dead_worker_and_matches_the_local_
     assert study.wait(timeout=600) == 0, "".join(lines)
     reader.join(timeout=10)
     output = "".join(lines)
-    assert f"running on {killed}" in output and "finished on" in output, output
+    assert "finished on" in output and f"finished on {killed}" not in output, output
     result = json.loads((driver / "metrics/study.json").read_text())
     assert result["seeds"] == [1, 2, 3] and result["failed_seeds"] == {}
     survivor = next(address for address in workers if address != killed)
     for seed in SEEDS:  # the killed worker finished none: every seed came back from the survivor
         assert json.loads((driver / f"metrics/study/seeds/{seed}/run.json").read_text())["worker"] == survivor
     experiment = MlflowClient(team_server).get_experiment_by_name("cluster-study")
-    trained = {run_.data.params["seed"] for run_ in MlflowClient(team_server).search_runs(
-        [experiment.experiment_id], "tags.`dvc.stage` = 'train_resnet' and attributes.status = 'FINISHED'")}
-    assert trained == set(SEEDS)
+    trained = [run_.data.params["seed"] for run_ in MlflowClient(team_server).search_runs(
+        [experiment.experiment_id], "tags.`dvc.stage` = 'train_resnet' and attributes.status = 'FINISHED'")]
+    assert sorted(trained) == sorted(SEEDS)  # each seed trained to the end once: none again after it was written
 
-    local = tmp_path / "local"  # the same seeds on this machine through DVC, without the cluster's run cache
+    local = tmp_path / "local"  # the same seeds on this machine's own Dask cluster, without the cluster's run cache
     run(["git", "clone", "-q", str(origin), str(local)], tmp_path)
     run([sys.executable, "stages/study.py", "all"], local, env=tool_env(OMP_NUM_THREADS="1",
                                                                         MLFLOW_TRACKING_URI=team_server))

@@ -107,7 +107,7 @@ def test_sigkill_mid_epoch_then_rerun_gives_the_same_weights(tmp_path, repo):
                                                         (signal.SIGINT, "SIGINT", 130)])
 def test_interrupt_ends_in_one_line_keeps_the_epochs_and_marks_the_run_killed(tmp_path, repo, signal_number,
                                                                                name, status):
-    folder = scratch(tmp_path, repo, cnn__epochs=200)
+    folder = scratch(tmp_path, repo, cnn__epochs=30, cnn__batch_size=2)  # minutes: stopped long before
     process = start(folder, "stages/train.py", "cnn")
     wait_for(folder / ".resume" / "cnn.pt", process)
     if signal_number == signal.SIGTERM:  # while it trains, a second training of the same model is refused
@@ -159,7 +159,7 @@ def test_killing_dvc_alone_stops_the_training_and_the_rerun_resumes_it(tmp_path,
 
 
 def test_a_changed_config_starts_over_and_marks_the_orphan_killed(tmp_path, repo):
-    folder = scratch(tmp_path, repo, cnn__epochs=200)
+    folder = scratch(tmp_path, repo, cnn__epochs=30, cnn__batch_size=2)  # minutes: stopped long before
     process = start(folder, "stages/train.py", "cnn")
     wait_for(folder / ".resume" / "cnn.pt", process)
     process.kill()

@@ -1,267 +1,144 @@
-"""The study's runner against a fake `dvc` (a script that keeps its experiments and queue in a JSON file):
-queueing, failures and their reasons, a driver that died while DVC still held its seeds, and Ctrl-C while
-queueing; then the seed folders' validation before an aggregate. Seconds, no training."""
+"""The study's driver against a fake engine (each task's outcome made up at once): missing seeds run once,
+failures keep their reason and log, what a worker raised, other code, Ctrl-C; then the seed folders'
+validation before an aggregate, and the command's one-line errors. Seconds, no training, no Dask."""
 
+import contextlib
 import json
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
-from fashion_compare import study, study_runs
+from fashion_compare import engine, seed_folders, study, study_runs
 from fashion_compare.errors import PipelineError
-
-FAKE_DVC = textwrap.dedent("""\
-    #!{python}
-    # A fake dvc: experiments and the queue in state.json; a seed in FAIL fails in its prepare stage.
-    import json, os, sys
-    path = os.path.join(os.path.dirname(__file__), "state.json")
-    state = json.load(open(path)) if os.path.exists(path) else {{"queue": {{}}, "finished": {{}}, "runs": {{}},
-                                                                  "calls": [], "workers": 0}}
-    args = sys.argv[1:]
-    state["calls"].append(" ".join(args))
-    fail = os.environ.get("FAKE_DVC_FAIL", "").split()
-    output = "Running stage 'prepare':\\nerror: data/raw/train-images-idx3-ubyte.gz: not found; run make data\\n" \\
-             "ERROR: failed to reproduce 'prepare': failed to run: python stages/prepare.py, exited with 1"
-    def seed_of(args):
-        return args[args.index("-S") + 1].split("=")[1]
-    def finish(name, seed):
-        state["runs"][name] = state["runs"].get(name, 0) + 1
-        if seed in fail:
-            return False
-        state["finished"][name] = seed
-        return True
-    code = 0
-    if args[:2] == ["exp", "remove"]:
-        for name in args[2:]:
-            state["finished"].pop(name, None)
-            state["queue"].pop(name, None)
-    elif args[:2] == ["exp", "run"] and "--temp" in args:
-        if not finish(args[args.index("-n") + 1], seed_of(args)):
-            print(output)
-            code = 1
-    elif args[:2] == ["exp", "run"] and "--queue" in args:
-        state["queue"][args[args.index("-n") + 1]] = ["Queued", seed_of(args)]
-    elif args[:2] == ["queue", "start"]:  # the workers run every queued experiment at once
-        for name, (status, seed) in state["queue"].items():
-            if status == "Queued":
-                state["queue"][name] = ["Success" if finish(name, seed) else "Failed", seed]
-    elif args[:2] == ["queue", "status"]:
-        for name, (status, seed) in state["queue"].items():
-            print(f"abc1234  {{name}}  03:54 PM   {{status}}")
-        print(f"\\nWorker status: {{state['workers']}} active, 0 idle")
-    elif args[:2] == ["queue", "logs"]:
-        print(output)
-    elif args[:2] == ["queue", "remove"] or args[:2] == ["queue", "kill"]:
-        for name in args[2:]:
-            state["queue"].pop(name, None)
-    json.dump(state, open(path, "w"))
-    sys.exit(code)
-    """)
+from fashion_compare.seed_folders import REFERENCE
 
 PARAMS = {"seed": 42, "lr": 0.001, "epochs": 1, "study": {"seeds": [1, 2, 3], "jobs": 1}}
+STAGE_FAILURE = ("Running stage 'prepare':\nerror: data/raw/train-images-idx3-ubyte.gz: not found; run make data\n"
+                 "ERROR: failed to reproduce 'prepare': failed to run: python stages/prepare.py, exited with 1")
+
+
+def seed_files(seed, labels=(0, 1, 2, 3), resnet=(0, 1, 2, 3), cnn=(0, 1, 2, 0)) -> dict:
+    """A seed folder's files as a task returns them (predictions, params, run.json with the checksum, headline)."""
+    rows = "".join(f"{i},{label},{r},{c}\r\n" for i, (label, r, c) in enumerate(zip(labels, resnet, cnn)))
+    predictions = "image,label,resnet,cnn\r\n" + rows
+    import hashlib
+
+    return {"predictions.csv": predictions, "params.yaml": json.dumps({**PARAMS, "seed": seed}),
+            "headline.json": json.dumps({"resnet": {"test_accuracy": 1.0}, "cnn": {"test_accuracy": 0.75},
+                                         "accuracy_gain": 0.25}),
+            "run.json": json.dumps({"seed": seed, "code": "fake-code", "train_seconds": {"resnet": 1, "cnn": 1},
+                                    "mlflow_run_ids": {},
+                                    "predictions_sha256": hashlib.sha256(predictions.encode()).hexdigest()})}
+
+
+def write_seed(seed, **predictions):
+    """A seed folder as the driver writes it."""
+    folder = REFERENCE.seed_dir(seed)
+    seed_folders.write_seed_folder(folder, seed_files(seed, **predictions))
+    return folder
+
+
+class FakeEngine:
+    """engine.open_cluster and engine.run_tasks made up: each task ends at once, as `outcomes` says (a seed in
+    `fail` fails in its prepare stage, one in `raises` raises on its worker, one in `other_code` ran other
+    code); `interrupt_after` seeds, Ctrl-C."""
+
+    def __init__(self):
+        self.ran, self.fail, self.raises, self.other_code, self.interrupt_after = [], set(), set(), set(), None
+        self.clusters = []
+
+    @contextlib.contextmanager
+    def open_cluster(self, address, jobs):
+        self.clusters.append((address, jobs))
+        yield "client"
+
+    def run_tasks(self, client, function, tasks, on_done, key):
+        for task in tasks:
+            if self.interrupt_after is not None and len(self.ran) == self.interrupt_after:
+                raise KeyboardInterrupt
+            self.ran.append(task.seed)
+            if task.seed in self.raises:
+                on_done(task, RuntimeError(f"seed {task.seed}: git clone failed: fatal: no such repository"))
+            elif task.seed in self.fail:
+                on_done(task, engine.SeedOutcome(task.seed, "worker-1", error=STAGE_FAILURE.splitlines()[1],
+                                                 log=STAGE_FAILURE))
+            else:
+                code = "older-code" if task.seed in self.other_code else "fake-code"
+                on_done(task, engine.SeedOutcome(task.seed, "worker-1", code, seed_files(task.seed)))
 
 
 @pytest.fixture
 def fake(tmp_path, monkeypatch):
-    """A workspace (a git repository) whose dvc is the fake; collecting a seed writes a small result folder."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    dvc = bin_dir / "dvc"
-    dvc.write_text(FAKE_DVC.format(python=sys.executable))
-    dvc.chmod(0o755)
+    """A workspace (a git repository with a commit) whose engine is the fake."""
     workspace = tmp_path / "repo"
     workspace.mkdir()
     subprocess.run(["git", "init", "-q"], cwd=workspace, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x"],
+                   cwd=workspace, check=True)
     monkeypatch.chdir(workspace)
-    monkeypatch.setattr(study_runs, "DVC", dvc)
-    monkeypatch.setattr(study_runs, "POLL_SECONDS", 0)
-    monkeypatch.setattr(study_runs, "code_fingerprint", lambda rev=None, root=None: "fake-code")
-    state = lambda: json.loads((bin_dir / "state.json").read_text())  # noqa: E731
-    monkeypatch.setattr(study_runs, "finished_experiments", lambda names: {
-        name: [f"refs/exps/ab/cdef/{name}"] for name in state()["finished"] if name in names})
-    monkeypatch.setattr(study_runs.SeedRunner, "matching_ref", lambda self, refs: refs[0] if refs else None)
-    monkeypatch.setattr(study_runs, "collect", lambda seed, ref, fingerprint: write_seed(seed, fingerprint))
-    return state
+    fake_engine = FakeEngine()
+    monkeypatch.setattr(engine, "open_cluster", fake_engine.open_cluster)
+    monkeypatch.setattr(engine, "run_tasks", fake_engine.run_tasks)
+    monkeypatch.setattr(engine, "local_task_settings", lambda jobs: {"origin": ".", "workspace": str(workspace),
+                                                                      "mlflow_uri": None, "threads": 1})
+    monkeypatch.setattr(study_runs, "code_fingerprint", lambda: "fake-code")
+    return fake_engine
 
 
-def save_state(state: dict):
-    """What the fake dvc holds from now on (as if its workers had changed it)."""
-    (study_runs.DVC.parent / "state.json").write_text(json.dumps(state))
+def test_each_missing_seed_runs_once_and_a_rerun_runs_none(fake, capsys):
+    write_seed(2)
+    assert study_runs.run_seeds(REFERENCE, [1, 2, 3], 2, PARAMS) == {}
+    assert fake.ran == [1, 3] and fake.clusters == [(None, 2)]
+    out = capsys.readouterr().out
+    assert "seed 2: done already" in out and "seed 1: finished on worker-1" in out and "gain +25.00 points" in out
+    assert study_runs.run_seeds(REFERENCE, [1, 2, 3], 2, PARAMS) == {} and fake.ran == [1, 3]
+    assert len(fake.clusters) == 1  # nothing to run: no cluster started
 
 
-def write_seed(seed, fingerprint="fake-code", labels=(0, 1, 2, 3), resnet=(0, 1, 2, 3), cnn=(0, 1, 2, 0)):
-    """A seed folder as collect writes it (predictions, params, run.json with the checksum, headline)."""
-    folder = study_runs.seed_dir(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = "".join(f"{i},{label},{r},{c}\r\n" for i, (label, r, c) in enumerate(zip(labels, resnet, cnn)))
-    (folder / "predictions.csv").write_text("image,label,resnet,cnn\r\n" + rows)
-    (folder / "params.yaml").write_text(json.dumps({**PARAMS, "seed": seed}))
-    (folder / "headline.json").write_text(json.dumps({"resnet": {"test_accuracy": 1.0},
-                                                      "cnn": {"test_accuracy": 0.75}, "accuracy_gain": 0.25}))
-    (folder / "run.json").write_text(json.dumps({
-        "seed": seed, "code": fingerprint, "train_seconds": {"resnet": 1, "cnn": 1},
-        "mlflow_run_ids": {}, "predictions_sha256": study_runs.sha256(folder / "predictions.csv")}))
-    (folder / "failed.json").unlink(missing_ok=True)
-    return folder
+def test_a_failed_seed_keeps_the_stages_error_line_and_its_whole_log(fake):
+    fake.fail = {2}
+    failed = study_runs.run_seeds(REFERENCE, [1, 2], 1, PARAMS)
+    assert failed[2].startswith("error: data/raw/train-images-idx3-ubyte.gz: not found; run make data (whole output:")
+    record = json.loads((REFERENCE.seed_dir(2) / "failed.json").read_text())
+    assert record["error"] == failed[2] and "exited with 1" in Path(record["log"]).read_text()
+    assert (REFERENCE.seed_dir(1) / "predictions.csv").is_file()
+    fake.fail = set()
+    assert study_runs.run_seeds(REFERENCE, [1, 2], 1, PARAMS) == {} and fake.ran == [1, 2, 2]
+    assert not (REFERENCE.seed_dir(2) / "failed.json").exists()
 
 
-def test_one_at_a_time_runs_each_missing_seed_once_and_resumes_with_the_rest(fake, capsys):
-    write_seed(1)  # done already
-    assert study_runs.run_seeds([1, 2, 3], 1, PARAMS) == {}
-    assert fake()["runs"] == {"study-seed-2": 1, "study-seed-3": 1}
-    assert "seed 1: done already" in capsys.readouterr().out
-    assert study_runs.run_seeds([1, 2, 3], 1, PARAMS) == {}  # a rerun trains nothing
-    assert fake()["runs"] == {"study-seed-2": 1, "study-seed-3": 1}
+def test_what_a_worker_raised_and_results_of_other_code_are_failures_in_one_line(fake):
+    fake.raises, fake.other_code = {1}, {2}
+    failed = study_runs.run_seeds(REFERENCE, [1, 2], 1, PARAMS)
+    assert failed[1].startswith("error: seed 1: seed 1: git clone failed: fatal: no such repository")
+    assert failed[2].startswith("error: seed 2 ran code older-code on worker-1, not this study's fake-code")
+    assert not (REFERENCE.seed_dir(2) / "predictions.csv").exists()
 
 
-def test_a_failed_seed_keeps_the_stages_error_line_and_its_whole_log(fake, monkeypatch):
-    monkeypatch.setenv("FAKE_DVC_FAIL", "2")
-    failed = study_runs.run_seeds([1, 2], 1, PARAMS)
-    why = failed[2]
-    assert why.startswith("error: data/raw/train-images-idx3-ubyte.gz: not found; run make data")
-    assert "logs/study/seed-2.log" in why
-    assert "failed to reproduce 'prepare'" in Path("logs/study/seed-2.log").read_text()
-    recorded = json.loads(Path("metrics/study/seeds/2/failed.json").read_text())
-    assert recorded["error"] == why and recorded["log"] == "logs/study/seed-2.log"
-    monkeypatch.delenv("FAKE_DVC_FAIL")
-    assert study_runs.run_seeds([1, 2], 1, PARAMS) == {}  # retried: failed.json cleared by the success
-    assert not Path("metrics/study/seeds/2/failed.json").exists() and Path("metrics/study/seeds/2/run.json").exists()
-
-
-def test_queued_seeds_are_followed_to_the_end_and_failures_read_from_the_queue_log(fake, monkeypatch):
-    monkeypatch.setenv("FAKE_DVC_FAIL", "3")
-    failed = study_runs.run_seeds([1, 2, 3, 4], 2, PARAMS)
-    assert list(failed) == [3] and failed[3].startswith("error: data/raw/")
-    calls = fake()["calls"]
-    assert sum(call.startswith("exp run --queue") for call in calls) == 4 and "queue start -j 2" in calls
-    assert "queue stop" in calls and all(study_runs.seed_dir(seed).joinpath("run.json").exists() for seed in (1, 2, 4))
-
-
-def test_a_rerun_adopts_what_dvc_holds_after_the_driver_died(fake, monkeypatch):
-    """The driver was killed while DVC's workers trained: seed 1 finished in DVC but was never collected, seed 2
-    is still running with its worker alive, seed 3 failed. The rerun collects 1, queues 3 beside 2 (jobs 2) and
-    follows both, never training 2 itself."""
-    study_runs.dvc("exp", "run", "--temp", "-S", "seed=1", "-n", "study-seed-1")  # finished, not collected
-    study_runs.dvc("exp", "run", "--queue", "-S", "seed=2", "-n", "study-seed-2")
-    monkeypatch.setenv("FAKE_DVC_FAIL", "3")
-    study_runs.dvc("exp", "run", "--queue", "-S", "seed=3", "-n", "study-seed-3")
-    state = fake()
-    state["queue"]["study-seed-2"] = ["Running", "2"]
-    state["queue"]["study-seed-3"] = ["Failed", "3"]
-    state["workers"] = 2
-    save_state(state)
-    Path(".dvc/tmp/exps/standalone/tmpabc").mkdir(parents=True)  # an interrupted --temp run's workspace
-    monkeypatch.delenv("FAKE_DVC_FAIL")
-    monkeypatch.setattr(study_runs, "live_experiments", lambda: {"study-seed-2"})  # its process is alive
-
-    def worker_finishes_seed_2(*args, **kwargs):  # the live worker: seed 2 succeeds while we wait
-        state = fake()
-        state["queue"]["study-seed-2"] = ["Success", "2"]
-        state["finished"]["study-seed-2"] = "2"
-        save_state(state)
-    monkeypatch.setattr(study_runs.time, "sleep", worker_finishes_seed_2)
-
-    assert study_runs.run_seeds([1, 2, 3], 2, PARAMS) == {}
-    runs, calls = fake()["runs"], fake()["calls"]
-    assert runs == {"study-seed-1": 1, "study-seed-3": 1}  # seed 1 not retrained, seed 2 never by us, 3 rerun
-    assert "exp remove study-seed-3" in calls and not any("remove study-seed-1" in c or "remove study-seed-2" in c
-                                                          for c in calls)
-    assert calls.count("exp run --queue -S seed=3 -n study-seed-3") == 2  # queued again, to run beside seed 2
-    assert not any(call.startswith("queue kill") or "--temp -S seed=3" in call for call in calls)
-    assert all(study_runs.seed_dir(seed).joinpath("run.json").exists() for seed in (1, 2, 3))
-    assert not Path(".dvc/tmp/exps/standalone").exists()
-
-
-def test_a_seed_dvc_shows_running_with_no_process_left_is_run_again(fake, monkeypatch, capsys):
-    """The session that ran DVC's workers ended while seed 2 trained: DVC shows it Running for good
-    (treeverse/dvc#8702). Seed 3's worker is alive. The rerun kills seed 2 the DVC way and trains it again, and
-    waits for seed 3."""
-    for seed in (2, 3):
-        study_runs.dvc("exp", "run", "--queue", "-S", f"seed={seed}", "-n", f"study-seed-{seed}")
-    state = fake()
-    state["queue"] = {"study-seed-2": ["Running", "2"], "study-seed-3": ["Running", "3"]}
-    state["workers"] = 1
-    save_state(state)
-    monkeypatch.setattr(study_runs, "live_experiments", lambda: {"study-seed-3"})
-
-    def worker_finishes_seed_3(*args, **kwargs):
-        state = fake()
-        if state["queue"].get("study-seed-3", [None])[0] == "Running":
-            state["queue"]["study-seed-3"] = ["Success", "3"]
-            state["finished"]["study-seed-3"] = "3"
-            save_state(state)
-    monkeypatch.setattr(study_runs.time, "sleep", worker_finishes_seed_3)
-
-    assert study_runs.run_seeds([2, 3], 2, PARAMS) == {}
-    calls = fake()["calls"]
-    assert "queue kill study-seed-2" in calls and "exp remove study-seed-2" in calls
-    assert not any("study-seed-3" in call for call in calls if call.startswith(("queue kill", "exp remove")))
-    assert fake()["runs"] == {"study-seed-2": 1}  # seed 3 trained by its live worker, not by us
-    assert "seed 2: DVC shows it running, but no process runs it" in capsys.readouterr().out
-    assert all(study_runs.seed_dir(seed).joinpath("run.json").exists() for seed in (2, 3))
-
-
-def test_an_entry_is_abandoned_only_when_every_active_worker_has_its_process(monkeypatch):
-    """A worker that has just taken its experiment sets it up (a copy of the repository) before its process
-    starts: while some active worker has no process, nothing counts as abandoned."""
-    running = {"study-seed-1": "Running", "study-seed-2": "Running", "study-seed-3": "Queued"}
-    monkeypatch.setattr(study_runs, "POLL_SECONDS", 0)
-    for live, workers, abandoned in ((set(), 2, set()),  # both workers still setting up
-                                     (set(), 0, {"study-seed-1", "study-seed-2"}),  # no worker left at all
-                                     ({"study-seed-2"}, 1, {"study-seed-1"}),  # the one worker runs seed 2
-                                     ({"study-seed-2"}, 2, set()),  # the other worker may be setting seed 1 up
-                                     ({"study-seed-1", "study-seed-2"}, 2, set())):
-        monkeypatch.setattr(study_runs, "live_experiments", lambda live=live: live)
-        assert study_runs.abandoned_experiments(running, workers) == abandoned, (live, workers)
-
-
-def test_a_seed_whose_worker_dies_while_followed_is_named_as_failed(fake, monkeypatch):
-    """Both seeds queued and taken by the workers; seed 2's worker then dies (DVC keeps it Running). The driver
-    collects seed 1, names seed 2 in the failures (make study reruns it) and does not wait for it forever."""
-    def workers_take_both(*args, **kwargs):
-        state = fake()
-        state["queue"] = {"study-seed-1": ["Success", "1"], "study-seed-2": ["Running", "2"]}
-        state["finished"]["study-seed-1"] = "1"
-        state["workers"] = 0  # none active: seed 1's worker is idle, seed 2's gone
-        save_state(state)
-    monkeypatch.setattr(study_runs.SeedRunner, "start_workers", lambda self, jobs: workers_take_both())
-    monkeypatch.setattr(study_runs, "live_experiments", lambda: set())
-    failed = study_runs.run_seeds([1, 2], 2, PARAMS)
-    assert list(failed) == [2] and "DVC showed study-seed-2 running, but no process ran it" in failed[2]
-    assert "queue kill study-seed-2" in fake()["calls"]
-    assert study_runs.seed_dir(1).joinpath("run.json").exists()
-    assert json.loads((study_runs.seed_dir(2) / "failed.json").read_text())["error"] == failed[2]
-
-
-def test_live_experiments_are_read_from_this_repositorys_exec_run_processes(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    infos = {}
-    for where, name in (("repo", "study-seed-7"), ("other-repo", "study-seed-8")):
-        infos[name] = tmp_path / where / ".dvc/tmp/exps/run/abc/abc.run"
-        infos[name].parent.mkdir(parents=True)
-        infos[name].write_text(json.dumps({"name": name, "status": 2}))
-    monkeypatch.chdir(tmp_path / "repo")
-    listing = "".join(f"/venv/bin/python /venv/bin/dvc exp exec-run --infofile {path}\n" for path in (
-        infos["study-seed-7"], infos["study-seed-8"], tmp_path / "repo/.dvc/tmp/exps/run/gone/gone.run"))
-    monkeypatch.setattr(study_runs.subprocess, "run", lambda *args, **kwargs: subprocess.CompletedProcess(
-        args, 0, stdout="ARGS\n" + listing + "python stages/train.py resnet\n"))
-    assert study_runs.live_experiments() == {"study-seed-7"}  # not another repository's, not a vanished one
-
-
-def test_ctrl_c_while_queueing_leaves_nothing_queued(fake, monkeypatch):
-    real_dvc = study_runs.dvc
-
-    def interrupted_at_the_second(*args, **kwargs):
-        if args[:3] == ("exp", "run", "--queue") and "seed=2" in args:
-            raise KeyboardInterrupt
-        return real_dvc(*args, **kwargs)
-    monkeypatch.setattr(study_runs, "dvc", interrupted_at_the_second)
+def test_ctrl_c_says_in_one_line_what_was_kept(fake, capsys):
+    fake.interrupt_after = 1
     with pytest.raises(KeyboardInterrupt):
-        study_runs.run_seeds([1, 2, 3, 4], 2, PARAMS)
-    assert fake()["queue"] == {} and "queue remove study-seed-1" in fake()["calls"]
+        study_runs.run_seeds(REFERENCE, [1, 2, 3], 1, PARAMS)
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1].startswith("interrupted: finished seeds kept in metrics/study/seeds; seeds 2, 3 left, each to "
+                              "resume from its last finished epoch")
+
+
+def test_the_tuned_recipe_has_its_own_seed_folders_and_sets_each_models_recipe(fake, tmp_path):
+    seed_folders.TUNED_RECIPE_FILE.parent.mkdir(parents=True)
+    seed_folders.TUNED_RECIPE_FILE.write_text("resnet: {lr: 0.002, augment: flip}\ncnn: {batch_size: 64}\n")
+    tuned = seed_folders.load_recipe("tuned")
+    assert tuned.seeds_dir == Path("metrics/study_tuned/seeds") and tuned.study_file == Path("metrics/study_tuned.json")
+    assert tuned.set_options() == ["-S", "cnn.batch_size=64", "-S", 'resnet.augment="flip"', "-S", "resnet.lr=0.002"]
+    assert tuned.apply(PARAMS)["resnet"] == {"lr": 0.002, "augment": "flip"}
+    assert tuned.experiment_name(4) == "study-tuned-seed-4" and REFERENCE.experiment_name(4) == "study-seed-4"
+    with pytest.raises(PipelineError, match="--recipe best: unknown; use reference or tuned"):
+        seed_folders.load_recipe("best")
+    seed_folders.TUNED_RECIPE_FILE.unlink()
+    with pytest.raises(PipelineError, match="recipe.yaml: not found; run `make tune` first"):
+        seed_folders.load_recipe("tuned")
 
 
 @pytest.mark.parametrize("seeds, jobs, message", [
@@ -272,31 +149,31 @@ def test_ctrl_c_while_queueing_leaves_nothing_queued(fake, monkeypatch):
 ])
 def test_arguments_are_checked_before_any_work(fake, seeds, jobs, message):
     with pytest.raises(PipelineError, match=message):
-        study_runs.run_seeds(seeds, jobs, PARAMS)
-    assert not (study_runs.DVC.parent / "state.json").exists()  # dvc never called
+        study_runs.run_seeds(REFERENCE, seeds, jobs, PARAMS)
+    assert fake.clusters == []
 
 
 # ------------------------------------------------------------------------- seed folders, validated
 
 def refused(seed, match):
     with pytest.raises(PipelineError, match=match) as error:
-        study_runs.load_study([1, seed])
+        seed_folders.load_study(REFERENCE, [1, seed])
     assert "\n" not in str(error.value)
 
 
 def rewrite(seed, old, new, keep_checksum=False):
-    path = study_runs.seed_dir(seed) / "predictions.csv"
+    path = REFERENCE.seed_dir(seed) / "predictions.csv"
     path.write_text(path.read_text().replace(old, new, 1))
     if keep_checksum:  # as if collected like this: only the content checks can catch it
         info = json.loads((path.parent / "run.json").read_text())
-        info["predictions_sha256"] = study_runs.sha256(path)
+        info["predictions_sha256"] = seed_folders.sha256(path)
         (path.parent / "run.json").write_text(json.dumps(info))
 
 
 def test_every_file_of_a_seed_is_validated_before_the_aggregate(fake):
     write_seed(1)
     write_seed(2)
-    runs, failed = study_runs.load_study([1, 2])
+    runs, failed = seed_folders.load_study(REFERENCE, [1, 2])
     assert [run.seed for run in runs] == [1, 2] and failed == {}
     cases = [
         ("1,1,1,1", "1,1,x,1", True, r"predictions.csv: row 3: \['1', '1', 'x', '1'\] is not 4 integers"),
@@ -313,10 +190,10 @@ def test_every_file_of_a_seed_is_validated_before_the_aggregate(fake):
         rewrite(2, old, new, keep_checksum)
         refused(2, match)
     write_seed(2)
-    (study_runs.seed_dir(2) / "params.yaml").write_text("seed: [1,\n")
+    (REFERENCE.seed_dir(2) / "params.yaml").write_text("seed: [1,\n")
     refused(2, "params.yaml: not readable YAML")
     write_seed(2)
-    (study_runs.seed_dir(2) / "run.json").unlink()
+    (REFERENCE.seed_dir(2) / "run.json").unlink()
     refused(2, r"run.json: not found; run seed 2 again \(make study SEEDS=2\) first")
 
 
@@ -345,7 +222,7 @@ def test_a_failed_seed_makes_the_study_exit_1_after_aggregating_what_finished(fa
     import importlib.util
 
     study_workspace()
-    monkeypatch.setenv("FAKE_DVC_FAIL", "3")
+    fake.fail = {3}
     monkeypatch.setattr(sys, "argv", ["study.py", "all"])
     monkeypatch.setattr(study, "ASO_SAMPLES", 100)
     spec = importlib.util.spec_from_file_location("study_stage", STUDY)
@@ -389,32 +266,36 @@ def test_a_second_driver_is_refused_with_the_pid_of_the_first_and_one_outside_th
     assert result.returncode == 1 and "run the study from the repository root (where dvc.yaml is)" in result.stderr
 
 
-def test_an_unreachable_dask_scheduler_is_one_line_naming_it_within_seconds(fake, monkeypatch):
+def test_an_unreachable_dask_scheduler_is_one_line_naming_it_within_seconds(tmp_path, monkeypatch):
     import socket
     import time
 
-    from fashion_compare import cluster
-
-    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT", "2s")  # the project's is 10 s
+    monkeypatch.setattr(engine, "CONNECT_TIMEOUT", "2s")  # the project's is 10 s
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         address = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
     started = time.perf_counter()
-    with pytest.raises(PipelineError) as error:
-        study_runs.run_seeds([1], 1, PARAMS, cluster=address)
+    with pytest.raises(PipelineError) as error, engine.open_cluster(address, 1):
+        pass
     assert time.perf_counter() - started < 10
     message = str(error.value)
     assert message.startswith(f"Dask scheduler at {address}: cannot connect (") and "\n" not in message
-    assert not (study_runs.DVC.parent / "state.json").exists()  # nothing sent anywhere, DVC not called
 
 
-def test_a_rerun_starts_the_workers_missing_for_the_queued_seeds(fake):
-    """DVC still holds two queued seeds but only one worker is left (a worker can exit early): the rerun starts
-    workers up to the jobs asked for, and follows both seeds to the end."""
-    for seed in (1, 2):
-        study_runs.dvc("exp", "run", "--queue", "-S", f"seed={seed}", "-n", f"study-seed-{seed}")
-    state = fake()
-    state["workers"] = 1
-    save_state(state)
-    assert study_runs.run_seeds([1, 2], 2, PARAMS) == {}
-    assert "queue start -j 2" in fake()["calls"] and fake()["runs"] == {"study-seed-1": 1, "study-seed-2": 1}
+@pytest.mark.parametrize("cli, env, message", [
+    (None, "not-an-address", "DASK_SCHEDULER_ADDRESS: 'not-an-address' is not a Dask scheduler address (missing port"),
+    ("127.0.0.1:8786x", None, "--cluster 127.0.0.1:8786x: '127.0.0.1:8786x' is not a Dask scheduler address"),
+    ("http://host:8787", None, "--cluster http://host:8787: 'http://host:8787' has scheme http://, not a Dask"),
+])
+def test_a_malformed_scheduler_address_is_one_line_naming_where_it_came_from(monkeypatch, cli, env, message):
+    if env:
+        monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", env)
+    with pytest.raises(PipelineError) as error:
+        engine.scheduler_address(cli)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+def test_no_address_is_a_local_cluster_and_a_good_one_is_kept(monkeypatch):
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    assert engine.scheduler_address(None) is None
+    assert engine.scheduler_address("tcp://10.0.0.5:8786") == "tcp://10.0.0.5:8786"

@@ -1,0 +1,263 @@
+"""A seed study's engine: every seed is one Dask task, on this machine or on a cluster.
+
+Without an address (DASK_SCHEDULER_ADDRESS, `--cluster`, `make study CLUSTER=...`) the driver starts a
+LocalCluster here: `jobs` worker processes offering the resource `seed=1`, each seed's pipeline with
+cores / jobs threads; the workers die with the driver (the kernel's parent-death signal). A local task runs
+the seed as a DVC experiment in a scratch clone of the workspace's commit (.dvc/tmp/study/<recipe>-seed-<n>)
+that shares the workspace's DVC cache and MLflow store: a finished stage lands in the run cache at once, a
+rerun restores it, and the experiment's ref is pushed to the workspace (`dvc exp show` lists it). The
+scratch clone is kept until the driver has written the seed's folder: a study killed mid-seed resumes that
+seed from its last finished epoch (the train stage's resume state is in the clone).
+
+With an address, the same task clones the study's commit from the shared git remote into the worker's own
+directory, fetches DVC's run cache from the shared DVC remote (a seed somebody already ran is restored, not
+retrained), runs, pushes outputs and run cache, and logs to the shared MLflow server. Workers never push to
+git; the driver never reads their disks. The driver (study_runs.py) writes each seed's folder.
+"""
+
+import contextlib
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from .errors import PipelineError, first_line
+from .process import available_cores, set_parent_death_signal
+from .seed_folders import DVC, Recipe, code_fingerprint, git, seed_files, stage_error, start_tool, tool_env
+
+RESOURCE = {"seed": 1}  # cluster workers: `dask worker <address> --resources seed=1`
+RETRIES = 2  # errors raised by the task itself (a git or DVC remote that hiccups); a dead worker is Dask's
+CONNECT_TIMEOUT = "10s"
+STOP_POLL_SECONDS = 1.0
+NO_WORKER_SECONDS = 120  # a cluster with no worker able to run seeds for this long: the study stops
+SCRATCH_DIR = Path(".dvc/tmp/study")  # local tasks' scratch clones (DVC collects no stage under .dvc/)
+
+
+def scheduler_address(cli_address=None) -> str | None:
+    """The cluster to use: `--cluster`, else Dask's own configuration (DASK_SCHEDULER_ADDRESS); None: a local
+    cluster. A malformed address is one line naming where it came from."""
+    from distributed.comm import parse_address, parse_host_port
+
+    where = f"--cluster {cli_address}" if cli_address else "DASK_SCHEDULER_ADDRESS"
+    address = cli_address or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    if not address:
+        return None
+    try:
+        scheme, location = parse_address(address)
+        parse_host_port(location)
+    except ValueError as error:
+        raise PipelineError(f"{where}: '{address}' is not a Dask scheduler address ({first_line(error, 80)}); "
+                            "give it as tcp://host:8786") from None
+    if scheme not in ("tcp", "tls", "ucx", "ws", "wss", "inproc"):
+        raise PipelineError(f"{where}: '{address}' has scheme {scheme}://, not a Dask scheduler's (the dashboard "
+                            "is http://...:8787; the scheduler is tcp://host:8786)")
+    return address
+
+
+class StopWithDriver(WorkerPlugin):
+    """Dask worker plugin for the local cluster: the worker process dies with the driver that started it."""
+
+    def setup(self, worker):
+        set_parent_death_signal(signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def open_cluster(address: str | None, jobs: int):
+    """A Dask client: of a LocalCluster of `jobs` one-task workers when `address` is None (closed at the end),
+    else of the scheduler at `address`."""
+    from distributed import Client, LocalCluster
+
+    if address is None:
+        with LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, resources=RESOURCE,
+                          dashboard_address=None, silence_logs=40) as cluster, Client(cluster) as client:
+            client.register_plugin(StopWithDriver(), name="stop-with-driver")
+            yield client
+        return
+    try:
+        client = Client(address, timeout=CONNECT_TIMEOUT)
+    except (OSError, TimeoutError) as error:
+        raise PipelineError(f"Dask scheduler at {address}: cannot connect ({first_line(error, 160)}); start it "
+                            "(dask scheduler), or unset DASK_SCHEDULER_ADDRESS / CLUSTER to run locally") from None
+    with client:
+        yield client
+
+
+@dataclass(frozen=True)
+class SeedTask:
+    """What a worker needs to run one seed."""
+
+    seed: int
+    recipe: Recipe
+    commit: str
+    origin: str  # the git repository to clone: the workspace (local) or the shared remote (cluster)
+    workspace: str | None  # local: the workspace, whose DVC cache and MLflow store the task shares
+    mlflow_uri: str | None
+    threads: int | None  # the pipeline's threads; None: the worker's
+    stop_event: str
+
+
+@dataclass(frozen=True)
+class SeedOutcome:
+    """What a seed task returns: the seed folder's files, or why it failed (the stage's line, its whole log)."""
+
+    seed: int
+    worker: str
+    fingerprint: str = ""
+    files: dict = field(default_factory=dict)
+    error: str = ""
+    log: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+
+def scratch_path(root, task: SeedTask) -> Path:
+    return Path(root) / f"{task.recipe.name}-seed-{task.seed}"
+
+
+def _steps(task: SeedTask, scratch: Path, resuming: bool) -> list:
+    """(command, required) to run in `scratch`; the clone's first two run in its parent folder."""
+    name, dvc = task.recipe.experiment_name(task.seed), str(DVC)
+    steps = [] if resuming else [
+        (["git", "clone", "--quiet", "--no-checkout", *(["--shared"] if task.workspace else []), task.origin,
+          str(scratch)], True),
+        (["git", "-C", str(scratch), "checkout", "--quiet", task.commit], True)]
+    if task.workspace:
+        steps.append(([dvc, "cache", "dir", "--local", str(Path(task.workspace) / ".dvc" / "cache")], True))
+    else:
+        steps.append(([dvc, "fetch", "--quiet", "--run-cache"], False))  # what is not there is built
+    if not (resuming and experiment_ref(scratch, name)):  # else it ran already
+        steps.append(([dvc, "exp", "run", "-S", f"seed={task.seed}", *task.recipe.set_options(), "-n", name], True))
+    if not task.workspace:
+        steps.append(([dvc, "push", "--quiet", "--run-cache"], True))
+    return steps
+
+
+def experiment_ref(repository: Path, name: str) -> str | None:
+    """The ref of the experiment `name` in `repository` (refs/exps/<baseline>/<name>), or None."""
+    refs = git("for-each-ref", "--format=%(refname)", "refs/exps", cwd=repository).split()
+    return next((ref for ref in refs if len(ref.split("/")) == 5 and ref.split("/")[4] == name), None)
+
+
+def _run(command, cwd, env, stop, log_path) -> int:
+    """Run `command`, appending its output to the log; stop it when `stop` is set (the driver gave up)."""
+    with open(log_path, "a") as log:
+        log.write(f"$ {' '.join(command)}\n")
+        log.flush()
+        process = start_tool(command, cwd, env, log)
+        while process.poll() is None:
+            if stop.is_set():
+                process.send_signal(signal.SIGTERM)  # dvc stops its stage (the stage stops with its parent)
+                with contextlib.suppress(Exception):
+                    process.wait(timeout=60)
+                process.kill()
+                raise PipelineError("stopped: the study's driver was interrupted")
+            time.sleep(STOP_POLL_SECONDS)
+    return process.returncode
+
+
+def run_seed_task(task: SeedTask) -> SeedOutcome:
+    """On a Dask worker: the seed's pipeline in its scratch clone (see the module's docstring)."""
+    from distributed import Event, get_worker
+
+    worker = get_worker()
+    root = Path(task.workspace) / SCRATCH_DIR if task.workspace else Path(worker.local_directory)
+    scratch = scratch_path(root, task)
+    log = scratch.with_name(scratch.name + ".log")
+    resuming = bool(task.workspace) and (scratch / ".git").is_dir() and \
+        git("rev-parse", "HEAD", cwd=scratch).strip() == task.commit
+    if not resuming:
+        shutil.rmtree(scratch, ignore_errors=True)
+        log.unlink(missing_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
+    env = tool_env(threads=task.threads or worker.state.nthreads)
+    if task.mlflow_uri:
+        env["MLFLOW_TRACKING_URI"] = task.mlflow_uri
+    try:
+        for command, required in _steps(task, scratch, resuming):
+            cwd = root if command[:2] in (["git", "clone"], ["git", "-C"]) else scratch
+            if _run(command, cwd, env, Event(task.stop_event), log) != 0 and required:
+                output = log.read_text()
+                if command[0] == "git":
+                    raise RuntimeError(f"seed {task.seed}: {' '.join(command[:2])} failed: {output.strip()[-300:]}")
+                return SeedOutcome(task.seed, worker.address, error=stage_error(output), log=output)
+        if task.workspace:  # the experiment, for `dvc exp show` in the workspace
+            ref = experiment_ref(scratch, task.recipe.experiment_name(task.seed))
+            git("push", "--quiet", "--force", "origin", f"{ref}:{ref}", cwd=scratch)
+        source = {"experiment": task.recipe.experiment_name(task.seed), "rev": task.commit, "worker": worker.address}
+        files = seed_files(task.seed, lambda path: (scratch / path).read_text(encoding="utf-8"),
+                           code_fingerprint(root=scratch), source)
+        return SeedOutcome(task.seed, worker.address, code_fingerprint(root=scratch), files)
+    finally:
+        if not task.workspace:
+            shutil.rmtree(scratch, ignore_errors=True)
+            log.unlink(missing_ok=True)
+
+
+def local_task_settings(jobs: int) -> dict:
+    """A local task's origin, workspace, MLflow store (the workspace's, whatever DVC_ROOT a stage sees) and
+    threads: the cores shared among the workers, or fewer where OMP_NUM_THREADS asks for fewer."""
+    from .tracking import tracking_uri
+
+    workspace, threads = str(Path.cwd().resolve()), max(1, available_cores() // jobs)
+    with contextlib.suppress(ValueError):
+        threads = min(threads, max(1, int(os.environ.get("OMP_NUM_THREADS", ""))))
+    return {"origin": workspace, "workspace": workspace, "mlflow_uri": tracking_uri(), "threads": threads}
+
+
+def forget_scratch(task: SeedTask):
+    """A local seed collected: its scratch clone and log go."""
+    if task.workspace:
+        scratch = scratch_path(Path(task.workspace) / SCRATCH_DIR, task)
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.with_name(scratch.name + ".log").unlink(missing_ok=True)
+
+
+def seed_workers(client) -> list:
+    return [address for address, worker in client.scheduler_info(n_workers=-1)["workers"].items()
+            if worker.get("resources", {}).get("seed", 0) >= 1]
+
+
+def run_tasks(client, function, tasks: list, on_done, key):
+    """Submit `function(task)` for each of `tasks` (each has a `stop_event` name; `key(task)` names it), call
+    `on_done(task, outcome or exception)` as each ends, and forget each result at once (a worker lost later
+    does not run a finished task again). Ctrl-C or SIGTERM: every running task stops its pipeline, the rest are
+    cancelled. The scheduler gone, or no worker able to run a task for NO_WORKER_SECONDS: one line."""
+    from distributed import Event, wait
+
+    futures = {client.submit(function, task, key=f"{key(task)}-{task.stop_event}", resources=RESOURCE,
+                             retries=RETRIES, pure=False): task for task in tasks}
+    pending, lonely_since = set(futures), None
+    try:
+        while pending:
+            try:
+                done, pending = wait(pending, timeout=5, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                done = set()
+            lonely_since = None if seed_workers(client) else (lonely_since or time.monotonic())
+            if lonely_since and time.monotonic() - lonely_since > NO_WORKER_SECONDS:
+                raise PipelineError(f"the Dask cluster has had no worker with the resource seed=1 for "
+                                    f"{NO_WORKER_SECONDS} s ({len(pending)} task(s) waiting); start workers "
+                                    "(dask worker <address> --resources seed=1) and run again: finished work is kept")
+            for future in done:
+                task = futures.pop(future)
+                try:
+                    outcome = future.result()
+                except Exception as error:  # noqa: BLE001 - the task raised (retries spent) or its worker kept dying
+                    outcome = error
+                future.release()
+                on_done(task, outcome)
+    except KeyboardInterrupt:
+        Event(tasks[0].stop_event, client=client).set()  # every running task stops its pipeline
+        client.cancel(list(pending), force=True)
+        raise
+    except Exception as error:
+        if type(error).__name__ in ("FuturesCancelledError", "CancelledError", "CommClosedError"):
+            raise PipelineError(f"the Dask scheduler went away mid-study ({type(error).__name__}); finished work "
+                                "is kept: restart it and run again") from None
+        raise

@@ -1,0 +1,336 @@
+"""What every part of a seed study shares, one floor below its engine: where a recipe's study lives, the seed
+folder format (metrics/study/seeds/<seed>/) and its validation, what is current, the failure ledger, and the
+tool environment (dvc and git, the thread variables, stopping with the parent).
+
+A seed folder is a seed's finished pipeline: its metrics, per-epoch curves, params, per-image predictions and
+run.json (where and on what CPU it ran, the code fingerprint, timings, a checksum of the predictions). It is
+current when its code fingerprint and params (but for what may differ between seeds,
+study.comparable_params) are the study's: a study cut short, or split over machines, runs only the seeds
+that are missing. Every folder is validated before it is aggregated (`load_study`).
+"""
+
+import csv
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from . import MODEL_NAMES, NUM_CLASSES, PREDICTIONS_FILE, study
+from .errors import PipelineError
+from .files import read_csv_rows, read_json, together, write_json, write_text
+from .process import set_parent_death_signal
+
+LOG_DIR = Path("logs/study")  # each seed's whole output, kept when it fails (git-ignored)
+PREDICTION_STAGES = ("prepare", "train_resnet", "train_cnn", "evaluate")  # what a seed's predictions depend on
+SEED_METRICS = ("data", "train_resnet", "train_cnn", "evaluate", "compare", "headline")
+PREDICTION_FIELDS = ["image", "label", *MODEL_NAMES]
+TUNED_RECIPE_FILE = Path("metrics/tuning/recipe.yaml")  # tuning.py writes it: each model's chosen recipe
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A study's recipe and where its files live: the reference experiment's (params.yaml as it is) or the
+    tuned one (each model's section overridden by TUNED_RECIPE_FILE)."""
+
+    name: str = "reference"
+    overrides: dict = field(default_factory=dict)  # {"resnet.lr": 0.002, ...}: set for every seed
+
+    @property
+    def suffix(self) -> str:
+        return "" if self.name == "reference" else f"_{self.name}"
+
+    @property
+    def seeds_dir(self) -> Path:
+        return Path(f"metrics/study{self.suffix}/seeds")
+
+    @property
+    def study_file(self) -> Path:
+        return Path(f"metrics/study{self.suffix}.json")
+
+    @property
+    def plots_dir(self) -> Path:
+        return Path(f"plots/study{self.suffix}")
+
+    def seed_dir(self, seed: int) -> Path:
+        return self.seeds_dir / str(seed)
+
+    def experiment_name(self, seed: int) -> str:
+        return f"study{self.suffix.replace('_', '-')}-seed-{seed}"
+
+    def log_path(self, seed: int) -> Path:
+        return LOG_DIR / f"{self.name}-seed-{seed}.log"
+
+    def apply(self, params: dict) -> dict:
+        """params.yaml's contents with this recipe's overrides set (as `dvc exp run -S` sets them)."""
+        params = json.loads(json.dumps(params))
+        for dotted, value in self.overrides.items():
+            *parents, key = dotted.split(".")
+            node = params
+            for parent in parents:
+                node = node.setdefault(parent, {})
+            node[key] = value
+        return params
+
+    def set_options(self) -> list:
+        return [option for dotted, value in sorted(self.overrides.items())
+                for option in ("-S", f"{dotted}={json.dumps(value)}")]
+
+
+REFERENCE = Recipe()
+
+
+def load_recipe(name: str) -> Recipe:
+    """`reference`, or `tuned`: the recipe tuning chose for each model (TUNED_RECIPE_FILE)."""
+    if name == "reference":
+        return REFERENCE
+    if name != "tuned":
+        raise PipelineError(f"--recipe {name}: unknown; use reference or tuned")
+    if not TUNED_RECIPE_FILE.is_file():
+        raise PipelineError(f"{TUNED_RECIPE_FILE}: not found; run `make tune` first (it chooses each model's recipe)")
+    chosen = yaml.safe_load(TUNED_RECIPE_FILE.read_text(encoding="utf-8"))
+    if not isinstance(chosen, dict) or set(chosen) != set(MODEL_NAMES):
+        raise PipelineError(f"{TUNED_RECIPE_FILE}: expected a recipe for each of {', '.join(MODEL_NAMES)}; "
+                            "run `make tune` again")
+    return Recipe("tuned", {f"{model}.{key}": value for model in MODEL_NAMES for key, value in chosen[model].items()})
+
+
+# ------------------------------------------------------------------------------ the tool environment
+
+DVC = Path(sys.executable).parent / "dvc"  # the virtualenv's dvc (beside this Python), whatever PATH says
+
+
+def tool_env(env=None, threads: int | None = None) -> dict:
+    """The environment for dvc and the stages it runs: this virtualenv's commands first on PATH (a stage's
+    command is `python stages/...`); with `threads`, the stages' thread count (`threads: auto` reads
+    OMP_NUM_THREADS). DVC's own variables of an outer run are left out."""
+    env = {key: value for key, value in (env or os.environ).items() if not key.startswith("DVC_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["GIT_TERMINAL_PROMPT"] = "0"  # a remote that asks for a password fails instead of waiting
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def dvc(*args, check=True, cwd=None, env=None) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(DVC), *args], capture_output=True, text=True, cwd=cwd, env=env or tool_env())
+    if check and result.returncode != 0:
+        raise PipelineError(f"`dvc {' '.join(args)}` failed: {(result.stderr or result.stdout).strip()[-400:]}")
+    return result
+
+
+def git(*args, cwd=None) -> str:
+    return subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=cwd).stdout
+
+
+def start_tool(command, cwd, env, log) -> subprocess.Popen:
+    """Start a dvc or git command that writes to `log` and dies with the process that started it (Linux)."""
+    return subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            preexec_fn=set_parent_death_signal if sys.platform.startswith("linux") else None)
+
+
+def code_fingerprint(rev=None, root=Path(".")) -> str:
+    """What a seed's predictions depend on besides params: the code the DVC stages up to evaluate list as
+    deps (a change there means DVC would rerun them too), in the workspace at `root` or at git revision `rev`."""
+    read = (lambda path: (Path(root) / path).read_bytes()) if rev is None else (
+        lambda path: subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, check=True).stdout)
+    stages = yaml.safe_load(read("dvc.yaml"))["stages"]
+    files = sorted({dep for name in PREDICTION_STAGES for dep in stages[name].get("deps", []) if dep.endswith(".py")})
+    digest = hashlib.sha256()
+    for name in files:
+        digest.update(name.encode() + b"\0" + read(name))
+    return digest.hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------ seed folders
+
+def seeds_named(seeds) -> tuple[str, bool]:
+    """How a message names seeds ("seed 4", "seeds 4, 5"), and whether that is more than one."""
+    seeds = list(seeds)
+    return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}", len(seeds) > 1
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def results_current(folder: Path, params: dict, fingerprint: str) -> bool:
+    """The seed has results, made with these params (but for what may differ between seeds) and this code, with
+    a checksum of its predictions."""
+    if not (folder / "run.json").is_file() or not (folder / "predictions.csv").is_file():
+        return False
+    try:
+        saved, saved_params = read_json(folder / "run.json"), yaml.safe_load((folder / "params.yaml").read_text())
+    except (PipelineError, OSError, yaml.YAMLError):
+        return False  # unreadable: not a result to keep (load_study says which file, when it aggregates)
+    return (isinstance(saved_params, dict) and saved.get("code") == fingerprint and "predictions_sha256" in saved
+            and study.comparable_params(saved_params) == study.comparable_params(params))
+
+
+def results_exist(folder: Path) -> bool:
+    """The seed ran, here or on a machine whose results were pulled: it has predictions or a recorded failure."""
+    return (folder / "failed.json").is_file() or (folder / "predictions.csv").is_file()
+
+
+VECTOR_ISAS = (("avx512_bf16", "AVX-512 BF16"), ("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"))
+
+
+def cpu_kind() -> dict:
+    """What a seed's results depend on of the CPU (they are bit-identical per CPU kind and thread count, not
+    across kinds): vendor, family and model numbers, the widest vector ISA, and the model name. The name
+    alone is not enough: "AMD EPYC" is what virtual machines of at least three kinds that round
+    differently report."""
+    import platform
+
+    fields = {}
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    for line in text.split("\n\n")[0].splitlines():
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    flags = set(fields.get("flags", "").split())
+    isa = next((title for flag, title in VECTOR_ISAS if flag in flags), "unknown")
+    return {"vendor": fields.get("vendor_id", platform.machine() or "unknown"), "family": fields.get("cpu family", ""),
+            "model": fields.get("model", ""), "isa": isa, "name": fields.get("model name", "unknown")}
+
+
+def seed_files(seed: int, read, fingerprint: str, source: dict) -> dict:
+    """The files of a seed's result folder, {name: text}, from a finished run of its pipeline: `read(path)` gives
+    a file of that run's workspace as text; run.json records `source` (where it ran), the code fingerprint, the
+    CPU kind, threads and timings, and a checksum of the predictions kept (checked at every aggregate)."""
+    rows = [{"image": row["image"], "label": row["label"], **{m: row[f"{m}_predicted"] for m in MODEL_NAMES}}
+            for row in csv.DictReader(io.StringIO(read(PREDICTIONS_FILE)))]
+    predictions = io.StringIO(newline="")
+    writer = csv.DictWriter(predictions, fieldnames=PREDICTION_FIELDS)  # as files.write_csv writes it
+    writer.writeheader()
+    writer.writerows(rows)
+    train = {m: json.loads(read(f"metrics/train_{m}.json")) for m in MODEL_NAMES}
+    files = {f"{metric}.json": read(f"metrics/{metric}.json") for metric in SEED_METRICS}
+    files.update({f"{model}_epochs.csv": read(f"plots/train/{model}_epochs.csv") for model in MODEL_NAMES})
+    files.update({"predictions.csv": predictions.getvalue(), "params.yaml": read("params.yaml")})
+    files["run.json"] = json.dumps({
+        "seed": seed, **source, "code": fingerprint, "cpu": cpu_kind()["name"], "cpu_kind": cpu_kind(),
+        "threads": {m: train[m]["threads"] for m in MODEL_NAMES},
+        "train_seconds": {m: train[m]["train_seconds"] for m in MODEL_NAMES},
+        "predictions_sha256": hashlib.sha256(predictions.getvalue().encode("utf-8")).hexdigest(),
+        "mlflow_run_ids": {**{m: train[m]["mlflow_run_id"] for m in MODEL_NAMES},
+                           "compare": json.loads(read("metrics/compare.json")).get("mlflow_run_id")}}, indent=2) + "\n"
+    return files
+
+
+def write_seed_folder(folder: Path, files: dict):
+    """Every file of a seed's folder, or none; a failure recorded before is cleared."""
+    with together():
+        for name, text in files.items():
+            write_text(folder / name, text)
+    (folder / "failed.json").unlink(missing_ok=True)
+
+
+def stage_error(output: str) -> str:
+    """A failed run's reason: the stage's own `error:` line, else DVC's last ERROR line."""
+    lines = output.splitlines()
+    ours = [line for line in lines if line.startswith("error: ")]
+    theirs = [line for line in lines if line.startswith("ERROR")]
+    return (ours or theirs or ["failed (no error line in its output)"])[-1].strip()
+
+
+def record_failure(recipe: Recipe, seed: int, output: str, keep_result: bool) -> str:
+    """The failure ledger: the whole output in the seed's log; failed.json holds the stage's own error line and
+    names the log (unless `keep_result`: the folder holds a current result, left as it is). Returns why."""
+    log = recipe.log_path(seed)
+    write_text(log, output)
+    why = f"{stage_error(output)} (whole output: {log})"
+    if not keep_result:
+        write_json(recipe.seed_dir(seed) / "failed.json", {"seed": seed, "error": why, "log": str(log)})
+    return why
+
+
+# ------------------------------------------------------------------------------ reading seeds, validated
+
+def _refuse(path, what, remedy) -> PipelineError:
+    return study.StudyError(f"{path}: {what}; {remedy}")
+
+
+def _prediction_columns(path, rows, remedy) -> list:
+    columns = [[] for _ in PREDICTION_FIELDS]
+    for row_number, row in enumerate(rows, start=2):
+        values = [int(value) if isinstance(value, str) and value.strip().lstrip("-").isdigit() else None
+                  for value in row.values()]
+        if len(values) != len(PREDICTION_FIELDS) or None in values:
+            raise _refuse(path, f"row {row_number}: {list(row.values())} is not {len(PREDICTION_FIELDS)} integers",
+                          remedy)
+        image, *classes = values
+        if image != row_number - 2:
+            raise _refuse(path, f"row {row_number}: image {image}, expected {row_number - 2}", remedy)
+        if not all(0 <= value < NUM_CLASSES for value in classes):
+            raise _refuse(path, f"row {row_number}: a class outside 0-{NUM_CLASSES - 1} ({list(row.values())})",
+                          remedy)
+        for column, value in zip(columns, values):
+            column.append(value)
+    return columns
+
+
+def load_predictions(folder: Path, seed: int, info: dict) -> dict:
+    """A seed's predictions.csv, validated: its checksum as collected, the header, image ids 0..n-1 in order,
+    labels and predictions classes 0-9. {"label", "resnet", "cnn": arrays}."""
+    path = folder / "predictions.csv"
+    remedy = f"restore it (git checkout -- {path}) or run seed {seed} again (remove {folder}, make study)"
+    if info.get("predictions_sha256") != sha256(path):
+        raise _refuse(path, "does not match the checksum run.json recorded when the seed was collected "
+                      "(edited or damaged since)" if info.get("predictions_sha256") else
+                      "has no checksum in run.json (collected by an older version)", remedy)
+    rows = read_csv_rows(path, f"seed {seed} again (remove {folder}, make study)")
+    if not rows:
+        raise _refuse(path, "holds no predictions", remedy)
+    if list(rows[0]) != PREDICTION_FIELDS:
+        raise _refuse(path, f"header is {list(rows[0])}, expected {PREDICTION_FIELDS}", remedy)
+    columns = _prediction_columns(path, rows, remedy)
+    return {name: np.array(column) for name, column in zip(PREDICTION_FIELDS[1:], columns[1:])}
+
+
+def load_seed(folder: Path, seed: int) -> study.SeedRun:
+    """A finished seed's folder, every file validated (one line naming the file and what to do)."""
+    remedy = f"run seed {seed} again (remove {folder}, then make study SEEDS={seed})"
+    info = read_json(folder / "run.json", f"seed {seed} again (make study SEEDS={seed})")
+    missing = sorted({"code", "train_seconds", "mlflow_run_ids"} - set(info)) if isinstance(info, dict) else ["all"]
+    if missing:
+        raise _refuse(folder / "run.json", f"lacks {', '.join(missing)}", remedy)
+    try:
+        params = yaml.safe_load((folder / "params.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as error:
+        raise _refuse(folder / "params.yaml", f"not readable YAML ({type(error).__name__})", remedy) from None
+    if not isinstance(params, dict):
+        raise _refuse(folder / "params.yaml", "not a mapping of params", remedy)
+    return study.SeedRun(seed, params, load_predictions(folder, seed, info),
+                         {"cpu_kind": info.get("cpu_kind") or {"name": info.get("cpu", "unknown")},
+                          "train_seconds": info["train_seconds"], "mlflow_run_ids": info["mlflow_run_ids"]})
+
+
+def load_study(recipe: Recipe, seeds: list):
+    """Every seed's results, for the aggregate: (finished runs, {seed: why} of failed ones), each folder
+    validated, labels equal across seeds. Refuses a seed listed twice, and seeds with no results yet."""
+    study.check_distinct(seeds)
+    runs, failed, missing = [], {}, []
+    for seed in seeds:
+        folder = recipe.seed_dir(seed)
+        if (folder / "failed.json").is_file():
+            failed[seed] = read_json(folder / "failed.json", f"seed {seed} again (make study SEEDS={seed})")["error"]
+        elif (folder / "predictions.csv").is_file():
+            runs.append(load_seed(folder, seed))
+        else:
+            missing.append(seed)
+    if missing:
+        which, many = seeds_named(missing)
+        raise study.StudyError(f"{which} {'have' if many else 'has'} no results in {recipe.seeds_dir}; run them "
+                               "first (make study), or pull them from the machine that ran them (git pull)")
+    for run in runs[1:]:
+        if len(run.predictions["label"]) != len(runs[0].predictions["label"]) or \
+                not np.array_equal(run.predictions["label"], runs[0].predictions["label"]):
+            raise study.StudyError(f"{recipe.seed_dir(run.seed) / 'predictions.csv'}: its labels differ from seed "
+                                   f"{runs[0].seed}'s (another test set, or an edit); run seed {run.seed} again")
+    return runs, failed
