@@ -7,7 +7,7 @@ DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 
 OFFLINE_PLOTS := build/dvc_plots_template.html
 
-.PHONY: repro study test test-study test-fast bench lint data browser setup mlflow-ui exp-show clean
+.PHONY: repro study tune test test-study test-fast bench lint data browser setup mlflow-ui exp-show clean
 
 # params.yaml is checked first: DVC compares params with `==`, so `epochs: true` after `epochs: 1` would
 # pass as "up to date" (see src/fashion_compare/params.py).
@@ -18,13 +18,24 @@ repro: setup data
 # The seed study: the pipeline once per seed of study.seeds (or SEEDS="3 4": a slice, for one machine of a
 # team), JOBS at a time, then metrics/study.json and plots/study/ once every seed has its results.
 # CLUSTER=tcp://host:8786 (or DASK_SCHEDULER_ADDRESS): each missing seed a task on that Dask cluster.
+# RECIPE=tuned: the same study of each model's tuned recipe (make tune's metrics/tuning/recipe.yaml), in
+# metrics/study_tuned/ and plots/study_tuned/.
 SEEDS ?=
 JOBS ?=
 CLUSTER ?=
+RECIPE ?= reference
 study: setup data
 	$(BIN)/python -m fashion_compare.params params.yaml
-	$(BIN)/python stages/study.py all $(if $(SEEDS),--seeds $(SEEDS)) $(if $(JOBS),--jobs $(JOBS)) \
+	$(BIN)/python stages/study.py all --recipe $(RECIPE) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(JOBS),--jobs $(JOBS)) \
 		$(if $(CLUSTER),--cluster $(CLUSTER))
+
+# Tuning: a seeded random search of each model's recipe, tune.trials per model at the same reduced fidelity
+# (params.yaml `tune`), trials JOBS at a time as Dask tasks (or on CLUSTER); run again, it goes on where it
+# stopped. Results in metrics/tuning/ and plots/tuning/.
+tune: setup data
+	$(BIN)/python -m fashion_compare.params params.yaml
+	$(BIN)/dvc repro prepare
+	$(BIN)/python stages/tune.py $(if $(JOBS),--jobs $(JOBS)) $(if $(CLUSTER),--cluster $(CLUSTER))
 
 # Every test, on as many pytest-xdist workers as there are cores (they share the cores: tests/conftest.py).
 # The virtualenv and Debian's packages are set up side by side (a sub-make with jobs: `make -j` for every

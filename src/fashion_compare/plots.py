@@ -222,3 +222,24 @@ def noise_sources(study: dict):
                    "test images)", fontsize=9)
     axes.grid(axis="y", alpha=0.3)
     return figure
+
+
+def expected_best(tuning: dict):
+    """Expected best validation accuracy after n trials (Dodge et al. 2019), per model, +- one sd: against the
+    number of trials, and against the CPU-hours they cost (n x the model's mean per trial)."""
+    figure, (by_trials, by_hours) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for model, result in tuning.items():
+        points = result["expected_best"]
+        n = np.array([p["n"] for p in points])
+        mean, sd = np.array([p["mean"] for p in points]), np.array([p["sd"] for p in points])
+        for axes, x in ((by_trials, n), (by_hours, n * result["cpu_hours_per_trial"])):
+            axes.plot(x, mean, marker="o", label=MODEL_TITLES[model])
+            axes.fill_between(x, mean - sd, mean + sd, alpha=0.2)
+    by_trials.set(xlabel="trials", ylabel="expected best validation accuracy")
+    by_hours.set(xlabel="training CPU-hours")
+    for axes in (by_trials, by_hours):
+        axes.grid(alpha=0.3)
+        axes.legend()
+    figure.suptitle("Expected best validation accuracy of a random search (mean +- sd)")
+    figure.tight_layout()
+    return figure
