@@ -1,11 +1,12 @@
-"""Benchmark: a 4-seed smoke study on a local Dask cluster (two one-thread workers, resource seed=1) against
-DVC's local queue with -j 2, side by side in one run, in scratch copies of this checkout.
+"""Benchmark: the study's one engine, a 4-seed smoke study three ways, side by side in one run, each in a
+scratch copy: the local path (`--jobs 2`: the LocalCluster the driver starts), the same tasks sent to a local
+Dask cluster started by hand (`--cluster`: the cluster path, each task cloning from a git remote and fetching
+and pushing DVC's run cache), and the previous engine (DVC's queue, `dvc queue start -j 2`) from the commit
+before it was replaced.
 
-    python benchmarks/cluster_study.py [--subset 2000] [--seeds 1 2 3 4]
+    python benchmarks/cluster_study.py [--subset 2000] [--seeds 1 2 3 4] [--previous b7144d1] [--report PATH]
 
-The cluster path pays for what makes it work across machines: each task clones the study's commit from a
-git remote, pulls and pushes DVC's run cache (local folders here) and starts its pipeline from scratch. MLflow
-tracking is off in both (no server to share). The figure is their time ratio.
+MLflow tracking is off in all three (no server to share). The figures are their time ratios.
 """
 
 import argparse
@@ -15,9 +16,26 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from common import exit_on_error, record, say
+from common import REPORT, exit_on_error, record, say
 from queue_workers import scratch_copy, sh
 from study_workers import study_seconds
+
+GIT = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.invalid"]
+
+
+def study_copy(folder: Path, subset: int, rev=None) -> Path:
+    """A scratch copy with tracking off, a DVC remote and a bare git remote (origin) holding its commit."""
+    repo = scratch_copy(folder / "repo", subset, rev)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["tracking"]["enabled"] = False
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(["dvc", "remote", "add", "-d", "shared", str(folder / "dvc-remote")], repo)
+    sh(["git", "add", "-A"], repo)
+    sh([*GIT, "commit", "-qm", "tracking off, a DVC remote"], repo)
+    sh(["git", "clone", "-q", "--bare", str(repo), str(folder / "origin.git")], folder)
+    sh(["git", "remote", "add", "origin", str(folder / "origin.git")], repo)
+    sh(["git", "fetch", "-q", "origin"], repo)
+    return repo
 
 
 @exit_on_error
@@ -27,31 +45,28 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subset", type=int, default=2000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4])
+    parser.add_argument("--previous", default="b7144d1", help="the commit of the previous engine (DVC's queue)")
+    parser.add_argument("--report", type=Path, default=REPORT)
     args = parser.parse_args()
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # the venv's dvc
-    git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.invalid"]
-    with tempfile.TemporaryDirectory(prefix="fashion-cluster-") as folder:
-        folder = Path(folder)
-        repo = scratch_copy(folder / "repo", args.subset)
-        params = yaml.safe_load((repo / "params.yaml").read_text())
-        params["tracking"]["enabled"] = False
-        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        sh(["dvc", "remote", "add", "-d", "shared", str(folder / "dvc-remote")], repo)
-        sh(["git", "add", "-A"], repo)
-        sh([*git, "commit", "-qm", "tracking off, a DVC remote"], repo)
-        sh(["git", "clone", "-q", "--bare", str(repo), str(folder / "origin.git")], folder)
-        sh(["git", "remote", "add", "origin", str(folder / "origin.git")], repo)
-        sh(["git", "fetch", "-q", "origin"], repo)
+    label = f"{len(args.seeds)}-seed study, data.subset {args.subset}"
+    with tempfile.TemporaryDirectory(prefix="fashion-engine-") as folder:
+        repo = study_copy(Path(folder) / "now", args.subset)
         local = study_seconds(repo, args.seeds, "--jobs", "2")
-        say(f"{len(args.seeds)}-seed study, data.subset {args.subset}: DVC's queue -j 2: {local:.1f} s")
+        say(f"{label}: the local path (LocalCluster, 2 workers x 1 thread): {local:.1f} s")
         with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, resources={"seed": 1},
                           dashboard_address=None) as cluster:
-            on_cluster = study_seconds(repo, args.seeds, "--cluster", cluster.scheduler_address)
-        say(f"the same on a local Dask cluster (2 workers x 1 thread): {on_cluster:.1f} s, "
-            f"{on_cluster / local:.2f} x the queue's time")
-        record("cluster_study", f"{len(args.seeds)}_seeds", {"queue_j2_seconds": local, "dask_seconds": on_cluster,
-                                                             "dask_over_queue": on_cluster / local,
-                                                             "subset": args.subset})
+            by_hand = study_seconds(repo, args.seeds, "--cluster", cluster.scheduler_address)
+        say(f"{label}: a local Dask cluster started by hand (the cluster path): {by_hand:.1f} s, "
+            f"{by_hand / local:.2f} x the local path's time")
+        previous = study_copy(Path(folder) / "previous", args.subset, args.previous)
+        queue = study_seconds(previous, args.seeds, "--jobs", "2")
+        say(f"{label}: the previous engine (DVC's queue -j 2, commit {args.previous}): {queue:.1f} s; the local "
+            f"path takes {local / queue:.2f} x its time")
+    record("cluster_study", f"{len(args.seeds)}_seeds", {
+        "local_path_seconds": local, "cluster_by_hand_seconds": by_hand, "dvc_queue_seconds": queue,
+        "local_over_queue": local / queue, "cluster_over_local": by_hand / local, "subset": args.subset,
+        "previous_engine": args.previous}, path=args.report)
 
 
 if __name__ == "__main__":

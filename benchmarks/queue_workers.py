@@ -33,8 +33,13 @@ def sh(command, cwd, env=None):
     return result.stdout
 
 
-def scratch_copy(target: Path, subset: int) -> Path:
-    files = sh(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], REPO)
+def scratch_copy(target: Path, subset: int, rev: str | None = None) -> Path:
+    """A git copy of this checkout's working tree (or of commit `rev`) with `subset` images, 1 epoch, built."""
+    if rev:
+        target.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", rev], cwd=REPO, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    files = "" if rev else sh(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], REPO)
     for name in filter(None, files.split("\0")):
         if (REPO / name).is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)

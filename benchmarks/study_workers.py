@@ -3,7 +3,7 @@
     python benchmarks/study_workers.py [--subset 6000] [--jobs 1 2]
 
 In a temporary git copy of the repository (a stratified `subset`, 1 epoch), time
-`stages/study.py run --seeds 1 2 3 --jobs N` for each N: N DVC queue workers, each stage with
+`stages/study.py run --seeds 1 2 3 --jobs N` for each N: N Dask workers on this machine, each stage with
 cores / N threads. The run cache and the seeds' results are cleared before each measurement, so every
 seed really trains. Prints seconds per N and the ratio to the first; records them in metrics/benchmark.json.
 """

@@ -60,3 +60,12 @@ def test_every_figure_the_readme_shows_is_committed():
         assert (REPO / path).is_file(), path
     for path in re.findall(r"\]\((docs/[^)#]+)", README):
         assert (REPO / path).is_file(), path
+
+
+def test_the_module_map_names_every_module_of_the_package():
+    """src/fashion_compare/__init__.py points here for the map of the package."""
+    block = README.split("## Where things live")[1].split("```")[1]
+    named = set(re.findall(r"\b(\w+)\.py\b", block))
+    modules = {path.stem for path in (REPO / "src/fashion_compare").glob("*.py") if path.stem != "__init__"}
+    assert modules - named == set(), "modules the README's map leaves out"
+    assert named - modules == set(), "names in the README's map that are no module"
