@@ -172,9 +172,9 @@ def test_pseudo_values_average_to_accuracy_and_per_class_f1():
 ])
 def test_the_three_verdicts_against_the_margin(mean, se, margin, decision):
     estimate = uncertainty.Estimate(mean, se, 1e6, 10, 10000, se, se, 0.0)  # df ~ infinite: normal bounds
-    verdict = uncertainty.decide(estimate, margin, 0.05)
+    verdict = uncertainty.decide(estimate, margin, 0.05).as_dict()
     assert verdict["decision"] == decision
     assert (verdict["lower"], verdict["upper"]) == pytest.approx((mean - 1.6449 * se, mean + 1.6449 * se), abs=1e-6)
     assert verdict["p_gain_at_least_margin"] == pytest.approx(stats.norm.cdf((mean - margin) / se), abs=1e-5)
-    assert (verdict["p_worth_it"] < 0.05) == (decision == "worth it")
-    assert (verdict["p_not_worth_it"] < 0.05) == (decision == "not worth it")
+    assert (verdict["p_null_gain_at_most_margin"] < 0.05) == (decision == "worth it")  # H0 "gain <= margin"
+    assert (verdict["p_gain_at_least_margin"] < 0.05) == (decision == "not worth it")  # = p of H0 "gain >= margin"

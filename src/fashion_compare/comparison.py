@@ -7,7 +7,18 @@ tested against the margin (uncertainty.decide).
 """
 
 from . import CLASS_NAMES, MODEL_TITLES, PER_CLASS_METRICS
-from .uncertainty import DEEP, NO_WINNER, SMALL, decide, mcnemar_exact, paired_bootstrap, pseudo_values, two_way, winner
+from .uncertainty import (
+    DEEP,
+    NO_WINNER,
+    SMALL,
+    Verdict,
+    decide,
+    mcnemar_exact,
+    paired_bootstrap,
+    pseudo_values,
+    two_way,
+    winner,
+)
 
 
 def _interval(summary: dict, index=None) -> list:
@@ -15,16 +26,8 @@ def _interval(summary: dict, index=None) -> list:
     return [pick(summary["lower"]), pick(summary["upper"])]
 
 
-def compare(train: dict, evaluation: dict, val_accuracy: dict, predictions: dict, settings, seed=0) -> dict:
-    """`train[model]`: metrics/train_<model>.json; `evaluation`: metrics/evaluate.json;
-    `val_accuracy[model]`: validation accuracy per epoch; `predictions`: {"label", DEEP, SMALL} arrays
-    in test-set order; `settings`: params.yaml's compare section; `seed`: the bootstrap's."""
-    y_true = predictions["label"]
-    test = mcnemar_exact(y_true, predictions[DEEP], predictions[SMALL])
-    boot = paired_bootstrap(y_true, predictions[DEEP], predictions[SMALL], settings.bootstrap_samples,
-                            settings.confidence, seed)
-    side = {DEEP: boot["a"], SMALL: boot["b"]}
-
+def model_rows(train: dict, evaluation: dict, side: dict) -> dict:
+    """Each model's quality with its bootstrap intervals, and its cost."""
     models = {}
     for model in (DEEP, SMALL):
         result = evaluation[model]
@@ -40,7 +43,12 @@ def compare(train: dict, evaluation: dict, val_accuracy: dict, predictions: dict
             "latency_ms_per_image": result["latency_ms_per_image"],
             "throughput_images_per_s": result["throughput_images_per_s"],
         }
-    per_class = {}
+    return models
+
+
+def class_rows(evaluation: dict, boot: dict) -> dict:
+    """Per class and metric: both models' values, the difference, their intervals; the class's F1 winner."""
+    side, per_class = {DEEP: boot["a"], SMALL: boot["b"]}, {}
     for index, name in enumerate(CLASS_NAMES):
         entry = {}
         for metric in PER_CLASS_METRICS:
@@ -52,7 +60,18 @@ def compare(train: dict, evaluation: dict, val_accuracy: dict, predictions: dict
         entry["winner"] = winner(*entry["f1"]["ci"]["difference"])
         entry["f1_margin"] = abs(entry["f1"]["difference"])
         per_class[name] = entry
+    return per_class
 
+
+def compare(train: dict, evaluation: dict, val_accuracy: dict, predictions: dict, settings, seed=0) -> dict:
+    """`train[model]`: metrics/train_<model>.json; `evaluation`: metrics/evaluate.json;
+    `val_accuracy[model]`: validation accuracy per epoch; `predictions`: {"label", DEEP, SMALL} arrays
+    in test-set order; `settings`: params.yaml's compare section; `seed`: the bootstrap's."""
+    y_true = predictions["label"]
+    boot = paired_bootstrap(y_true, predictions[DEEP], predictions[SMALL], settings.bootstrap_samples,
+                            settings.confidence, seed)
+    models = model_rows(train, evaluation, {DEEP: boot["a"], SMALL: boot["b"]})
+    per_class = class_rows(evaluation, boot)
     deep, small = models[DEEP], models[SMALL]
     gain = two_way(pseudo_values(y_true, predictions[DEEP])["accuracy"] -
                    pseudo_values(y_true, predictions[SMALL])["accuracy"])  # one seed: the test images only
@@ -64,7 +83,7 @@ def compare(train: dict, evaluation: dict, val_accuracy: dict, predictions: dict
         "interval_covers": "test-set sampling only (one training run per model)",
         "macro_f1_gain": deep["macro_f1"] - small["macro_f1"],
         "macro_f1_gain_ci": _interval(boot["difference"]["macro_f1"]),
-        "mcnemar": test,
+        "mcnemar": mcnemar_exact(y_true, predictions[DEEP], predictions[SMALL]),
         "train_time_ratio": deep["train_seconds"] / small["train_seconds"],
         "parameter_ratio": deep["parameter_count"] / small["parameter_count"],
         "latency_ratio": deep["latency_ms_per_image"] / small["latency_ms_per_image"],
@@ -73,7 +92,7 @@ def compare(train: dict, evaluation: dict, val_accuracy: dict, predictions: dict
         "val_accuracy_at_common_epoch": {m: val_accuracy[m][common_epoch - 1] for m in (DEEP, SMALL)},
         "confidence": settings.confidence,
         "bootstrap_samples": settings.bootstrap_samples,
-        **decide(gain, settings.min_accuracy_gain, settings.alpha),
+        **decide(gain, settings.min_accuracy_gain, settings.alpha).as_dict(),
     }
     return {"models": models, "per_class": per_class, "verdict": verdict}
 
@@ -117,6 +136,7 @@ def _ci(interval, scale=1.0, digits=4) -> str:
 
 
 def summary_markdown(comparison: dict) -> str:
+    """plots/compare/SUMMARY.md: the tables of one run, then its verdict in words."""
     models, verdict, per_class = comparison["models"], comparison["verdict"], comparison["per_class"]
     deep, small = MODEL_TITLES[DEEP], MODEL_TITLES[SMALL]
     level = f"{verdict['confidence']:.0%}"
@@ -134,33 +154,31 @@ def summary_markdown(comparison: dict) -> str:
                      f"{m['train_seconds'] / 60:.1f} min | {m['latency_ms_per_image']:.2f} ms |")
     lines += ["", f"| class | F1 {deep} | F1 {small} | difference ({level} CI) | winner |", "|---|---|---|---|---|"]
     for name, entry in per_class.items():
-        winner = MODEL_TITLES.get(entry["winner"], entry["winner"])
+        winner_title = MODEL_TITLES.get(entry["winner"], entry["winner"])
         lines.append(f"| {name} | {entry['f1'][DEEP]:.4f} | {entry['f1'][SMALL]:.4f} | "
-                     f"{entry['f1']['difference']:+.4f} {_ci(entry['f1']['ci']['difference'])} | {winner} |")
-    test = verdict["mcnemar"]
-    gain_pp, margin_pp = 100 * verdict["accuracy_gain"], 100 * verdict["margin"]
-    won = verdict["classes_won"]
-    one_sided = f"{1 - verdict['alpha']:.0%}"
-    bound = {"lower": f"its one-sided {one_sided} lower bound, {100 * verdict['lower']:+.2f} points, reaches",
-             "upper": f"its one-sided {one_sided} upper bound, {100 * verdict['upper']:+.2f} points, stays below",
-             None: f"its one-sided {one_sided} bounds, {100 * verdict['lower']:+.2f} to {100 * verdict['upper']:+.2f} "
-                   "points, straddle"}[verdict["deciding_bound"]]
-    lines += ["", "## Verdict", "",
-              f"{deep} is {gain_pp:+.2f} percentage points of test accuracy ({level} CI "
-              f"{_ci(verdict['accuracy_gain_ci'], 100, 2)} points; macro F1 {verdict['macro_f1_gain']:+.4f}, "
-              f"CI {_ci(verdict['macro_f1_gain_ci'])}) against {small}, for {verdict['train_time_ratio']:.1f}x the "
-              f"training time, {verdict['parameter_ratio']:.1f}x the parameters and {verdict['latency_ratio']:.1f}x "
-              f"the latency per image. By F1, {deep} wins {won[DEEP]} classes and {small} {won[SMALL]}; "
-              f"{won[NO_WINNER]} show no significant difference (a class is won only when the CI of its F1 "
-              "difference excludes 0).", "",
-              f"McNemar's exact test on the {test['b'] + test['c']} test images exactly one model gets right: "
-              f"{test['b']} go to {deep}, {test['c']} to {small}; p = {test['p_value']:.3g}.", "",
-              f"Trained for {models[DEEP]['epochs']} and {models[SMALL]['epochs']} epochs respectively. "
-              f"At equal training (epoch {verdict['common_epoch']}) validation accuracy is "
-              f"{verdict['val_accuracy_at_common_epoch'][DEEP]:.4f} for {deep} and "
-              f"{verdict['val_accuracy_at_common_epoch'][SMALL]:.4f} for {small}.", "",
-              f"Is the deep model worth its cost on this data, by this one run? **{verdict['decision']}**: tested "
-              f"against the margin of {margin_pp:.2f} points (params.yaml `compare.min_accuracy_gain`), {bound} the "
-              f"margin (alpha {verdict['alpha']}). This run's interval covers {verdict['interval_covers']}; the seed "
-              "study (`make study`) adds training randomness.", ""]
-    return "\n".join(lines)
+                     f"{entry['f1']['difference']:+.4f} {_ci(entry['f1']['ci']['difference'])} | {winner_title} |")
+    return "\n".join(lines + ["", "## Verdict", "", *_verdict_paragraphs(models, verdict, level)])
+
+
+def _verdict_paragraphs(models: dict, verdict: dict, level: str) -> list:
+    deep, small = MODEL_TITLES[DEEP], MODEL_TITLES[SMALL]
+    test, won = verdict["mcnemar"], verdict["classes_won"]
+    rule = Verdict.from_dict(verdict)
+    return [f"{deep} is {100 * verdict['accuracy_gain']:+.2f} percentage points of test accuracy ({level} CI "
+            f"{_ci(verdict['accuracy_gain_ci'], 100, 2)} points; macro F1 {verdict['macro_f1_gain']:+.4f}, "
+            f"CI {_ci(verdict['macro_f1_gain_ci'])}) against {small}, for {verdict['train_time_ratio']:.1f}x the "
+            f"training time, {verdict['parameter_ratio']:.1f}x the parameters and {verdict['latency_ratio']:.1f}x "
+            f"the latency per image. By F1, {deep} wins {won[DEEP]} classes and {small} {won[SMALL]}; "
+            f"{won[NO_WINNER]} show no significant difference (a class is won only when the CI of its F1 "
+            "difference excludes 0).", "",
+            f"McNemar's exact test on the {test['b'] + test['c']} test images exactly one model gets right: "
+            f"{test['b']} go to {deep}, {test['c']} to {small}; p = {test['p_value']:.3g} (reported; the verdict "
+            "is the test against the margin below).", "",
+            f"Trained for {models[DEEP]['epochs']} and {models[SMALL]['epochs']} epochs respectively. "
+            f"At equal training (epoch {verdict['common_epoch']}) validation accuracy is "
+            f"{verdict['val_accuracy_at_common_epoch'][DEEP]:.4f} for {deep} and "
+            f"{verdict['val_accuracy_at_common_epoch'][SMALL]:.4f} for {small}.", "",
+            f"Is the deep model worth its cost on this data, by this one run? **{rule.decision}**: tested "
+            f"against the margin of {100 * rule.margin:.2f} points (params.yaml `compare.min_accuracy_gain`), "
+            f"{rule.bounds_sentence()} the margin (alpha {rule.alpha}). This run's interval covers "
+            f"{verdict['interval_covers']}; the seed study (`make study`) adds training randomness.", ""]

@@ -128,8 +128,10 @@ def log_study(tracker: Tracker, run_id, study: dict, figures, summary: str):
               "accuracy_gain_se_interaction": gain["se_interaction"],
               **{f"accuracy_gain_variance_{k}": v for k, v in gain["variance_components"].items()},
               "margin_one_sided_lower": verdict["lower"], "margin_one_sided_upper": verdict["upper"],
-              "p_gain_at_least_margin": verdict["p_gain_at_least_margin"], "p_worth_it": verdict["p_worth_it"],
-              "p_not_worth_it": verdict["p_not_worth_it"], "p_resnet_better": study["p_resnet_better"]["value"],
+              "p_gain_at_least_margin": verdict["p_gain_at_least_margin"],
+              "p_null_gain_at_most_margin": verdict["p_null_gain_at_most_margin"],
+              **({"train_time_ratio_median": study["train_time_ratio"]["median"]} if study["train_time_ratio"] else {}),
+              "p_resnet_better": study["p_resnet_better"]["value"],
               "aso_epsilon_min": study["aso_epsilon_min"],
               **{f"verdict_{d.replace(' ', '_')}": float(verdict["decision"] == d)
                  for d in ("worth it", "not worth it", "undecided")}}
@@ -145,7 +147,7 @@ def log_study(tracker: Tracker, run_id, study: dict, figures, summary: str):
     tracker.log_text(run_id, summary, "study/SUMMARY.md")
     tracker.log_dict(run_id, study, "study/study.json")
     for row in study["per_seed"]:
-        for role, child in row.get("mlflow_run_ids", {}).items():
+        for role, child in row["run"].get("mlflow_run_ids", {}).items():
             if not child or not tracker.has_run(child):
                 continue
             tags = {"study_run_id": run_id, "seed": row["seed"]}

@@ -141,6 +141,36 @@ def run_seeds(recipe: Recipe, seeds: list, jobs: int, params: dict, address: str
     return ledger.failed
 
 
+def refresh_comparisons(recipe: Recipe, seeds: list, settings) -> list:
+    """Each seed folder's compare.json and headline.json recomputed from its own files (predictions, metrics,
+    curves) by today's comparison code and `settings` (params.yaml's compare section): a seed collected before
+    a change of the rule says what the rule says now, without training. Returns the seeds rewritten."""
+    from . import MODEL_NAMES, comparison
+    from .files import read_csv_rows
+    from .seed_folders import load_predictions
+
+    rewritten = []
+    for seed in seeds:
+        folder = recipe.seed_dir(seed)
+        if not (folder / "predictions.csv").is_file() or not (folder / "compare.json").is_file():
+            continue  # failed, or a folder without a comparison to recompute
+        info = read_json(folder / "run.json")
+        train = {m: read_json(folder / f"train_{m}.json") for m in MODEL_NAMES}
+        curves = {m: [float(row["val_accuracy"]) for row in read_csv_rows(folder / f"{m}_epochs.csv")]
+                  for m in MODEL_NAMES}
+        result = comparison.compare(train, read_json(folder / "evaluate.json"), curves,
+                                    load_predictions(folder, seed, info), settings, seed)
+        old = read_json(folder / "compare.json")
+        if old.get("mlflow_run_id"):
+            result["mlflow_run_id"] = old["mlflow_run_id"]
+        if result != old:
+            with together():
+                write_json(folder / "compare.json", result)
+                write_json(folder / "headline.json", comparison.headline(result))
+            rewritten.append(seed)
+    return rewritten
+
+
 def aggregate(recipe: Recipe, seeds: list, params, tracker) -> dict:
     """metrics/study.json, plots/study/ and the study's MLflow run (or the tuned recipe's), from the seeds'
     committed results: every output checked writable and every seed folder validated first, then all outputs
@@ -153,6 +183,9 @@ def aggregate(recipe: Recipe, seeds: list, params, tracker) -> dict:
     outputs = [*(f"{name}.png" for name in draw), *study.PLOT_TABLES, "SUMMARY.md"]
     check_writable([*(recipe.plots_dir / name for name in outputs), recipe.study_file])
     runs, failed = load_study(recipe, seeds)
+    refreshed = refresh_comparisons(recipe, seeds, params.compare)
+    if refreshed:
+        print(f"{seeds_named(refreshed)[0]}: compare.json and headline.json recomputed by today's rule")
     for seed, why in failed.items():
         print(f"warning: seed {seed} failed and is left out of the study: {why}")
     result = study.aggregate(runs, params.compare, failed)

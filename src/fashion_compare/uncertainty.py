@@ -12,7 +12,7 @@ Vectorised: a resample is a vector of counts per image (multinomial), so per-cla
 predicted and true counts of all resamples are three matrix products.
 """
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import stats
@@ -196,11 +196,49 @@ def pseudo_values(y_true, y_pred) -> dict:
     return {"accuracy": (y_true == y_pred).astype(np.float64), "f1": f1 + influence}
 
 
-def decide(estimate: Estimate, margin: float, alpha: float) -> dict:
-    """A gain tested against the margin it must reach (two one-sided tests at the margin, as in equivalence
-    testing): "worth it" when the one-sided (1 - alpha) lower bound is at least `margin`, "not worth it"
-    when the one-sided upper bound is below it, else "undecided". P(gain >= margin): the t model's
-    probability of a true gain at least the margin, given the estimate (flat prior)."""
+@dataclass(frozen=True)
+class Verdict:
+    """The gain tested against the margin it must reach (two one-sided tests at the margin, as in equivalence
+    testing). Its fields, as metrics/compare.json and metrics/study.json hold them (docs/method.md):
+
+    decision: "worth it" when the one-sided (1 - alpha) lower bound is at least `margin`, "not worth it" when
+        the one-sided upper bound is below it, else "undecided"
+    deciding_bound: "lower", "upper" or None (undecided)
+    lower, upper: the one-sided (1 - alpha) bounds of the gain
+    margin, alpha: the rule's settings (params.yaml `compare.min_accuracy_gain`, `compare.alpha`)
+    p_gain_at_least_margin: the t model's probability of a true gain at least the margin given the estimate
+        (flat prior); also the p-value of H0 "gain >= margin", below alpha exactly when "not worth it"
+    p_null_gain_at_most_margin: the p-value of H0 "gain <= margin", below alpha exactly when "worth it"
+    """
+
+    decision: str
+    deciding_bound: str | None
+    lower: float
+    upper: float
+    margin: float
+    alpha: float
+    p_gain_at_least_margin: float
+    p_null_gain_at_most_margin: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> "Verdict":
+        return cls(**{name: saved[name] for name in cls.__dataclass_fields__})
+
+    def bounds_sentence(self) -> str:
+        """How the bounds meet the margin, in words: "its one-sided 95% upper bound, +0.84 points, stays below"."""
+        one_sided = f"its one-sided {1 - self.alpha:.0%}"
+        if self.deciding_bound == "lower":
+            return f"{one_sided} lower bound, {100 * self.lower:+.2f} points, reaches"
+        if self.deciding_bound == "upper":
+            return f"{one_sided} upper bound, {100 * self.upper:+.2f} points, stays below"
+        return f"{one_sided} bounds, {100 * self.lower:+.2f} to {100 * self.upper:+.2f} points, straddle"
+
+
+def decide(estimate: Estimate, margin: float, alpha: float) -> Verdict:
+    """The Verdict on a gain `estimate` against `margin` at level `alpha`."""
     lower, upper = estimate.one_sided(alpha)
     if lower >= margin:
         decision, bound = "worth it", "lower"
@@ -209,8 +247,5 @@ def decide(estimate: Estimate, margin: float, alpha: float) -> dict:
     else:
         decision, bound = "undecided", None
     distance = (estimate.mean - margin) / estimate.se if estimate.se > 0 else np.sign(estimate.mean - margin) * np.inf
-    return {"decision": decision, "deciding_bound": bound, "lower": float(lower), "upper": float(upper),
-            "margin": margin, "alpha": alpha, "p_gain_at_least_margin": float(stats.t.cdf(distance, estimate.df)),
-            # the two one-sided tests' p-values: H0 "gain <= margin" (rejected: worth it) and H0 "gain >= margin"
-            "p_worth_it": float(stats.t.sf(distance, estimate.df)),
-            "p_not_worth_it": float(stats.t.cdf(distance, estimate.df))}
+    return Verdict(decision, bound, float(lower), float(upper), margin, alpha,
+                   float(stats.t.cdf(distance, estimate.df)), float(stats.t.sf(distance, estimate.df)))
