@@ -63,7 +63,7 @@ def flatten(params: dict, prefix="") -> dict:
 # and what does not shape a seed's predictions: how long latency is measured, MLflow, the verdict rule and
 # its statistics (the aggregate applies today's `compare` to every seed alike), the study's own settings.
 IGNORED_PARAMS = {"seed", "threads", "evaluate.latency_repeats"}
-IGNORED_SECTIONS = ("study.", "compare.", "tracking.")
+IGNORED_SECTIONS = ("study.", "compare.", "tracking.", "tune.")
 
 
 def comparable_params(params: dict) -> dict:
