@@ -110,7 +110,7 @@ exp-show: setup
 
 PORT ?= 5000
 mlflow-ui: setup
-	@MLFLOW_TRACKING_URI= $(BIN)/python -m fashion_compare.tracking \
+	@MLFLOW_TRACKING_URI= $(BIN)/python -m fashion_compare.mlflow_store \
 		"$$($(BIN)/python -c 'import yaml; print(yaml.safe_load(open("params.yaml"))["tracking"]["experiment"])')" $(PORT)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
 		--host 127.0.0.1 --port $(PORT)

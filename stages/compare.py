@@ -16,6 +16,14 @@ from fashion_compare.params import load_params
 OUT = "plots/compare"
 
 
+def write_plot_tables(result: dict):
+    for metric in PER_CLASS_METRICS:
+        write_csv(f"{OUT}/{metric}_per_class.csv", comparison.per_class_rows(result, metric),
+                  ["model", "class", "value", "lower", "upper"])
+    write_csv(f"{OUT}/f1_difference.csv", comparison.f1_difference_rows(result),
+              ["class", "difference", "lower", "upper", "winner"])
+
+
 @exit_on_error
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
@@ -49,11 +57,7 @@ def main():
     with tracking.stage_run(tracker, "compare", "ResNet18 vs CNN", run_params, tags) as run_id:
         if run_id:
             result["mlflow_run_id"] = run_id
-        for metric in PER_CLASS_METRICS:
-            write_csv(f"{OUT}/{metric}_per_class.csv", comparison.per_class_rows(result, metric),
-                      ["model", "class", "value", "lower", "upper"])
-        write_csv(f"{OUT}/f1_difference.csv", comparison.f1_difference_rows(result),
-                  ["class", "difference", "lower", "upper", "winner"])
+        write_plot_tables(result)
         for path, figure in figures.items():
             save_figure(path, figure)
             plots.close(figure)

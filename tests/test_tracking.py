@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from fashion_compare import tracking
+from fashion_compare import mlflow_store, tracking
 
 
 def test_default_store_is_anchored_at_the_dvc_root(tmp_path, monkeypatch):
@@ -13,9 +13,9 @@ def test_default_store_is_anchored_at_the_dvc_root(tmp_path, monkeypatch):
     monkeypatch.chdir(workspace)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path / "repo"))
-    assert tracking.tracking_uri() == f"sqlite:///{tmp_path / 'repo' / 'mlflow.db'}"
+    assert mlflow_store.tracking_uri() == f"sqlite:///{tmp_path / 'repo' / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
-    assert tracking.tracking_uri() == "http://mlflow.example:5000"
+    assert mlflow_store.tracking_uri() == "http://mlflow.example:5000"
 
 
 def test_tracker_creates_experiment_with_artifacts_at_the_root(tmp_path, monkeypatch):
@@ -88,8 +88,12 @@ class FakeTracker:
         self.statuses[run_id] = "RUNNING"
         return True
 
-    def mark_orphans_killed(self, stage, keep=None):
-        pass
+    class client:  # no run left RUNNING by a dead process (tracking.mark_orphans_killed finds none)
+        @staticmethod
+        def search_runs(*args, **kwargs):
+            return []
+
+    experiment_id = "0"
 
     def set_tags(self, run_id, tags):
         self.tags.update(tags)
@@ -165,7 +169,7 @@ def test_an_experiment_created_without_its_kind_gets_it_when_found(tmp_path, mon
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    client = MlflowClient(tracking.tracking_uri())
+    client = MlflowClient(mlflow_store.tracking_uri())
     experiment_id = client.create_experiment("older")
     assert "mlflow.experimentKind" not in client.get_experiment(experiment_id).tags
     assert tracking.Tracker("older").experiment_id == experiment_id
@@ -194,9 +198,9 @@ def test_the_ui_link_opens_the_experiment_in_the_model_training_view(tmp_path, m
     view (checked in headless Chromium: docs/experiments.md)."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    assert tracking.ui_link("fashion-mnist", 5000) == "http://127.0.0.1:5000/#/experiments"  # no store yet
+    assert mlflow_store.ui_link("fashion-mnist", 5000) == "http://127.0.0.1:5000/#/experiments"  # no store yet
     experiment_id = tracking.Tracker("fashion-mnist").experiment_id
-    assert tracking.ui_link("fashion-mnist", 5001) == \
+    assert mlflow_store.ui_link("fashion-mnist", 5001) == \
         f"http://127.0.0.1:5001/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
@@ -206,7 +210,7 @@ def test_an_experiment_created_by_another_process_meanwhile_is_found(tmp_path, m
     from mlflow.tracking import MlflowClient
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'server.db'}")  # not the locked default
-    client = MlflowClient(tracking.tracking_uri())
+    client = MlflowClient(mlflow_store.tracking_uri())
     real_lookup = MlflowClient.get_experiment_by_name
     state = {"calls": 0}
 

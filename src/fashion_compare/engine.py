@@ -202,7 +202,7 @@ def run_seed_task(task: SeedTask) -> SeedOutcome:
 def local_task_settings(jobs: int) -> dict:
     """A local task's origin, workspace, MLflow store (the workspace's, whatever DVC_ROOT a stage sees) and
     threads: the cores shared among the workers, or fewer where OMP_NUM_THREADS asks for fewer."""
-    from .tracking import tracking_uri
+    from .mlflow_store import tracking_uri
 
     workspace, threads = str(Path.cwd().resolve()), max(1, available_cores() // jobs)
     with contextlib.suppress(ValueError):

@@ -1,100 +1,32 @@
-"""MLflow tracking: the connection to the store (anchored at the repository root) and a stage's run life cycle.
-
-No MLFLOW_TRACKING_URI -> a sqlite store `mlflow.db` and artifacts in `mlartifacts/` at the
-repository root, found through DVC_ROOT so `dvc exp run --temp/--queue` runs are not lost in
-a temporary workspace. Metrics are sent in batches, once per epoch, so logging stays cheap.
-What each stage records (params, metrics, figures) is in records.py.
+"""MLflow tracking: a stage's connection to its experiment (Tracker) and its run's life cycle (stage_run), and
+the training's per-epoch logger. Where the store is: mlflow_store.py. Metrics are sent in batches, once per
+epoch, so logging stays cheap. What each stage records (params, metrics, figures) is in records.py.
 """
 
 import contextlib
-import fcntl
 import functools
-import hashlib
 import os
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 from .errors import TrackingError, first_line
+from .mlflow_store import (
+    ARTIFACT_DIR,
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    STORE_FILE,
+    check_scheme,
+    configure_mlflow_client,
+    is_default_store,
+    repo_root,
+    run_tags,
+    store_lock,
+    tracking_uri,
+)
 from .process import alive, signals_deferred
 
-STORE_FILE = "mlflow.db"
-ARTIFACT_DIR = "mlartifacts"
 BATCH_LIMIT = 1000  # MLflow's maximum number of metrics per log_batch call
-TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
-# MLflow's marker of an experiment's kind: model training, not GenAI development. MLflow 3.17's UI reads it where
-# its GenAI / Model training toggle is off; with the toggle, the view comes from the link (`ui_link`).
-EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
-
-
-def repo_root() -> Path:
-    """The real repository root, also from inside a DVC temporary experiment workspace."""
-    if os.environ.get("DVC_ROOT"):
-        return Path(os.environ["DVC_ROOT"]).resolve()
-    try:
-        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True)
-        return Path(top.stdout.strip())
-    except (OSError, subprocess.CalledProcessError):
-        return Path.cwd()
-
-
-def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / STORE_FILE}"
-
-
-def _is_default_store(uri: str) -> bool:
-    return uri == f"sqlite:///{repo_root() / STORE_FILE}"
-
-
-@contextlib.contextmanager
-def _store_lock(uri):
-    """Serialise creating the default sqlite store: concurrent schema migrations can fail."""
-    if not _is_default_store(uri):
-        yield
-        return
-    lock_path = repo_root() / f".{STORE_FILE}.lock"
-    with open(lock_path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def git_commit() -> str:
-    if os.environ.get("DVC_EXP_BASELINE_REV"):
-        return os.environ["DVC_EXP_BASELINE_REV"]
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def run_tags(stage: str, params_file="params.yaml") -> dict:
-    import socket
-
-    tags = {"dvc.stage": os.environ.get("DVC_STAGE", stage), "git.commit": git_commit(),
-            "mlflow.source.git.commit": git_commit(), "host": socket.gethostname(), "pid": str(os.getpid()),
-            "params.sha256": hashlib.sha256(Path(params_file).read_bytes()).hexdigest()[:16]}
-    if os.environ.get("DVC_EXP_NAME"):
-        tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
-    return tags
-
-
-def configure_mlflow_client():
-    """For this process: fail within seconds instead of retrying for minutes (where the user has not chosen
-    otherwise: MLflow reads these from the environment at every request), and keep MLflow's
-    database-creation log ("Creating initial MLflow database tables...") off stderr, where it would read as
-    noise before a stage's own one-line error. Called by `connect`, before the first Tracker."""
-    import logging
-
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-    for name in ("mlflow.store.db.utils", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
 
 def connect(settings) -> "Tracker | None":
     """The stage's tracker for params.yaml's `tracking` section: None when tracking is off; otherwise this
@@ -103,14 +35,6 @@ def connect(settings) -> "Tracker | None":
         return None
     configure_mlflow_client()
     return Tracker(settings.experiment)
-
-
-def check_scheme(uri: str):
-    scheme = uri.split("://", 1)[0].split("+", 1)[0] if "://" in uri else ""
-    if scheme and scheme not in TRACKING_SCHEMES:
-        raise TrackingError(f"MLflow tracking at {uri} failed: unsupported scheme '{scheme}://' "
-                            f"(use one of {', '.join(s + '://' for s in TRACKING_SCHEMES)}; check "
-                            "MLFLOW_TRACKING_URI, or set tracking.enabled: false)")
 
 
 def _timed(method):
@@ -147,7 +71,7 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         try:
-            with _store_lock(self.uri):
+            with store_lock(self.uri):
                 self.client = MlflowClient(self.uri)
                 found = self.client.get_experiment_by_name(experiment)
                 if found is None:
@@ -160,7 +84,7 @@ class Tracker:
                 return found.experiment_id
         except Exception as error:  # MlflowException, connection errors, bad URIs: all one line
             remedy = "check MLFLOW_TRACKING_URI, or set tracking.enabled: false"
-            if _is_default_store(self.uri):
+            if is_default_store(self.uri):
                 remedy = (f"if {STORE_FILE} is damaged, move it aside (mv {STORE_FILE} {STORE_FILE}.broken) and "
                           "run again to start a new store; or set tracking.enabled: false")
             raise TrackingError(f"MLflow tracking at {self.uri} failed: {first_line(error, 200)} ({remedy})") from None
@@ -170,7 +94,7 @@ class Tracker:
         once against one tracking server: the file lock serialises this only for the default sqlite store)."""
         from mlflow.exceptions import MlflowException
 
-        location = (repo_root() / ARTIFACT_DIR).as_uri() if _is_default_store(self.uri) else None
+        location = (repo_root() / ARTIFACT_DIR).as_uri() if is_default_store(self.uri) else None
         try:
             return self.client.create_experiment(experiment, artifact_location=location,
                                                  tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
@@ -272,43 +196,20 @@ class Tracker:
         except MlflowException:
             return False
 
-    @_timed
-    def mark_orphans_killed(self, stage: str, keep=None):
-        """Runs of `stage` left RUNNING by a process on this host that no longer exists (SIGKILL)."""
-        import socket
 
-        host, stage = socket.gethostname(), os.environ.get("DVC_STAGE", stage)
-        runs = self.client.search_runs([self.experiment_id], f"attributes.status = 'RUNNING' and "
-                                       f"tags.`dvc.stage` = '{stage}' and tags.`host` = '{host}'")
+def mark_orphans_killed(tracker: Tracker, stage: str, keep=None):
+    """Runs of `stage` left RUNNING by a process on this host that no longer exists (SIGKILL): KILLED."""
+    import socket
+
+    host, stage = socket.gethostname(), os.environ.get("DVC_STAGE", stage)
+    with signals_deferred():
+        runs = tracker.client.search_runs([tracker.experiment_id], f"attributes.status = 'RUNNING' and "
+                                          f"tags.`dvc.stage` = '{stage}' and tags.`host` = '{host}'")
         for run in runs:
             pid = int(run.data.tags.get("pid", "0") or 0)
             if run.info.run_id != keep and pid and not alive(pid):
-                self.end_run(run.info.run_id, "KILLED")
+                tracker.end_run(run.info.run_id, "KILLED")
                 print(f"marked MLflow run {run.info.run_id} KILLED (its process {pid} is gone)")
-
-    @_timed
-    def log_model(self, run_id, model, example, registered_name=None):
-        """Log with MLflow's PyTorch flavour: signature and input example (N x 1 x 28 x 28 float32).
-        mlflow.pytorch.log_model takes no run id: it logs into the fluent API's active run."""
-        import mlflow
-        import numpy as np
-        import torch
-        from mlflow.models import infer_signature
-
-        # Contiguous weights: a channels_last model (the CNN) made torch.export's archive writer warn
-        # "No complete tensor found in the group!" for every non-contiguous weight.
-        model = model.eval().to("cpu", memory_format=torch.contiguous_format)
-        with torch.inference_mode():
-            output = model(torch.from_numpy(example)).numpy()
-        signature = infer_signature(example, output)
-        mlflow.set_tracking_uri(self.uri)  # the fluent API's store (MLflow also exports it to the environment)
-        with mlflow.start_run(run_id=run_id, nested=False):
-            # Explicit requirements: MLflow's inference of them costs ~10 s per model.
-            requirements = [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"]
-            info = mlflow.pytorch.log_model(model, name="model", signature=signature, input_example=example,
-                                            pip_requirements=requirements,
-                                            registered_model_name=registered_name)
-        return info.model_uri
 
 
 @contextlib.contextmanager
@@ -326,7 +227,7 @@ def stage_run(tracker: Tracker | None, stage: str, run_name: str, params: dict, 
     if run_id and not tracker.reopen_run(run_id):
         print(f"MLflow run {run_id} of the interrupted attempt is not in {tracker.uri}; starting a new run")
         run_id = None
-    tracker.mark_orphans_killed(stage, keep=run_id)
+    mark_orphans_killed(tracker, stage, keep=run_id)
     if run_id is None:
         run_id = tracker.start_run(run_name, params, {**run_tags(stage), **(tags or {})})
     else:
@@ -413,23 +314,3 @@ def existing_runs(tracker: Tracker | None, run_ids: dict) -> dict:
             print(f"warning: MLflow run {run_id} of {name} is not in {tracker.uri} (was it trained with another "
                   "MLFLOW_TRACKING_URI?); it is left out of this run's links")
     return found
-
-
-def ui_link(experiment: str, port: int, host="127.0.0.1") -> str:
-    """The MLflow UI's address of `experiment` in its model-training view (MLflow 3.17 opens an experiment on its
-    GenAI overview unless the link asks for `workflowType=machine_learning`); the experiments list when the
-    default store does not hold the experiment yet."""
-    base = f"http://{host}:{port}/#/experiments"
-    from mlflow.tracking import MlflowClient
-
-    found = None
-    if (repo_root() / STORE_FILE).is_file():
-        with contextlib.suppress(Exception):
-            found = MlflowClient(tracking_uri()).get_experiment_by_name(experiment)
-    return f"{base}/{found.experiment_id}?workflowType=machine_learning" if found else base
-
-
-if __name__ == "__main__":  # `python -m fashion_compare.tracking <experiment> <port>`: the link make mlflow-ui prints
-    import sys
-
-    print(f"MLflow UI: {ui_link(sys.argv[1], int(sys.argv[2]))}")
