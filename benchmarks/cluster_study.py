@@ -49,24 +49,27 @@ def main():
     parser.add_argument("--report", type=Path, default=REPORT)
     args = parser.parse_args()
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # the venv's dvc
-    label = f"{len(args.seeds)}-seed study, data.subset {args.subset}"
+    label, key = f"{len(args.seeds)}-seed study, data.subset {args.subset}", f"{len(args.seeds)}_seeds"
+    figures = {"subset": args.subset, "previous_engine": args.previous}
     with tempfile.TemporaryDirectory(prefix="fashion-engine-") as folder:
         repo = study_copy(Path(folder) / "now", args.subset)
-        local = study_seconds(repo, args.seeds, "--jobs", "2")
+        local = figures["local_path_seconds"] = study_seconds(repo, args.seeds, "--jobs", "2")
         say(f"{label}: the local path (LocalCluster, 2 workers x 1 thread): {local:.1f} s")
+        record("cluster_study", key, figures, path=args.report)
         with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, resources={"seed": 1},
                           dashboard_address=None) as cluster:
-            by_hand = study_seconds(repo, args.seeds, "--cluster", cluster.scheduler_address)
+            by_hand = figures["cluster_by_hand_seconds"] = study_seconds(repo, args.seeds, "--cluster",
+                                                                          cluster.scheduler_address)
+        figures["cluster_over_local"] = by_hand / local
         say(f"{label}: a local Dask cluster started by hand (the cluster path): {by_hand:.1f} s, "
             f"{by_hand / local:.2f} x the local path's time")
+        record("cluster_study", key, figures, path=args.report)
         previous = study_copy(Path(folder) / "previous", args.subset, args.previous)
-        queue = study_seconds(previous, args.seeds, "--jobs", "2")
+        queue = figures["dvc_queue_seconds"] = study_seconds(previous, args.seeds, "--jobs", "2")
+        figures["local_over_queue"] = local / queue
         say(f"{label}: the previous engine (DVC's queue -j 2, commit {args.previous}): {queue:.1f} s; the local "
             f"path takes {local / queue:.2f} x its time")
-    record("cluster_study", f"{len(args.seeds)}_seeds", {
-        "local_path_seconds": local, "cluster_by_hand_seconds": by_hand, "dvc_queue_seconds": queue,
-        "local_over_queue": local / queue, "cluster_over_local": by_hand / local, "subset": args.subset,
-        "previous_engine": args.previous}, path=args.report)
+        record("cluster_study", key, figures, path=args.report)
 
 
 if __name__ == "__main__":

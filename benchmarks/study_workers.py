@@ -32,7 +32,11 @@ def study_seconds(repo: Path, seeds, *options) -> float:
                             cwd=repo, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if result.returncode != 0 or "FAILED" in result.stdout:
-        raise failed(f"study {' '.join(options)}", result)
+        kept = Path(__file__).resolve().parents[1] / "logs" / "benchmarks" / "failed-study.log"
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        logs = "".join(f"\n--- {log}\n{log.read_text()}" for log in sorted((repo / "logs").glob("**/*.log")))
+        kept.write_text(result.stdout + result.stderr + logs)
+        raise failed(f"study {' '.join(options)} (whole output: {kept})", result)
     return seconds
 
 
