@@ -218,3 +218,20 @@ def test_the_committed_study_is_what_its_seeds_predictions_give():
     expected = ("worth it" if grand - one_sided >= 0.01 else "not worth it" if grand + one_sided < 0.01
                 else "undecided")
     assert verdict["decision"] == expected
+
+
+def test_seeds_from_before_the_recipe_knobs_compare_with_todays_reference_recipe():
+    """A seed folder's params.yaml written before weight_decay, schedule and augment existed ran the reference
+    recipe (Adam, no augmentation, StepLR exactly where a step_size was set): it agrees with today's params."""
+    import yaml
+
+    today = yaml.safe_load(open("params.yaml"))
+    before = yaml.safe_load(open("params.yaml"))
+    for model in ("resnet", "cnn"):
+        for knob in ("weight_decay", "schedule", "augment"):
+            before[model].pop(knob)
+    before.pop("tune")
+    assert study.comparable_params(before) == study.comparable_params(today)
+    before["resnet"]["step_size"] = None  # that was a constant rate: not today's StepLR
+    assert study.comparable_params(before)["resnet.schedule"] == "constant" != \
+        study.comparable_params(today)["resnet.schedule"]

@@ -66,9 +66,26 @@ IGNORED_PARAMS = {"seed", "threads", "evaluate.latency_repeats"}
 IGNORED_SECTIONS = ("study.", "compare.", "tracking.", "tune.")
 
 
+# The recipe knobs a model section gained after seeds were committed, with the values that trained as before:
+# a section without them ran Adam, no augmentation, and StepLR exactly when it had a step_size.
+RECIPE_DEFAULTS = {"weight_decay": 0.0, "augment": "none"}
+
+
+def with_recipe_defaults(params: dict) -> dict:
+    """`params` with each model section's recipe knobs spelled out, as params.yaml has them today."""
+    params = {**params}
+    for model in MODEL_NAMES:
+        if isinstance(params.get(model), dict) and "schedule" not in params[model]:
+            section = {**RECIPE_DEFAULTS, **params[model]}
+            section["schedule"] = "step" if section.get("step_size") else "constant"
+            params[model] = section
+    return params
+
+
 def comparable_params(params: dict) -> dict:
-    """The params that must agree across a study's seeds: all but those that may differ (above)."""
-    return {key: value for key, value in flatten(params).items()
+    """The params that must agree across a study's seeds: all but those that may differ (above), the recipe
+    knobs spelled out (with_recipe_defaults)."""
+    return {key: value for key, value in flatten(with_recipe_defaults(params)).items()
             if key not in IGNORED_PARAMS and not key.startswith(IGNORED_SECTIONS)}
 
 
