@@ -130,3 +130,13 @@ def test_every_figure_in_readme_and_docs_is_read_from_a_committed_file():
             if match.group(0) not in NOT_MEASURED and not traced(match.group(0)):
                 untraced.append(f"{doc.name}:{text[:match.start()].count(chr(10)) + 1}: {match.group(0)}")
     assert not untraced, untraced
+
+
+RECIPES = {"reference (the original write-up's)": "metrics/study.json",
+           "tuned (make tune: the same budget for each model)": "metrics/study_tuned.json"}
+
+
+def test_the_answer_table_holds_both_recipes_studies_as_committed():
+    studies = {recipe: json.loads((REPO / path).read_text()) if (REPO / path).is_file() else None
+               for recipe, path in RECIPES.items()}
+    assert study.answer_table(studies) in README

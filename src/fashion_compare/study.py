@@ -416,3 +416,27 @@ def summary_markdown(study: dict) -> str:
     if study["failed_seeds"]:
         lines += ["", "Left out, failed: " + "; ".join(f"seed {s}: {why}" for s, why in study["failed_seeds"].items())]
     return "\n".join(lines) + "\n"
+
+
+def answer_table(studies: dict) -> str:
+    """The README's answer table: per recipe ({title: metrics/study*.json's contents, or None: not run yet}),
+    both models' accuracy, the gain with its interval, the bound that decides, the verdict and the training-cost
+    ratio (the median over seeds, with its range)."""
+    ran = [study for study in studies.values() if study]
+    level = f"{ran[0]['verdict']['confidence']:.0%}" if ran else "95%"
+    one_sided = f"{1 - ran[0]['verdict']['alpha']:.0%}" if ran else "95%"
+    lines = [f"| recipe | ResNet18 accuracy | Small CNN accuracy | gain, points [{level} interval] | one-sided "
+             f"{one_sided} bound | verdict | training time, ResNet18 ÷ CNN (median over seeds) |",
+             "|---|---|---|---|---|---|---|"]
+    for recipe, study in studies.items():
+        if study is None:
+            lines.append(f"| {recipe} | not run yet | | | | | |")
+            continue
+        verdict, gain, cost = study["verdict"], study["accuracy_gain"], study["train_time_ratio"]
+        bound = {"lower": f"lower {_pp(verdict['lower'])}", "upper": f"upper {_pp(verdict['upper'])}"}.get(
+            verdict["deciding_bound"], f"{_pp(verdict['lower'])} to {_pp(verdict['upper'])}")
+        accuracy = {m: study["models"][m]["test_accuracy"]["mean"] for m in MODEL_NAMES}
+        lines.append(f"| {recipe} | {accuracy[DEEP]:.4f} | {accuracy[SMALL]:.4f} | {_pp(gain['mean'])} "
+                     f"{_points(gain['ci'])} | {bound} | {verdict['decision']} (k = {study['k']}) | "
+                     f"{cost['median']:.1f}× ({cost['min']:.1f}–{cost['max']:.1f}×) |")
+    return "\n".join(lines)
