@@ -161,14 +161,14 @@ def test_a_study_split_over_machines_is_gathered_without_training(tmp_path, buil
     push(a, env, "seed 1", ["metrics/study/seeds/1"])
 
     sliced = study(b, env, "run", "--seeds", "2").stdout
-    assert "running seeds 2, 1 at a time" in sliced and "seed 2: finished" in sliced
+    assert "running seed 2, 1 at a time" in sliced and "seed 2: finished" in sliced
     push(b, env, "seed 2", ["metrics/study/seeds/2"])
 
     run(["git", "pull", "-q"], c)
     run(["dvc", "pull", "-q", "--run-cache"], c, env=env)
     gathered = study(c, env, "all").stdout
     assert "seed 1: done already" in gathered and "seed 2: done already" in gathered
-    assert "running seeds" not in gathered and not (c / ".dvc/tmp/exps").exists()  # nothing trained in C
+    assert "running seed" not in gathered and not (c / ".dvc/tmp/study").exists()  # nothing trained in C
     assert "Is the deep model worth its cost" in gathered and "## Verdict" not in gathered  # the summary, printed
     result = json.loads((c / "metrics/study.json").read_text())
     assert result["k"] == 2 and result["seeds"] == [1, 2]

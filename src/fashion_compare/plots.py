@@ -243,3 +243,23 @@ def expected_best(tuning: dict):
     figure.suptitle("Expected best validation accuracy of a random search (mean +- sd)")
     figure.tight_layout()
     return figure
+
+
+def accuracy_against_cost(points: list):
+    """Test accuracy (mean over seeds, with its interval over seeds and test images) against training
+    CPU-seconds (median over seeds), per model and recipe: the cost side of "worth its cost". `points`: dicts
+    with recipe, model, accuracy, lower, upper, seconds."""
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    markers = {"reference": "o", "tuned": "s"}
+    for point in points:
+        axes.errorbar(point["seconds"], point["accuracy"], yerr=[[point["accuracy"] - point["lower"]],
+                                                                   [point["upper"] - point["accuracy"]]],
+                      marker=markers.get(point["recipe"], "^"), capsize=4, linestyle="none",
+                      label=f"{MODEL_TITLES[point['model']]}, {point['recipe']} recipe")
+    axes.set_xscale("log")
+    axes.set(xlabel="training CPU-seconds per run (median over seeds; log scale)",
+             ylabel="test accuracy (mean, 95 % interval)", title="Test accuracy against training cost")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    return figure

@@ -171,6 +171,42 @@ def refresh_comparisons(recipe: Recipe, seeds: list, settings) -> list:
     return rewritten
 
 
+RECIPES_FIGURE = Path("plots/recipes/accuracy_vs_cost.png")
+
+
+def draw_recipes_figure(recipes=("reference", "tuned")):
+    """plots/recipes/accuracy_vs_cost.png from every recipe's committed study: each model's accuracy and
+    interval against its training CPU-seconds, the median over the study's seeds (a seed trained before
+    CPU-seconds were recorded counts its wall seconds times its threads)."""
+    import numpy as np
+
+    from . import MODEL_NAMES, plots
+    from .files import save_figure
+
+    points = []
+    for name in recipes:
+        recipe = Recipe(name)
+        if not recipe.study_file.is_file():
+            continue
+        result = read_json(recipe.study_file)
+        for model in MODEL_NAMES:
+            seconds = []
+            for path in (recipe.seed_dir(seed) / f"train_{model}.json" for seed in result["seeds"]):
+                if path.is_file():  # a seed folder holds it (a made-up one in a test may not)
+                    train = read_json(path)
+                    seconds.append(train.get("train_cpu_seconds") or train["train_seconds"] * train["threads"])
+            if not seconds:
+                continue
+            accuracy = result["models"][model]["test_accuracy"]
+            points.append({"recipe": name, "model": model, "accuracy": accuracy["mean"], "lower": accuracy["ci"][0],
+                           "upper": accuracy["ci"][1], "seconds": float(np.median(seconds))})
+    if not points:
+        return
+    figure = plots.accuracy_against_cost(points)
+    save_figure(RECIPES_FIGURE, figure)
+    plots.close(figure)
+
+
 def aggregate(recipe: Recipe, seeds: list, params, tracker) -> dict:
     """metrics/study.json, plots/study/ and the study's MLflow run (or the tuned recipe's), from the seeds'
     committed results: every output checked writable and every seed folder validated first, then all outputs
@@ -205,5 +241,6 @@ def aggregate(recipe: Recipe, seeds: list, params, tracker) -> dict:
             records.log_study(tracker, run_id, result, figures, summary)
     for figure in figures.values():
         plots.close(figure)
+    draw_recipes_figure()
     print(summary.split("## Verdict")[1].strip())
     return result
