@@ -190,9 +190,9 @@ def run_seed_task(task: SeedTask) -> SeedOutcome:
             ref = experiment_ref(scratch, task.recipe.experiment_name(task.seed))
             git("push", "--quiet", "--force", "origin", f"{ref}:{ref}", cwd=scratch)
         source = {"experiment": task.recipe.experiment_name(task.seed), "rev": task.commit, "worker": worker.address}
-        files = seed_files(task.seed, lambda path: (scratch / path).read_text(encoding="utf-8"),
-                           code_fingerprint(root=scratch), source)
-        return SeedOutcome(task.seed, worker.address, code_fingerprint(root=scratch), files)
+        fingerprint = code_fingerprint(root=scratch)
+        files = seed_files(task.seed, lambda path: (scratch / path).read_text(encoding="utf-8"), fingerprint, source)
+        return SeedOutcome(task.seed, worker.address, fingerprint, files)
     finally:
         if not task.workspace:
             shutil.rmtree(scratch, ignore_errors=True)

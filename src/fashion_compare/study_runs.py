@@ -141,25 +141,24 @@ def run_seeds(recipe: Recipe, seeds: list, jobs: int, params: dict, address: str
     return ledger.failed
 
 
-def refresh_comparisons(recipe: Recipe, seeds: list, settings) -> list:
-    """Each seed folder's compare.json and headline.json recomputed from its own files (predictions, metrics,
-    curves) by today's comparison code and `settings` (params.yaml's compare section): a seed collected before
-    a change of the rule says what the rule says now, without training. Returns the seeds rewritten."""
+def refresh_comparisons(recipe: Recipe, runs: list, settings) -> list:
+    """Each seed folder's compare.json and headline.json recomputed from its own files (`runs`: the validated
+    seeds load_study gave, with their predictions; the folder's metrics and curves) by today's comparison code
+    and `settings` (params.yaml's compare section): a seed collected before a change of the rule says what the
+    rule says now, without training. Returns the seeds rewritten."""
     from . import MODEL_NAMES, comparison
     from .files import read_csv_rows
-    from .seed_folders import load_predictions
 
     rewritten = []
-    for seed in seeds:
-        folder = recipe.seed_dir(seed)
-        if not (folder / "predictions.csv").is_file() or not (folder / "compare.json").is_file():
-            continue  # failed, or a folder without a comparison to recompute
-        info = read_json(folder / "run.json")
+    for run in runs:
+        seed, folder = run.seed, recipe.seed_dir(run.seed)
+        if not (folder / "compare.json").is_file():
+            continue  # a folder without a comparison to recompute
         train = {m: read_json(folder / f"train_{m}.json") for m in MODEL_NAMES}
         curves = {m: [float(row["val_accuracy"]) for row in read_csv_rows(folder / f"{m}_epochs.csv")]
                   for m in MODEL_NAMES}
         result = comparison.compare(train, read_json(folder / "evaluate.json"), curves,
-                                    load_predictions(folder, seed, info), settings, seed)
+                                    run.predictions, settings, seed)
         old = read_json(folder / "compare.json")
         if old.get("mlflow_run_id"):
             result["mlflow_run_id"] = old["mlflow_run_id"]
@@ -219,7 +218,7 @@ def aggregate(recipe: Recipe, seeds: list, params, tracker) -> dict:
     outputs = [*(f"{name}.png" for name in draw), *study.PLOT_TABLES, "SUMMARY.md"]
     check_writable([*(recipe.plots_dir / name for name in outputs), recipe.study_file])
     runs, failed = load_study(recipe, seeds)
-    refreshed = refresh_comparisons(recipe, seeds, params.compare)
+    refreshed = refresh_comparisons(recipe, runs, params.compare)
     if refreshed:
         print(f"{seeds_named(refreshed)[0]}: compare.json and headline.json recomputed by today's rule")
     for seed, why in failed.items():
