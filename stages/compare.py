@@ -8,7 +8,17 @@ from pathlib import Path
 # in a copy of the repository, and each must run its own code.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from fashion_compare import MODEL_NAMES, PER_CLASS_METRICS, comparison, evaluation, plots, process, records, tracking
+from fashion_compare import (
+    MODEL_NAMES,
+    PER_CLASS_METRICS,
+    comparison,
+    evaluation,
+    plots,
+    process,
+    records,
+    results,
+    tracking,
+)
 from fashion_compare.errors import exit_on_error
 from fashion_compare.files import read_csv_rows, read_json, save_figure, write_csv, write_json, write_text
 from fashion_compare.params import load_params
@@ -16,7 +26,7 @@ from fashion_compare.params import load_params
 OUT = "plots/compare"
 
 
-def write_plot_tables(result: dict):
+def write_plot_tables(result: results.Comparison):
     for metric in PER_CLASS_METRICS:
         write_csv(f"{OUT}/{metric}_per_class.csv", comparison.per_class_rows(result, metric),
                   ["model", "class", "value", "lower", "upper"])
@@ -43,10 +53,10 @@ def main():
 
     val_accuracy = {name: [float(row["val_accuracy"]) for row in rows] for name, rows in epochs.items()}
     result = comparison.compare(train, evaluated, val_accuracy, predictions, params.compare, params.seed)
-    confidence = result["verdict"]["confidence"]
-    figures = {f"{OUT}/{metric}.png": plots.grouped_bars(result["per_class"], metric, confidence)
+    confidence = result.verdict.confidence
+    figures = {f"{OUT}/{metric}.png": plots.grouped_bars(result.per_class, metric, confidence)
                for metric in PER_CLASS_METRICS}
-    figures[f"{OUT}/f1_difference.png"] = plots.forest(result["per_class"], confidence)
+    figures[f"{OUT}/f1_difference.png"] = plots.forest(result.per_class, confidence)
     figures[f"{OUT}/learning_curves.png"] = plots.learning_curves(epochs, steps)
     summary = comparison.summary_markdown(result)
 
@@ -55,14 +65,13 @@ def main():
     run_params = records.comparison_run_params(child_params, params.compare.model_dump(), params.seed)
     tags = {f"{name}_run_id": run_id for name, run_id in child_run_ids.items()}
     with tracking.stage_run(tracker, "compare", "ResNet18 vs CNN", run_params, tags) as run_id:
-        if run_id:
-            result["mlflow_run_id"] = run_id
+        result = results.with_run_id(result, run_id)
         write_plot_tables(result)
         for path, figure in figures.items():
             save_figure(path, figure)
             plots.close(figure)
         write_text(f"{OUT}/SUMMARY.md", summary)
-        write_json("metrics/compare.json", result)
+        results.write("metrics/compare.json", result)
         write_json("metrics/headline.json", comparison.headline(result))
         write_json("metrics/cost.json", comparison.cost(result))
         if run_id:

@@ -50,36 +50,36 @@ def constructed_comparison(extra_coats_right=60, **settings):
 
 def test_comparison_counts_only_significant_wins_and_tests_the_gain_against_the_margin():
     result = constructed_comparison()
-    per_class = result["per_class"]
-    assert per_class["Coat"]["winner"] == "resnet" and per_class["Coat"]["f1"]["ci"]["difference"][0] > 0
-    assert per_class["Ankle boot"]["winner"] == "cnn" and per_class["Ankle boot"]["f1"]["ci"]["difference"][1] < 0
+    per_class = result.per_class
+    assert per_class["Coat"].winner == "resnet" and per_class["Coat"].f1.ci.difference[0] > 0
+    assert per_class["Ankle boot"].winner == "cnn" and per_class["Ankle boot"].f1.ci.difference[1] < 0
     for name in ("T-shirt/top", "Trouser", "Pullover", "Dress", "Sandal", "Bag"):
-        assert per_class[name]["winner"] == comparison.NO_WINNER
-        assert per_class[name]["f1"]["ci"]["difference"] == [0.0, 0.0]
-    verdict = result["verdict"]
-    won = verdict["classes_won"]
+        assert per_class[name].winner == comparison.NO_WINNER
+        assert per_class[name].f1.ci.difference == (0.0, 0.0)
+    verdict = result.verdict
+    won = verdict.classes_won
     assert won["resnet"] >= 1 and won["cnn"] >= 1 and won[comparison.NO_WINNER] >= 6 and sum(won.values()) == 10
-    assert verdict["accuracy_gain"] == pytest.approx(20 / 10000)
-    assert (verdict["mcnemar"]["b"], verdict["mcnemar"]["c"]) == (60, 40)
+    assert verdict.accuracy_gain == pytest.approx(20 / 10000)
+    assert (verdict.mcnemar.b, verdict.mcnemar.c) == (60, 40)
     # The gain's standard error over the test images, by hand: 100 discordant images of 10,000, +-1 each.
     se = np.sqrt((100 / 10000 - 0.002 ** 2) * 10000 / 9999 / 10000)
-    assert verdict["accuracy_gain_se"] == pytest.approx(se)
-    assert verdict["accuracy_gain_ci"] == pytest.approx([0.002 - 1.96 * se, 0.002 + 1.96 * se], abs=1e-6)
+    assert verdict.accuracy_gain_se == pytest.approx(se)
+    assert verdict.accuracy_gain_ci == pytest.approx([0.002 - 1.96 * se, 0.002 + 1.96 * se], abs=1e-6)
     # 0.2 points, one-sided 95 % bounds [0.04, 0.36] points, against a margin of 0.1 point: undecided
-    assert (verdict["lower"], verdict["upper"]) == pytest.approx((0.002 - 1.645 * se, 0.002 + 1.645 * se), abs=1e-6)
-    assert verdict["decision"] == "undecided" and verdict["deciding_bound"] is None
-    assert (verdict["train_time_ratio"], verdict["parameter_ratio"], verdict["latency_ratio"]) == (4.0, 11.0, 4.0)
-    assert verdict["common_epoch"] == 2 and verdict["val_accuracy_at_common_epoch"] == {"resnet": 0.86, "cnn": 0.85}
+    assert (verdict.lower, verdict.upper) == pytest.approx((0.002 - 1.645 * se, 0.002 + 1.645 * se), abs=1e-6)
+    assert verdict.decision == "undecided" and verdict.deciding_bound is None
+    assert (verdict.train_time_ratio, verdict.parameter_ratio, verdict.latency_ratio) == (4.0, 11.0, 4.0)
+    assert verdict.common_epoch == 2 and verdict.val_accuracy_at_common_epoch == {"resnet": 0.86, "cnn": 0.85}
     summary = comparison.summary_markdown(result)
     assert "**undecided**" in summary and "straddle the margin" in summary and "test-set sampling only" in summary
     assert "| Trouser |" in summary and "no significant difference" in summary
     assert "At equal training (epoch 2) validation accuracy is 0.8600 for ResNet18 and 0.8500 for Small CNN" in summary
 
     clear = constructed_comparison(extra_coats_right=120)  # +0.8 points, lower bound ~ +0.59 > 0.1
-    assert clear["verdict"]["decision"] == "worth it" and clear["verdict"]["deciding_bound"] == "lower"
+    assert clear.verdict.decision == "worth it" and clear.verdict.deciding_bound == "lower"
     assert "**worth it**" in comparison.summary_markdown(clear)
     strict = constructed_comparison(extra_coats_right=120, min_accuracy_gain=0.02)  # upper bound ~ +1.0 < 2
-    assert strict["verdict"]["decision"] == "not worth it" and strict["verdict"]["deciding_bound"] == "upper"
+    assert strict.verdict.decision == "not worth it" and strict.verdict.deciding_bound == "upper"
 
 
 def test_headline_holds_quality_and_the_test_and_cost_holds_timings():
@@ -88,7 +88,7 @@ def test_headline_holds_quality_and_the_test_and_cost_holds_timings():
     assert set(headline) == {"resnet", "cnn", "accuracy_gain", "accuracy_gain_lower", "accuracy_gain_upper",
                              "mcnemar_p", "p_gain_at_least_margin", "decision"}
     assert set(headline["resnet"]) == {"test_accuracy", "macro_f1"}
-    assert headline["mcnemar_p"] == result["verdict"]["mcnemar"]["p_value"]
+    assert headline["mcnemar_p"] == result.verdict.mcnemar.p_value
     cost = comparison.cost(result)  # machine-dependent figures: apart from the headline
     assert cost["resnet"]["train_seconds"] == 1200.0 and cost["resnet"]["latency_ms_per_image"] == 4.0
     assert cost["train_time_ratio"] == 4.0

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import free_port, reset_to_head, run, set_params, tool_env
 
-from fashion_compare import CLASS_NAMES
+from fashion_compare import CLASS_NAMES, results
 
 pytestmark = pytest.mark.e2e
 MODELS = ("resnet", "cnn")
@@ -82,19 +82,20 @@ def test_every_stage_writes_its_outputs(repo):
         assert resnet_rows["value"]["Trouser"] == pytest.approx(evaluation["resnet"]["per_class"]["Trouser"][metric])
         assert (rows["lower"] <= rows["value"] + 1e-12).all() and (rows["value"] <= rows["upper"] + 1e-12).all()
 
-    compare = load(repo, "metrics/compare.json")
-    assert set(compare["models"]) == set(MODELS) and list(compare["per_class"]) == list(CLASS_NAMES)
-    winners = {entry["winner"] for entry in compare["per_class"].values()}
+    compare = results.load(results.Comparison, repo / "metrics/compare.json")  # every field as results.py declares
+    assert results.to_json(compare) == (repo / "metrics/compare.json").read_text()
+    assert set(compare.models) == set(MODELS) and list(compare.per_class) == list(CLASS_NAMES)
+    winners = {entry.winner for entry in compare.per_class.values()}
     assert winners <= {"resnet", "cnn", "no significant difference"}
-    verdict = compare["verdict"]
-    assert verdict["accuracy_gain"] == pytest.approx(evaluation["resnet"]["accuracy"] - evaluation["cnn"]["accuracy"])
+    verdict = compare.verdict
+    assert verdict.accuracy_gain == pytest.approx(evaluation["resnet"]["accuracy"] - evaluation["cnn"]["accuracy"])
     right = {m: predictions[f"{m}_predicted"] == predictions["label"] for m in MODELS}
-    assert verdict["mcnemar"]["b"] == int((right["resnet"] & ~right["cnn"]).sum())
-    assert verdict["mcnemar"]["c"] == int((~right["resnet"] & right["cnn"]).sum())
-    assert verdict["decision"] in ("worth it", "not worth it", "undecided") and verdict["margin"] == 0.01
+    assert verdict.mcnemar.b == int((right["resnet"] & ~right["cnn"]).sum())
+    assert verdict.mcnemar.c == int((~right["resnet"] & right["cnn"]).sum())
+    assert verdict.decision in ("worth it", "not worth it", "undecided") and verdict.margin == 0.01
     headline = load(repo, "metrics/headline.json")
-    assert headline["mcnemar_p"] == verdict["mcnemar"]["p_value"]
-    assert [headline["accuracy_gain_lower"], headline["accuracy_gain_upper"]] == verdict["accuracy_gain_ci"]
+    assert headline["mcnemar_p"] == verdict.mcnemar.p_value
+    assert (headline["accuracy_gain_lower"], headline["accuracy_gain_upper"]) == verdict.accuracy_gain_ci
     assert "train_seconds" in load(repo, "metrics/cost.json")["resnet"] and "train_seconds" not in headline["resnet"]
     for figure in ("precision", "recall", "f1", "f1_difference", "learning_curves"):
         assert (repo / f"plots/compare/{figure}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -161,14 +162,14 @@ def test_mlflow_holds_a_comparable_run_per_model(repo):
     assert parent.data.tags["resnet_run_id"] == runs["ResNet18"].info.run_id
     assert {a.path for a in mlflow_client.list_artifacts(parent.info.run_id, "comparison")} >= {
         "comparison/f1.png", "comparison/f1_difference.png", "comparison/compare.json", "comparison/SUMMARY.md"}
-    verdict = load(repo, "metrics/compare.json")["verdict"]
+    verdict = results.load(results.Comparison, repo / "metrics/compare.json").verdict
     metrics = parent.data.metrics
-    assert metrics["mcnemar_p"] == pytest.approx(verdict["mcnemar"]["p_value"])
-    assert (metrics["mcnemar_b"], metrics["mcnemar_c"]) == (verdict["mcnemar"]["b"], verdict["mcnemar"]["c"])
-    assert [metrics["accuracy_gain_lower"], metrics["accuracy_gain_upper"]] == pytest.approx(
-        verdict["accuracy_gain_ci"])
+    assert metrics["mcnemar_p"] == pytest.approx(verdict.mcnemar.p_value)
+    assert (metrics["mcnemar_b"], metrics["mcnemar_c"]) == (verdict.mcnemar.b, verdict.mcnemar.c)
+    assert [metrics["accuracy_gain_lower"], metrics["accuracy_gain_upper"]] == pytest.approx(verdict.accuracy_gain_ci)
     assert [metrics["macro_f1_gain_lower"], metrics["macro_f1_gain_upper"]] == pytest.approx(
-        verdict["macro_f1_gain_ci"])
+        verdict.macro_f1_gain_ci)
+    assert metrics["p_null_gain_at_most_margin"] == pytest.approx(verdict.p_null_gain_at_most_margin)
     params = parent.data.params  # what shaped the comparison, and the children's params for sorting
     assert params["compare.bootstrap_samples"] == "2000" and params["compare.alpha"] == "0.05"
     assert params["lr"] == "0.001" and params["resnet.batch_size"] == "20" and params["cnn.batch_size"] == "100"

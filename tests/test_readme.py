@@ -4,7 +4,7 @@ import json
 import re
 from pathlib import Path
 
-from fashion_compare import comparison, study
+from fashion_compare import comparison, results, study
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text(encoding="utf-8")
@@ -21,9 +21,9 @@ def test_readme_is_short():
 
 
 def test_the_study_tables_are_those_of_metrics_study_json():
-    result = json.loads((REPO / "metrics/study.json").read_text())
+    result = results.load(results.StudyResult, REPO / "metrics/study.json")
     rows = data_rows(study.summary_markdown(result))
-    assert len(rows) == 2 + 4 + result["k"] + 10  # models, standard errors, seeds, classes
+    assert len(rows) == 2 + 4 + result.k + 10  # models, standard errors, seeds, classes
     missing = [row for row in rows if row not in README]
     assert not missing, missing
 
@@ -31,25 +31,25 @@ def test_the_study_tables_are_those_of_metrics_study_json():
 def test_the_answer_on_the_first_screen_is_the_study_verdict():
     import yaml
 
-    result = json.loads((REPO / "metrics/study.json").read_text())
+    result = results.load(results.StudyResult, REPO / "metrics/study.json")
     planned = yaml.safe_load((REPO / "params.yaml").read_text())["study"]["seeds"]
     first_screen = " ".join("\n".join(README.splitlines()[:40]).split())  # lines wrapped anywhere
-    gain, verdict = result["accuracy_gain"], result["verdict"]
-    assert f"**{verdict['decision'].capitalize()}" in first_screen
-    expected = (f"**{100 * gain['mean']:+.2f} points** of test accuracy (95 % interval "
-                f"[{100 * gain['ci'][0]:+.2f}, {100 * gain['ci'][1]:+.2f}], training randomness and test-set sampling")
+    gain, verdict = result.accuracy_gain, result.verdict
+    assert f"**{verdict.decision.capitalize()}" in first_screen
+    expected = (f"**{100 * gain.mean:+.2f} points** of test accuracy (95 % interval "
+                f"[{100 * gain.ci[0]:+.2f}, {100 * gain.ci[1]:+.2f}], training randomness and test-set sampling")
     assert expected in first_screen
-    bound = {"lower": verdict["lower"], "upper": verdict["upper"]}.get(verdict["deciding_bound"])
+    bound = {"lower": verdict.lower, "upper": verdict.upper}.get(verdict.deciding_bound)
     if bound is not None:
         assert f"{100 * bound:+.2f}" in first_screen
-    assert f"P(gain ≥ margin) = {verdict['p_gain_at_least_margin']:.2f}" in first_screen
-    assert f"Over {result['k']} paired training runs" in first_screen
-    if result["k"] < len(planned):
-        assert f"on the {result['k']} of the {len(planned)} planned seeds run so far (interim" in first_screen
+    assert f"P(gain ≥ margin) = {verdict.p_gain_at_least_margin:.2f}" in first_screen
+    assert f"Over {result.k} paired training runs" in first_screen
+    if result.k < len(planned):
+        assert f"on the {result.k} of the {len(planned)} planned seeds run so far (interim" in first_screen
 
 
 def test_the_single_run_tables_are_those_of_metrics_compare_json():
-    result = json.loads((REPO / "metrics/compare.json").read_text())
+    result = results.load(results.Comparison, REPO / "metrics/compare.json")
     rows = data_rows(comparison.summary_markdown(result))
     missing = [row for row in rows if row not in README]
     assert not missing, missing
@@ -137,6 +137,6 @@ RECIPES = {"reference (the original write-up's)": "metrics/study.json",
 
 
 def test_the_answer_table_holds_both_recipes_studies_as_committed():
-    studies = {recipe: json.loads((REPO / path).read_text()) if (REPO / path).is_file() else None
+    studies = {recipe: results.load(results.StudyResult, REPO / path) if (REPO / path).is_file() else None
                for recipe, path in RECIPES.items()}
     assert study.answer_table(studies) in README

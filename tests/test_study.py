@@ -9,6 +9,7 @@ from sklearn.metrics import f1_score
 
 from fashion_compare import study
 from fashion_compare.params import CompareParams
+from fashion_compare.results import CostRatio, CpuKind, CpuKindGain, RunRecord
 
 N = 1000
 LABELS = np.arange(N) % 10
@@ -23,11 +24,11 @@ def predictions_with_accuracy(accuracy: float, shift: int = 0) -> np.ndarray:
     return np.where(right, LABELS, (LABELS + 1) % 10)
 
 
-def seed_run(seed, resnet_accuracy, cnn_accuracy, **changes):
+def seed_run(seed, resnet_accuracy, cnn_accuracy, record=None, **changes):
     params = {**PARAMS, "seed": seed, **changes}
     predictions = {"label": LABELS, "resnet": predictions_with_accuracy(resnet_accuracy, 7 * seed),
                    "cnn": predictions_with_accuracy(cnn_accuracy, 3 * seed)}
-    return study.SeedRun(seed, params, predictions)
+    return study.SeedRun(seed, params, predictions, record)
 
 
 @pytest.fixture(autouse=True)
@@ -47,30 +48,30 @@ def test_the_numbers_over_seeds_are_the_textbook_ones():
     gains = np.array(resnet) - np.array(cnn)  # 0.010, 0.020, 0.005
     sd = np.sqrt(((gains - gains.mean()) ** 2).sum() / 2)
     half = 4.302652729911275 * sd / np.sqrt(3)  # t(0.975, 2 degrees of freedom), from a table
-    assert result["accuracy_gain"]["mean"] == pytest.approx(0.011666666666666667)
-    assert result["accuracy_gain"]["sd_over_seeds"] == pytest.approx(sd)
-    assert result["accuracy_gain"]["seeds_only_ci"] == pytest.approx([gains.mean() - half, gains.mean() + half])
+    assert result.accuracy_gain.mean == pytest.approx(0.011666666666666667)
+    assert result.accuracy_gain.sd_over_seeds == pytest.approx(sd)
+    assert result.accuracy_gain.seeds_only_ci == pytest.approx([gains.mean() - half, gains.mean() + half])
     # MS_seed over the 3 x 1000 table of correctness differences is n times the variance of the seeds' gains
-    assert result["accuracy_gain"]["se_seeds"] == pytest.approx(sd / np.sqrt(3))
-    lower, upper = result["accuracy_gain"]["ci"]
+    assert result.accuracy_gain.se_seeds == pytest.approx(sd / np.sqrt(3))
+    lower, upper = result.accuracy_gain.ci
     assert lower < gains.mean() < upper
-    assert result["models"]["resnet"]["test_accuracy"]["mean"] == pytest.approx(0.91)
-    assert result["models"]["resnet"]["test_accuracy"]["sd"] == pytest.approx(0.01)
+    assert result.models["resnet"].test_accuracy.mean == pytest.approx(0.91)
+    assert result.models["resnet"].test_accuracy.sd == pytest.approx(0.01)
     # 3 of 3 seeds won: Clopper-Pearson's 95 % interval is [(0.025)^(1/3), 1] = [0.292, 1]
-    assert result["p_resnet_better"]["value"] == 1.0
-    assert result["p_resnet_better"]["exact_ci"] == pytest.approx([0.025 ** (1 / 3), 1.0])
-    assert 0 <= result["aso_epsilon_min"] <= 0.5
+    assert result.p_resnet_better.value == 1.0
+    assert result.p_resnet_better.exact_ci == pytest.approx([0.025 ** (1 / 3), 1.0])
+    assert 0 <= result.aso_epsilon_min <= 0.5
 
     deep_f1 = [f1_score(LABELS, run.predictions["resnet"], average=None) for run in runs]
     small_f1 = [f1_score(LABELS, run.predictions["cnn"], average=None) for run in runs]
     differences = np.array(deep_f1) - np.array(small_f1)
     for index, name in enumerate(study.CLASS_NAMES):
-        entry = result["per_class"][name]
-        assert entry["f1_difference_mean"] == pytest.approx(differences[:, index].mean())
-        lower, upper = entry["f1_difference_ci"]
-        adjusted_lower, adjusted_upper = entry["f1_difference_adjusted_ci"]
+        entry = result.per_class[name]
+        assert entry.f1_difference_mean == pytest.approx(differences[:, index].mean())
+        lower, upper = entry.f1_difference_ci
+        adjusted_lower, adjusted_upper = entry.f1_difference_adjusted_ci
         assert adjusted_lower <= lower <= differences[:, index].mean() <= upper <= adjusted_upper
-    assert [row["accuracy_gain"] for row in result["per_seed"]] == pytest.approx(list(gains))
+    assert [row.accuracy_gain for row in result.per_seed] == pytest.approx(list(gains))
 
 
 def test_holm_adjusts_the_per_class_p_values_and_a_class_is_won_only_after_it():
@@ -78,28 +79,28 @@ def test_holm_adjusts_the_per_class_p_values_and_a_class_is_won_only_after_it():
     adjustment computed here by hand."""
     runs = [seed_run(seed, r, c) for seed, r, c in zip((1, 2, 3, 4), [0.93, 0.935, 0.93, 0.94], [0.9, 0.9, 0.905, 0.9])]
     result = study.aggregate(runs, SETTINGS)
-    raw = np.array([entry["p_value"] for entry in result["per_class"].values()])
+    raw = np.array([entry.p_value for entry in result.per_class.values()])
     order = np.argsort(raw)
     holm = np.minimum(1, np.maximum.accumulate((len(raw) - np.arange(len(raw))) * raw[order]))
     by_hand = np.empty_like(holm)
     by_hand[order] = holm
-    assert [entry["holm_p_value"] for entry in result["per_class"].values()] == pytest.approx(by_hand)
+    assert [entry.holm_p_value for entry in result.per_class.values()] == pytest.approx(by_hand)
     from statsmodels.stats.multitest import multipletests
 
     assert by_hand == pytest.approx(multipletests(raw, method="holm")[1])
-    for entry in result["per_class"].values():
-        assert (entry["winner"] != study.NO_WINNER) == (entry["holm_p_value"] < 0.05)
-        if entry["p_value"] < 0.05 <= entry["holm_p_value"]:
-            assert entry["winner"] == study.NO_WINNER  # significant alone, not after adjustment
+    for entry in result.per_class.values():
+        assert (entry.winner != study.NO_WINNER) == (entry.holm_p_value < 0.05)
+        if entry.p_value < 0.05 <= entry.holm_p_value:
+            assert entry.winner == study.NO_WINNER  # significant alone, not after adjustment
 
 
 def test_probability_of_superiority_leaves_ties_out_of_value_and_interval_alike():
     resnet = [0.90, 0.91, 0.92, 0.90, 0.93, 0.91]
     cnn = [0.91, 0.91, 0.90, 0.88, 0.90, 0.89]  # one loss, one tie, four wins
     runs = [seed_run(seed, r, c) for seed, r, c in zip(range(1, 7), resnet, cnn)]
-    superiority = study.aggregate(runs, SETTINGS)["p_resnet_better"]
-    assert superiority["value"] == pytest.approx(4 / 5) and superiority["seeds_tied"] == 1
-    assert superiority["exact_ci"] == pytest.approx(list(stats.binomtest(4, 5).proportion_ci(0.95, "exact")))
+    superiority = study.aggregate(runs, SETTINGS).p_resnet_better
+    assert superiority.value == pytest.approx(4 / 5) and superiority.seeds_tied == 1
+    assert superiority.exact_ci == pytest.approx(list(stats.binomtest(4, 5).proportion_ci(0.95, "exact")))
 
 
 @pytest.mark.parametrize("resnet, cnn, decision", [
@@ -110,13 +111,13 @@ def test_probability_of_superiority_leaves_ties_out_of_value_and_interval_alike(
 def test_the_study_verdict_against_the_margin(resnet, cnn, decision):
     runs = [seed_run(seed, r, c) for seed, r, c in zip((1, 2, 3, 4), resnet, cnn)]
     result = study.aggregate(runs, SETTINGS)
-    verdict = result["verdict"]
-    assert verdict["decision"] == decision
-    assert (verdict["plan"] is not None) == (decision == "undecided")
+    verdict = result.verdict
+    assert verdict.decision == decision
+    assert (verdict.plan is not None) == (decision == "undecided")
     summary = study.summary_markdown(result)
     assert f"**{decision}**" in summary
     if decision == "undecided":
-        assert verdict["plan"]["planned_k"] is None or verdict["plan"]["planned_k"] > 4
+        assert verdict.plan.planned_k is None or verdict.plan.planned_k > 4
         assert study.next_step(result, [1, 2, 3, 4]) is not None
     else:
         assert study.next_step(result, [1, 2, 3, 4]) is None
@@ -135,28 +136,28 @@ def test_the_planner_says_how_many_seeds_would_decide_or_that_none_can():
     z = stats.norm.ppf(0.95) + stats.norm.ppf(0.8)
     # K such that (4e-5 + 1e-5) / K + 1e-6 <= (0.0035 / z) ** 2
     expected = int(np.ceil(5e-5 / ((0.0035 / z) ** 2 - 1e-6)))
-    assert near["planned_k"] == expected and near["more_seeds_can_decide"] == (expected <= 20)
+    assert near.planned_k == expected and near.more_seeds_can_decide == (expected <= 20)
     # the test-set part alone (se 0.3 points) is wider than the distance to the margin over z: no K can decide
     floor = planned(0.0095, ms(4e-6 + 9e-6), ms(9e-6 + 1e-6), ms(1e-6))
-    assert floor["planned_k"] is None and not floor["more_seeds_can_decide"]
-    assert floor["test_set_floor_se"] == pytest.approx(0.003)
+    assert floor.planned_k is None and not floor.more_seeds_can_decide
+    assert floor.test_set_floor_se == pytest.approx(0.003)
     # far from the margin, but the seeds were too few: beyond the cap of 20
     beyond = planned(0.004, ms(4e-4 + 1e-6), ms(2e-6), ms(1e-6))
-    assert beyond["planned_k"] > 20 and not beyond["more_seeds_can_decide"]
+    assert beyond.planned_k > 20 and not beyond.more_seeds_can_decide
 
 
 def test_seeds_from_two_cpu_kinds_get_the_gain_per_kind():
-    epyc = {"vendor": "AuthenticAMD", "family": "25", "model": "17", "isa": "AVX-512 BF16", "name": "AMD EPYC"}
-    xeon = {"vendor": "GenuineIntel", "family": "6", "model": "143", "isa": "AVX-512", "name": "Intel Xeon"}
-    runs = [seed_run(1, 0.91, 0.9), seed_run(2, 0.92, 0.9), seed_run(3, 0.93, 0.9)]
-    for run, kind in zip(runs, (epyc, epyc, xeon)):
-        run.info["cpu_kind"] = kind
-    per_kind = study.aggregate(runs, SETTINGS)["per_cpu_kind"]
-    assert per_kind == {"AuthenticAMD family 25 model 17, AVX-512 BF16": {"seeds": [1, 2], "accuracy_gain_mean":
-                                                                        pytest.approx(0.015)},
-                        "GenuineIntel family 6 model 143, AVX-512": {"seeds": [3], "accuracy_gain_mean":
-                                                                     pytest.approx(0.03)}}
-    assert study.aggregate(runs[:2], SETTINGS)["per_cpu_kind"] is None
+    epyc = CpuKind("AuthenticAMD", "25", "17", "AVX-512 BF16", "AMD EPYC")
+    xeon = CpuKind("GenuineIntel", "6", "143", "AVX-512", "Intel Xeon")
+    runs = [seed_run(seed, 0.9 + seed / 100, 0.9, record=RunRecord(kind, {"resnet": 60.0, "cnn": 10.0 * seed}, {}))
+            for seed, kind in zip((1, 2, 3), (epyc, epyc, xeon))]
+    result = study.aggregate(runs, SETTINGS)
+    assert result.per_cpu_kind == {
+        "AuthenticAMD family 25 model 17, AVX-512 BF16": CpuKindGain((1, 2), pytest.approx(0.015)),
+        "GenuineIntel family 6 model 143, AVX-512": CpuKindGain((3,), pytest.approx(0.03))}
+    assert study.aggregate(runs[:2], SETTINGS).per_cpu_kind is None
+    assert result.train_time_ratio == CostRatio(3.0, 2.0, 6.0)  # 60 s over 10, 20 and 30 s: median, min, max
+    assert [row.run for row in result.per_seed] == [run.record for run in runs]
 
 
 @pytest.mark.parametrize("runs, message", [
@@ -174,28 +175,29 @@ def test_what_is_not_a_study_is_refused_in_one_line(runs, message):
 def test_seed_threads_and_what_does_not_shape_the_predictions_may_differ():
     runs = [seed_run(1, 0.9, 0.9), seed_run(2, 0.91, 0.9, threads=1, study={"seeds": [2], "jobs": 2},
                                             compare={"alpha": 0.01}, tracking={"enabled": False})]
-    assert study.aggregate(runs, SETTINGS)["k"] == 2
+    assert study.aggregate(runs, SETTINGS).k == 2
 
 
 def test_failed_seeds_are_named_not_dropped_silently():
     runs = [seed_run(1, 0.9, 0.9), seed_run(2, 0.91, 0.9)]
     result = study.aggregate(runs, SETTINGS, failed={3: "train_resnet: out of memory"})
-    assert result["failed_seeds"] == {"3": "train_resnet: out of memory"}
+    assert result.failed_seeds == {"3": "train_resnet: out of memory"}
     assert "seed 3: train_resnet: out of memory" in study.summary_markdown(result)
 
 
 def test_the_committed_study_is_what_its_seeds_predictions_give():
     """metrics/study.json against numbers computed here from the committed seed folders, independently of the
     project's code: pandas for the seed x image mean squares, scipy for the t quantiles."""
-    import json
     from pathlib import Path
 
     import pandas as pd
 
+    from fashion_compare import results
+
     repo = Path(__file__).resolve().parent.parent
-    result = json.loads((repo / "metrics/study.json").read_text())
+    result = results.load(results.StudyResult, repo / "metrics/study.json")
     frames = [pd.read_csv(repo / f"metrics/study/seeds/{seed}/predictions.csv").assign(seed=seed)
-              for seed in result["seeds"]]
+              for seed in result.seeds]
     table = pd.concat(frames)
     table["d"] = (table["resnet"] == table["label"]).astype(float) - (table["cnn"] == table["label"]).astype(float)
     k, n = len(frames), len(frames[0])
@@ -208,16 +210,16 @@ def test_the_committed_study_is_what_its_seeds_predictions_give():
     combined = ms_seed + ms_image - ms_error
     df = combined ** 2 / (ms_seed ** 2 / (k - 1) + ms_image ** 2 / (n - 1) + ms_error ** 2 / ((k - 1) * (n - 1)))
     se = np.sqrt(combined / (k * n))
-    gain = result["accuracy_gain"]
-    assert gain["mean"] == pytest.approx(grand) and gain["se"] == pytest.approx(se) and gain["df"] == pytest.approx(df)
+    gain = result.accuracy_gain
+    assert gain.mean == pytest.approx(grand) and gain.se == pytest.approx(se) and gain.df == pytest.approx(df)
     half = stats.t.ppf(0.975, df) * se
-    assert gain["ci"] == pytest.approx([grand - half, grand + half])
+    assert gain.ci == pytest.approx([grand - half, grand + half])
     one_sided = stats.t.ppf(0.95, df) * se
-    verdict = result["verdict"]
-    assert (verdict["lower"], verdict["upper"]) == pytest.approx((grand - one_sided, grand + one_sided))
+    verdict = result.verdict
+    assert (verdict.lower, verdict.upper) == pytest.approx((grand - one_sided, grand + one_sided))
     expected = ("worth it" if grand - one_sided >= 0.01 else "not worth it" if grand + one_sided < 0.01
                 else "undecided")
-    assert verdict["decision"] == expected
+    assert verdict.decision == expected
 
 
 def test_seeds_from_before_the_recipe_knobs_compare_with_todays_reference_recipe():

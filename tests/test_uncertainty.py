@@ -21,7 +21,7 @@ def noisy(y, accuracy, seed):
 def test_identical_predictions_give_p_one_and_zero_width_differences():
     y = labels()
     pred = noisy(y, 0.8, seed=1)
-    assert uncertainty.mcnemar_exact(y, pred, pred) == {"b": 0, "c": 0, "p_value": 1.0}
+    assert uncertainty.mcnemar_exact(y, pred, pred) == uncertainty.McNemar(b=0, c=0, p_value=1.0)
     result = uncertainty.paired_bootstrap(y, pred, pred, samples=300)
     for key in ("accuracy", "macro_f1"):
         assert result["difference"][key] == {"value": 0.0, "lower": 0.0, "upper": 0.0}
@@ -36,8 +36,8 @@ def test_thirty_more_right_on_one_class_is_significant_there_only():
     wrong_coats = np.flatnonzero((y == 4) & (cnn != 4))[:30]
     resnet[wrong_coats] = 4  # ResNet18 gets 30 more Coats right, and is otherwise identical
     test = uncertainty.mcnemar_exact(y, resnet, cnn)
-    assert (test["b"], test["c"]) == (30, 0)
-    assert test["p_value"] == pytest.approx(binomtest(30, 30, 0.5).pvalue) == pytest.approx(2 * 0.5**30)
+    assert (test.b, test.c) == (30, 0)
+    assert test.p_value == pytest.approx(binomtest(30, 30, 0.5).pvalue) == pytest.approx(2 * 0.5**30)
     result = uncertainty.paired_bootstrap(y, resnet, cnn, samples=1000, seed=3)
     f1 = result["difference"]["f1"]
     assert f1["lower"][4] > 0  # Coat: the interval excludes 0
@@ -54,9 +54,9 @@ def test_textbook_mcnemar_table():
     a = np.array([0] * 1 + [0] * 1 + [1] * 7 + [0] * 12)  # right, right, wrong, right
     b = np.array([0] * 1 + [1] * 1 + [0] * 7 + [0] * 12)
     test = uncertainty.mcnemar_exact(y, a, b)
-    assert (test["b"], test["c"]) == (1, 7)
-    assert round(test["p_value"], 3) == 0.070
-    assert test["p_value"] == pytest.approx(2 * (1 + 8) / 2**8)
+    assert (test.b, test.c) == (1, 7)
+    assert round(test.p_value, 3) == 0.070
+    assert test.p_value == pytest.approx(2 * (1 + 8) / 2**8)
 
 
 def test_point_estimates_match_scikit_learn():
@@ -172,9 +172,9 @@ def test_pseudo_values_average_to_accuracy_and_per_class_f1():
 ])
 def test_the_three_verdicts_against_the_margin(mean, se, margin, decision):
     estimate = uncertainty.Estimate(mean, se, 1e6, 10, 10000, se, se, 0.0)  # df ~ infinite: normal bounds
-    verdict = uncertainty.decide(estimate, margin, 0.05).as_dict()
-    assert verdict["decision"] == decision
-    assert (verdict["lower"], verdict["upper"]) == pytest.approx((mean - 1.6449 * se, mean + 1.6449 * se), abs=1e-6)
-    assert verdict["p_gain_at_least_margin"] == pytest.approx(stats.norm.cdf((mean - margin) / se), abs=1e-5)
-    assert (verdict["p_null_gain_at_most_margin"] < 0.05) == (decision == "worth it")  # H0 "gain <= margin"
-    assert (verdict["p_gain_at_least_margin"] < 0.05) == (decision == "not worth it")  # = p of H0 "gain >= margin"
+    verdict = uncertainty.decide(estimate, margin, 0.05)
+    assert verdict.decision == decision
+    assert (verdict.lower, verdict.upper) == pytest.approx((mean - 1.6449 * se, mean + 1.6449 * se), abs=1e-6)
+    assert verdict.p_gain_at_least_margin == pytest.approx(stats.norm.cdf((mean - margin) / se), abs=1e-5)
+    assert (verdict.p_null_gain_at_most_margin < 0.05) == (decision == "worth it")  # H0 "gain <= margin"
+    assert (verdict.p_gain_at_least_margin < 0.05) == (decision == "not worth it")  # = p of H0 "gain >= margin"

@@ -14,14 +14,14 @@ METRIC_TITLES = {"precision": "Precision", "recall": "Recall", "f1": "F1"}
 
 
 def grouped_bars(per_class: dict, metric: str, confidence=0.95, models=("resnet", "cnn")):
-    """x = class, one bar per model with its confidence interval as an error bar:
-    `per_class[class][metric][model]` and `per_class[class][metric]["ci"][model]` (compare.json)."""
+    """x = class, one bar per model with its confidence interval as an error bar: `per_class` is a
+    results.Comparison's, {class: ClassComparison}."""
     width = 0.8 / len(models)
     x = np.arange(len(CLASS_NAMES))
     figure, axes = plt.subplots(figsize=(11, 4.5))
     for i, model in enumerate(models):
-        values = np.array([per_class[name][metric][model] for name in CLASS_NAMES])
-        intervals = np.array([per_class[name][metric]["ci"][model] for name in CLASS_NAMES])
+        values = np.array([per_class[name].metric(metric).value(model) for name in CLASS_NAMES])
+        intervals = np.array([per_class[name].metric(metric).interval(model) for name in CLASS_NAMES])
         errors = np.abs(intervals.T - values)  # 2 x classes: below and above the value
         bars = axes.bar(x + (i - (len(models) - 1) / 2) * width, values, width, yerr=errors, capsize=2,
                         error_kw={"elinewidth": 0.8, "ecolor": "#333333"},
@@ -40,8 +40,8 @@ def grouped_bars(per_class: dict, metric: str, confidence=0.95, models=("resnet"
 def forest(per_class: dict, confidence=0.95):
     """Per class, F1(ResNet18) - F1(Small CNN) with its confidence interval, and a zero line."""
     names = list(CLASS_NAMES)[::-1]  # first class at the top
-    differences = np.array([per_class[name]["f1"]["difference"] for name in names])
-    intervals = np.array([per_class[name]["f1"]["ci"]["difference"] for name in names])
+    differences = np.array([per_class[name].f1.difference for name in names])
+    intervals = np.array([per_class[name].f1.ci.difference for name in names])
     figure, axes = plt.subplots(figsize=(8, 5))
     y = np.arange(len(names))
     for row, (difference, (lower, upper)) in enumerate(zip(differences, intervals)):
@@ -130,27 +130,27 @@ def write_offline_html_template(path, vl_version="5.20"):
     write_text(path, OFFLINE_PAGE.replace("BUNDLE", bundle))
 
 
-# ---------------------------------------------------------------- the seed study (metrics/study.json)
+# ---------------------------------------------------------------- the seed study (results.StudyResult)
 
 def seed_accuracy(study: dict):
     """Each model's test accuracy per seed (a dot each), with the mean and its interval from both sources."""
     figure, axes = plt.subplots(figsize=(6, 4.5))
-    confidence = study["verdict"]["confidence"]
+    confidence = study.verdict.confidence
     for position, model in enumerate(("resnet", "cnn")):
-        values = np.array([row[f"{model}_test_accuracy"] for row in study["per_seed"]])
+        values = np.array([row.test_accuracy(model) for row in study.per_seed])
         offsets = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else np.zeros(1)
         axes.scatter(position + offsets, values, color=COLOURS[model], zorder=3, label=MODEL_TITLES[model])
-        for offset, value, row in zip(offsets, values, study["per_seed"]):
-            axes.annotate(str(row["seed"]), (position + offset, value), textcoords="offset points", xytext=(5, 0),
+        for offset, value, row in zip(offsets, values, study.per_seed):
+            axes.annotate(str(row.seed), (position + offset, value), textcoords="offset points", xytext=(5, 0),
                           fontsize=7, va="center")
-        entry = study["models"][model]["test_accuracy"]
-        (lower, upper), mean = entry["ci"], entry["mean"]
+        entry = study.models[model].test_accuracy
+        (lower, upper), mean = entry.ci, entry.mean
         axes.errorbar(position + 0.3, mean, yerr=[[mean - lower], [upper - mean]], fmt="D", color="black",
                       capsize=4)
     axes.set_xticks([0, 1], [MODEL_TITLES["resnet"], MODEL_TITLES["cnn"]])
     axes.set_xlim(-0.5, 1.6)
     axes.set_ylabel("test accuracy")
-    axes.set_title(f"Test accuracy per seed (dots; labels: seed) and mean over {study['k']} seeds\n"
+    axes.set_title(f"Test accuracy per seed (dots; labels: seed) and mean over {study.k} seeds\n"
                    f"(black: {confidence:.0%} interval, training randomness and test-set sampling)", fontsize=9)
     axes.grid(axis="y", alpha=0.3)
     return figure
@@ -162,17 +162,17 @@ def seed_forest(study: dict):
     names = list(CLASS_NAMES)[::-1]
     figure, axes = plt.subplots(figsize=(8, 5))
     for row, name in enumerate(names):
-        entry = study["per_class"][name]
-        lower, upper = entry["f1_difference_adjusted_ci"]
-        colour = COLOURS[entry["winner"]]
+        entry = study.per_class[name]
+        lower, upper = entry.f1_difference_adjusted_ci
+        colour = COLOURS[entry.winner]
         axes.plot([lower, upper], [row, row], color=colour, linewidth=2)
-        axes.plot(entry["f1_difference_mean"], row, "o", color=colour)
-        axes.annotate(f"p = {entry['holm_p_value']:.2g}", (upper, row), textcoords="offset points", xytext=(6, 0),
+        axes.plot(entry.f1_difference_mean, row, "o", color=colour)
+        axes.annotate(f"p = {entry.holm_p_value:.2g}", (upper, row), textcoords="offset points", xytext=(6, 0),
                       fontsize=7, va="center")
     axes.axvline(0, color="black", linewidth=0.8)
     axes.set_yticks(range(len(names)), names)
-    level = 1 - (1 - study["verdict"]["confidence"]) / len(CLASS_NAMES)
-    axes.set_xlabel(f"mean F1 difference over {study['k']} seeds, {MODEL_TITLES['resnet']} - {MODEL_TITLES['cnn']} "
+    level = 1 - (1 - study.verdict.confidence) / len(CLASS_NAMES)
+    axes.set_xlabel(f"mean F1 difference over {study.k} seeds, {MODEL_TITLES['resnet']} - {MODEL_TITLES['cnn']} "
                     f"({level:.1%} intervals: Bonferroni over {len(CLASS_NAMES)} classes, both sources)")
     axes.set_title("Per-class F1 difference over seeds; p: Holm-adjusted across the classes; grey: not won",
                    fontsize=9)
@@ -184,41 +184,41 @@ def seed_gains(study: dict):
     """The accuracy gain of each seed's run with its interval over its test images, and the mean over seeds with
     its interval from both sources, against the margin the verdict asks for: how far one run can be from the
     answer of several."""
-    rows = study["per_seed"]
+    rows = study.per_seed
     figure, axes = plt.subplots(figsize=(8, 1.6 + 0.45 * len(rows)))
     for y, row in enumerate(rows):
-        lower, upper = (100 * value for value in row["accuracy_gain_ci"])
+        lower, upper = (100 * value for value in row.accuracy_gain_ci)
         colour = COLOURS[winner(lower, upper)]
         axes.plot([lower, upper], [y, y], color=colour, linewidth=2)
-        axes.plot(100 * row["accuracy_gain"], y, "o", color=colour)
+        axes.plot(100 * row.accuracy_gain, y, "o", color=colour)
     mean_row = len(rows) + 0.5
-    lower, upper = (100 * value for value in study["accuracy_gain"]["ci"])
+    lower, upper = (100 * value for value in study.accuracy_gain.ci)
     axes.plot([lower, upper], [mean_row, mean_row], color="black", linewidth=3)
-    axes.plot(100 * study["accuracy_gain"]["mean"], mean_row, "D", color="black")
+    axes.plot(100 * study.accuracy_gain.mean, mean_row, "D", color="black")
     axes.axvline(0, color="black", linewidth=0.8)
-    axes.axvline(100 * study["verdict"]["margin"], color="#444444", linewidth=1, linestyle="--")
-    axes.set_yticks([*range(len(rows)), mean_row], [f"seed {row['seed']}" for row in rows] + [f"mean of {len(rows)}"])
+    axes.axvline(100 * study.verdict.margin, color="#444444", linewidth=1, linestyle="--")
+    axes.set_yticks([*range(len(rows)), mean_row], [f"seed {row.seed}" for row in rows] + [f"mean of {len(rows)}"])
     axes.invert_yaxis()
     axes.set_xlabel(f"test accuracy gain of {MODEL_TITLES['resnet']} over {MODEL_TITLES['cnn']}, percentage points\n"
                     "(per seed: its test images only; mean: training randomness and test-set sampling; "
                     "dashed: the margin)")
-    axes.set_title(f"One run per seed against the answer over seeds: {study['verdict']['decision']}", fontsize=9)
+    axes.set_title(f"One run per seed against the answer over seeds: {study.verdict.decision}", fontsize=9)
     axes.grid(axis="x", alpha=0.3)
     return figure
 
 
 def noise_sources(study: dict):
     """The standard error of the mean gain from each source of noise, and combined."""
-    gain = study["accuracy_gain"]
+    gain = study.accuracy_gain
     labels = ["seeds\n(training randomness)", "test images\n(test-set sampling)", "interaction\n(in both)",
               "combined\n(interaction once)"]
-    values = [100 * gain[key] for key in ("se_seeds", "se_images", "se_interaction", "se")]
+    values = [100 * se for se in (gain.se_seeds, gain.se_images, gain.se_interaction, gain.se)]
     figure, axes = plt.subplots(figsize=(8.5, 3.8))
     bars = axes.bar(labels, values, color=["#4C72B0", "#DD8452", "#BBBBBB", "#333333"])
     axes.tick_params(axis="x", labelsize=8)
     axes.bar_label(bars, fmt="%.3f", fontsize=8)
     axes.set_ylabel("standard error of the mean gain, points")
-    axes.set_title(f"Where the uncertainty of the gain comes from ({study['k']} seeds x {study['n_images']:,} "
+    axes.set_title(f"Where the uncertainty of the gain comes from ({study.k} seeds x {study.n_images:,} "
                    "test images)", fontsize=9)
     axes.grid(axis="y", alpha=0.3)
     return figure

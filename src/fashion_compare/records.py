@@ -1,10 +1,11 @@
 """What each stage records in MLflow: its params, metrics, reports and figures, as MLflow keys and artifacts.
 
 tracking.py is the connection and the run life cycle; this module knows the shapes of the stages' results
-(evaluation.py's metrics, comparison.py's and study.py's JSON) and turns them into MLflow records. Nothing
+(evaluation.py's metrics, results.py's Comparison and StudyResult) and turns them into MLflow records. Nothing
 here shapes a stage's outputs (dvc.yaml leaves it out of the deps, as tracking.py).
 """
 
+import dataclasses
 import time
 
 from .process import signals_deferred
@@ -91,67 +92,75 @@ def comparison_run_params(child_params: dict, compare_settings: dict, seed) -> d
     return {**merged, **{f"compare.{k}": v for k, v in compare_settings.items()}, "seed": seed}
 
 
-def comparison_metrics(verdict: dict) -> dict:
-    """The verdict's numbers as MLflow metrics: the gains with their CI bounds, McNemar's b, c and p."""
-    values = {k: float(v) for k, v in verdict.items() if isinstance(v, (int, float))}
-    values.update({"mcnemar_p": verdict["mcnemar"]["p_value"], "mcnemar_b": verdict["mcnemar"]["b"],
-                   "mcnemar_c": verdict["mcnemar"]["c"]})
-    for key in ("accuracy_gain", "macro_f1_gain"):
-        values[f"{key}_lower"], values[f"{key}_upper"] = verdict[f"{key}_ci"]
+def comparison_metrics(verdict) -> dict:
+    """A run's verdict (results.ComparisonVerdict) as MLflow metrics: its numbers (gains, ratios, the rule's
+    bounds and p-values), the gains' interval bounds, McNemar's b, c and p."""
+    values = {field.name: float(getattr(verdict, field.name)) for field in dataclasses.fields(verdict)
+              if type(getattr(verdict, field.name)) in (int, float)}
+    values.update({"mcnemar_p": verdict.mcnemar.p_value, "mcnemar_b": verdict.mcnemar.b,
+                   "mcnemar_c": verdict.mcnemar.c})
+    values["accuracy_gain_lower"], values["accuracy_gain_upper"] = verdict.accuracy_gain_ci
+    values["macro_f1_gain_lower"], values["macro_f1_gain_upper"] = verdict.macro_f1_gain_ci
     return values
 
 
-def log_comparison(tracker: Tracker, run_id, child_run_ids: dict, figures, summary: str, result: dict):
-    """The comparison's metrics, figures and summary in its run; the models' runs become its children."""
-    tracker.log_metrics(run_id, comparison_metrics(result["verdict"]))
-    tracker.set_tags(run_id, {"verdict": result["verdict"]["decision"]})
+def log_comparison(tracker: Tracker, run_id, child_run_ids: dict, figures, summary: str, result):
+    """The comparison (results.Comparison): its metrics, figures and summary in its run; the models' runs become
+    its children."""
+    tracker.log_metrics(run_id, comparison_metrics(result.verdict))
+    tracker.set_tags(run_id, {"verdict": result.verdict.decision})
     for path in figures:
         tracker.log_artifact(run_id, path, "comparison")
     tracker.log_text(run_id, summary, "comparison/SUMMARY.md")
-    tracker.log_dict(run_id, result, "comparison/compare.json")
+    tracker.log_dict(run_id, dataclasses.asdict(result), "comparison/compare.json")
     for child in child_run_ids.values():
         tracker.set_tags(child, {"mlflow.parentRunId": run_id, "compare_run_id": run_id})
 
 
-def study_run_params(study: dict, shared_params: dict, compare_settings) -> dict:
+def study_run_params(study, shared_params: dict, compare_settings) -> dict:
     """The params of a study's run: its seeds, the params every seed shares, and the verdict's settings."""
-    return {"seeds": " ".join(map(str, study["seeds"])), "k": study["k"], **shared_params,
+    return {"seeds": " ".join(map(str, study.seeds)), "k": study.k, **shared_params,
             **{f"compare.{k}": v for k, v in compare_settings.model_dump().items()}}
 
 
-def log_study(tracker: Tracker, run_id, study: dict, figures, summary: str):
+def study_metrics(study) -> dict:
+    """A study's numbers (results.StudyResult) as MLflow metrics."""
+    gain, verdict = study.accuracy_gain, study.verdict
+    values = {"k": study.k, "accuracy_gain_mean": gain.mean, "accuracy_gain_lower": gain.ci[0],
+              "accuracy_gain_upper": gain.ci[1], "accuracy_gain_se": gain.se, "accuracy_gain_df": gain.df,
+              "accuracy_gain_se_seeds": gain.se_seeds, "accuracy_gain_se_images": gain.se_images,
+              "accuracy_gain_se_interaction": gain.se_interaction,
+              **{f"accuracy_gain_variance_{k}": v for k, v in dataclasses.asdict(gain.variance_components).items()},
+              "margin_one_sided_lower": verdict.lower, "margin_one_sided_upper": verdict.upper,
+              "p_gain_at_least_margin": verdict.p_gain_at_least_margin,
+              "p_null_gain_at_most_margin": verdict.p_null_gain_at_most_margin,
+              **({"train_time_ratio_median": study.train_time_ratio.median} if study.train_time_ratio else {}),
+              "p_resnet_better": study.p_resnet_better.value,
+              **({"aso_epsilon_min": study.aso_epsilon_min} if study.aso_epsilon_min is not None else {}),
+              **{f"verdict_{d.replace(' ', '_')}": float(verdict.decision == d)
+                 for d in ("worth it", "not worth it", "undecided")}}
+    if verdict.plan and verdict.plan.planned_k:
+        values["planned_k"] = verdict.plan.planned_k
+    for model, entry in study.models.items():
+        values.update({f"{model}_test_accuracy_{k}": v for k, v in dataclasses.asdict(entry.test_accuracy).items()
+                       if isinstance(v, float)})
+    return values
+
+
+def log_study(tracker: Tracker, run_id, study, figures, summary: str):
     """The study's metrics, figures and summary in its run; every seed's runs tagged with the study and their
     seed (the runs list groups by it), each seed's comparison run a child of the study's run."""
-    gain, verdict = study["accuracy_gain"], study["verdict"]
-    values = {"k": study["k"], "accuracy_gain_mean": gain["mean"], "accuracy_gain_lower": gain["ci"][0],
-              "accuracy_gain_upper": gain["ci"][1], "accuracy_gain_se": gain["se"], "accuracy_gain_df": gain["df"],
-              "accuracy_gain_se_seeds": gain["se_seeds"], "accuracy_gain_se_images": gain["se_images"],
-              "accuracy_gain_se_interaction": gain["se_interaction"],
-              **{f"accuracy_gain_variance_{k}": v for k, v in gain["variance_components"].items()},
-              "margin_one_sided_lower": verdict["lower"], "margin_one_sided_upper": verdict["upper"],
-              "p_gain_at_least_margin": verdict["p_gain_at_least_margin"],
-              "p_null_gain_at_most_margin": verdict["p_null_gain_at_most_margin"],
-              **({"train_time_ratio_median": study["train_time_ratio"]["median"]} if study["train_time_ratio"] else {}),
-              "p_resnet_better": study["p_resnet_better"]["value"],
-              "aso_epsilon_min": study["aso_epsilon_min"],
-              **{f"verdict_{d.replace(' ', '_')}": float(verdict["decision"] == d)
-                 for d in ("worth it", "not worth it", "undecided")}}
-    if verdict["plan"] and verdict["plan"]["planned_k"]:
-        values["planned_k"] = verdict["plan"]["planned_k"]
-    for model, entry in study["models"].items():
-        values.update({f"{model}_test_accuracy_{k}": v for k, v in entry["test_accuracy"].items()
-                       if isinstance(v, float)})
-    tracker.set_tags(run_id, {"verdict": verdict["decision"]})
-    tracker.log_metrics(run_id, values)
+    tracker.set_tags(run_id, {"verdict": study.verdict.decision})
+    tracker.log_metrics(run_id, study_metrics(study))
     for path in figures:
         tracker.log_artifact(run_id, path, "study")
     tracker.log_text(run_id, summary, "study/SUMMARY.md")
-    tracker.log_dict(run_id, study, "study/study.json")
-    for row in study["per_seed"]:
-        for role, child in row["run"].get("mlflow_run_ids", {}).items():
+    tracker.log_dict(run_id, dataclasses.asdict(study), "study/study.json")
+    for row in study.per_seed:
+        for role, child in (row.run.mlflow_run_ids.items() if row.run else ()):
             if not child or not tracker.has_run(child):
                 continue
-            tags = {"study_run_id": run_id, "seed": row["seed"]}
+            tags = {"study_run_id": run_id, "seed": row.seed}
             if role == "compare":
                 tags["mlflow.parentRunId"] = run_id
             tracker.set_tags(child, tags)

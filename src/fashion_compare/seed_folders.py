@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from . import MODEL_NAMES, NUM_CLASSES, PREDICTIONS_FILE, study
+from . import MODEL_NAMES, NUM_CLASSES, PREDICTIONS_FILE, results, study
 from .errors import PipelineError
 from .files import read_csv_rows, read_json, together, write_json, write_text
 from .process import set_parent_death_signal
@@ -306,9 +306,11 @@ def load_seed(folder: Path, seed: int) -> study.SeedRun:
         raise _refuse(folder / "params.yaml", f"not readable YAML ({type(error).__name__})", remedy) from None
     if not isinstance(params, dict):
         raise _refuse(folder / "params.yaml", "not a mapping of params", remedy)
-    return study.SeedRun(seed, params, load_predictions(folder, seed, info),
-                         {"cpu_kind": info.get("cpu_kind") or {"name": info.get("cpu", "unknown")},
-                          "train_seconds": info["train_seconds"], "mlflow_run_ids": info["mlflow_run_ids"]})
+    cpu = info.get("cpu_kind") or {"vendor": "unknown", "family": "", "model": "", "isa": "unknown",
+                                   "name": info.get("cpu", "unknown CPU")}  # collected before kinds were recorded
+    record = results.parse(results.RunRecord, {"cpu_kind": cpu, "train_seconds": info["train_seconds"],
+                                               "mlflow_run_ids": info["mlflow_run_ids"]}, folder / "run.json")
+    return study.SeedRun(seed, params, load_predictions(folder, seed, info), record)
 
 
 def load_study(recipe: Recipe, seeds: list):

@@ -20,14 +20,30 @@ of freedom). What comes out:
 Everything is computed from each seed's per-image test predictions (numpy, scipy, statsmodels; seconds).
 """
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import stats
 
-from . import CLASS_NAMES, MODEL_NAMES
+from . import CLASS_NAMES, MODEL_NAMES, MODEL_TITLES
 from .errors import PipelineError
-from .uncertainty import NO_WINNER, Verdict, decide, mcnemar_exact, pseudo_values, scores, two_way, winner
+from .results import (
+    AccuracyEstimate,
+    ClassDifference,
+    CostRatio,
+    CpuKindGain,
+    GainEstimate,
+    Plan,
+    RunRecord,
+    SeedResult,
+    Spread,
+    StudyModel,
+    StudyResult,
+    StudyVerdict,
+    Superiority,
+    VarianceComponents,
+)
+from .uncertainty import NO_WINNER, Estimate, decide, mcnemar_exact, pseudo_values, scores, two_way, winner
 
 DEEP, SMALL = MODEL_NAMES
 MIN_SEEDS = 2
@@ -40,13 +56,14 @@ class StudyError(PipelineError):
     pass
 
 
-@dataclass
+@dataclass(frozen=True)
 class SeedRun:
-    """One seed's finished pipeline run: its params, and its test predictions (labels and each model's class)."""
+    """One seed's finished pipeline run: its params, its test predictions (labels and each model's class), and
+    its run record (None where none was kept: a made-up run)."""
     seed: int
     params: dict
     predictions: dict  # {"label": array, "resnet": array, "cnn": array}
-    info: dict = field(default_factory=dict)  # run ids, timings, CPU kind
+    record: RunRecord | None = None
 
 
 def flatten(params: dict, prefix="") -> dict:
@@ -117,28 +134,26 @@ def check_runs(runs: list[SeedRun]):
             raise StudyError(f"seeds {runs[0].seed} and {run.seed} were tested on different test sets")
 
 
-def seeds_only_interval(values: np.ndarray, confidence: float) -> list:
+def seeds_only_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
     """The t-interval over seeds of per-seed values: training randomness only (every seed is scored on the
     same test images, so what they happen to favour never shows in the spread between seeds)."""
     k = len(values)
     half = stats.t.ppf((1 + confidence) / 2, k - 1) * values.std(ddof=1) / np.sqrt(k)
-    return [float(values.mean() - half), float(values.mean() + half)]
+    return float(values.mean() - half), float(values.mean() + half)
 
 
-def spread(values: np.ndarray) -> dict:
-    return {"mean": float(values.mean()), "sd": float(values.std(ddof=1)), "min": float(values.min()),
-            "max": float(values.max())}
+def spread(values: np.ndarray) -> Spread:
+    return Spread(float(values.mean()), float(values.std(ddof=1)), float(values.min()), float(values.max()))
 
 
-def probability_of_superiority(gains: np.ndarray, confidence: float) -> dict:
+def probability_of_superiority(gains: np.ndarray, confidence: float) -> Superiority:
     """P(ResNet18 > CNN): the share of seeds whose gain is positive, with the exact (Clopper-Pearson)
     interval of that share. A seed with a gain of exactly 0 is left out of both (the sign test's rule)."""
     wins, decided = int((gains > 0).sum()), int((gains != 0).sum())
     if decided == 0:
-        return {"value": 0.5, "exact_ci": [0.0, 1.0], "seeds_won": 0, "seeds_tied": len(gains)}
+        return Superiority(0.5, (0.0, 1.0), 0, len(gains))
     exact = stats.binomtest(wins, decided).proportion_ci(confidence, method="exact")
-    return {"value": wins / decided, "exact_ci": [float(exact.low), float(exact.high)], "seeds_won": wins,
-            "seeds_tied": len(gains) - decided}
+    return Superiority(wins / decided, (float(exact.low), float(exact.high)), wins, len(gains) - decided)
 
 
 def almost_stochastic_order(deep: np.ndarray, small: np.ndarray, confidence: float, seed: int) -> float | None:
@@ -154,7 +169,7 @@ def almost_stochastic_order(deep: np.ndarray, small: np.ndarray, confidence: flo
                          num_bootstrap_iterations=ASO_SAMPLES, show_progress=False, seed=seed))
 
 
-def plan(gain, margin: float, alpha: float, power=PLANNING_POWER, cap=MAX_PLANNED_SEEDS) -> dict:
+def plan(gain: Estimate, margin: float, alpha: float, power=PLANNING_POWER, cap=MAX_PLANNED_SEEDS) -> Plan:
     """How many seeds would likely decide an undecided study (a two-stage plan: the seeds so far are the
     pilot; the planned k is run once, then decided, with no look in between).
 
@@ -168,40 +183,37 @@ def plan(gain, margin: float, alpha: float, power=PLANNING_POWER, cap=MAX_PLANNE
     z = stats.norm.ppf(1 - alpha) + stats.norm.ppf(power)
     per_seed = (components["seeds"] + components["interaction"]) * gain.k  # variance of one seed's share
     floor = components["images"]
-    result = {"power": power, "cap": cap, "test_set_floor_se": float(np.sqrt(floor))}
     if (gap / z) ** 2 <= floor:
-        return {**result, "planned_k": None, "more_seeds_can_decide": False}
+        return Plan(power, cap, float(np.sqrt(floor)), None, False)
     needed = max(gain.k + 1, int(np.ceil(per_seed / ((gap / z) ** 2 - floor))))
-    return {**result, "planned_k": needed, "more_seeds_can_decide": needed <= cap}
+    return Plan(power, cap, float(np.sqrt(floor)), needed, needed <= cap)
 
 
-def per_seed_rows(runs, accuracy, correct, settings) -> list:
+def per_seed_results(runs, accuracy, correct, settings) -> tuple[SeedResult, ...]:
     """Each seed's single run judged alone: its gain, that gain's interval and the one-sided bounds the rule
     uses, over its test images only, McNemar's test, the verdict the same rule gives on those images, and the
-    run's record (`run`: CPU kind, training times, MLflow runs, as its run.json holds them)."""
+    run's record (CPU kind, training times, MLflow runs, as its run.json holds them)."""
     rows = []
     for index, run in enumerate(runs):
         single = two_way(correct[DEEP][index] - correct[SMALL][index])
         mcnemar = mcnemar_exact(run.predictions["label"], run.predictions[DEEP], run.predictions[SMALL])
         verdict = decide(single, settings.min_accuracy_gain, settings.alpha)
-        rows.append({"seed": run.seed, **{f"{m}_test_accuracy": float(accuracy[m][index]) for m in MODEL_NAMES},
-                     "accuracy_gain": single.mean, "accuracy_gain_ci": single.interval(settings.confidence),
-                     "accuracy_gain_one_sided": [verdict.lower, verdict.upper], "mcnemar_p": mcnemar["p_value"],
-                     "single_run_decision": verdict.decision, "run": run.info})
-    return rows
+        rows.append(SeedResult(run.seed, float(accuracy[DEEP][index]), float(accuracy[SMALL][index]), single.mean,
+                               single.interval(settings.confidence), (verdict.lower, verdict.upper),
+                               mcnemar.p_value, verdict.decision, run.record))
+    return tuple(rows)
 
 
-def training_cost(runs) -> dict | None:
+def training_cost(runs) -> CostRatio | None:
     """ResNet18's training time over the small CNN's, per seed (from each seed's run.json): median and range
     (None when no seed recorded its times)."""
-    ratios = [run.info["train_seconds"][DEEP] / run.info["train_seconds"][SMALL] for run in runs
-              if "train_seconds" in run.info]
+    ratios = [run.record.train_seconds[DEEP] / run.record.train_seconds[SMALL] for run in runs if run.record]
     if not ratios:
         return None
-    return {"median": float(np.median(ratios)), "min": float(min(ratios)), "max": float(max(ratios))}
+    return CostRatio(float(np.median(ratios)), float(min(ratios)), float(max(ratios)))
 
 
-def per_class_rows(runs, settings) -> dict:
+def class_differences(runs, settings) -> dict[str, ClassDifference]:
     """Per class, the F1 difference over seeds with its interval from both sources, its Holm-adjusted p-value
     across the classes (checked against statsmodels), and a Bonferroni-adjusted interval."""
     from statsmodels.stats.multitest import multipletests
@@ -212,37 +224,44 @@ def per_class_rows(runs, settings) -> dict:
     p_values = [estimate.p_value() for estimate in estimates]
     adjusted = multipletests(p_values, alpha=1 - settings.confidence, method="holm")[1]
     simultaneous = 1 - (1 - settings.confidence) / len(CLASS_NAMES)
-    rows = {}
+    differences = {}
     for c, (name, estimate) in enumerate(zip(CLASS_NAMES, estimates)):
         significant = adjusted[c] < 1 - settings.confidence
-        rows[name] = {"f1_difference_mean": estimate.mean, "f1_difference_ci": estimate.interval(settings.confidence),
-                      "f1_difference_adjusted_ci": estimate.interval(simultaneous), "se": estimate.se,
-                      "p_value": p_values[c], "holm_p_value": float(adjusted[c]),
-                      "winner": (DEEP if estimate.mean > 0 else SMALL) if significant else NO_WINNER,
-                      **{f"{m}_f1_mean": float(contributions[m][:, c].mean()) for m in MODEL_NAMES}}
-    return rows
+        differences[name] = ClassDifference(
+            estimate.mean, estimate.interval(settings.confidence), estimate.interval(simultaneous), estimate.se,
+            p_values[c], float(adjusted[c]), (DEEP if estimate.mean > 0 else SMALL) if significant else NO_WINNER,
+            *(float(contributions[m][:, c].mean()) for m in (DEEP, SMALL)))
+    return differences
 
 
-def cpu_label(kind: dict) -> str:
-    """A CPU kind in a few words: 'AuthenticAMD family 25 model 17, AVX-512 BF16' (its name where a seed's
-    run.json recorded no more)."""
-    if "vendor" not in kind:
-        return kind.get("name", "unknown CPU")
-    return f"{kind['vendor']} family {kind['family']} model {kind['model']}, {kind['isa']}"
-
-
-def per_cpu_kind(runs, gains) -> dict | None:
+def per_cpu_kind(runs, gains) -> dict[str, CpuKindGain] | None:
     """The gain per CPU kind when the seeds ran on more than one (each kind rounds differently)."""
     kinds = {}
     for run, gain in zip(runs, gains):
-        kinds.setdefault(cpu_label(run.info.get("cpu_kind") or {}), []).append((run.seed, gain))
+        label = run.record.cpu_kind.label() if run.record else "unknown CPU"
+        kinds.setdefault(label, []).append((run.seed, gain))
     if len(kinds) < 2:
         return None
-    return {label: {"seeds": [seed for seed, _ in rows], "accuracy_gain_mean": float(np.mean([g for _, g in rows]))}
+    return {label: CpuKindGain(tuple(seed for seed, _ in rows), float(np.mean([g for _, g in rows])))
             for label, rows in sorted(kinds.items())}
 
 
-def aggregate(runs: list[SeedRun], settings, failed: dict | None = None) -> dict:
+def accuracy_estimate(correct: np.ndarray, confidence: float) -> AccuracyEstimate:
+    """A model's test accuracy over seeds (`correct`: seeds x images, 0/1): spread and interval."""
+    per_seed, estimate = spread(correct.mean(axis=1)), two_way(correct)
+    return AccuracyEstimate(estimate.mean, per_seed.sd, per_seed.min, per_seed.max, estimate.interval(confidence),
+                            estimate.se, estimate.df, estimate.se_seeds, estimate.se_images, estimate.se_interaction)
+
+
+def gain_estimate(gain: Estimate, gains: np.ndarray, confidence: float) -> GainEstimate:
+    """The gain over seeds and images (`gain`), with the per-seed gains' spread (`gains`)."""
+    return GainEstimate(gain.mean, gain.interval(confidence), gain.se, gain.df, gain.se_seeds, gain.se_images,
+                        gain.se_interaction, seeds_only_interval(gains, confidence),
+                        VarianceComponents(**gain.components()), float(gains.std(ddof=1)), float(gains.min()),
+                        float(gains.max()), gain.p_value())
+
+
+def aggregate(runs: list[SeedRun], settings, failed: dict | None = None) -> StudyResult:
     """The study's numbers (see the module's docstring). `settings`: params.yaml's compare section (margin,
     alpha, confidence); `failed`: {seed: why} of seeds that did not finish, reported."""
     check_runs(runs)
@@ -257,80 +276,68 @@ def aggregate(runs: list[SeedRun], settings, failed: dict | None = None) -> dict
     gains = accuracy[DEEP] - accuracy[SMALL]
     gain = two_way(correct[DEEP] - correct[SMALL])
     verdict = decide(gain, margin, alpha)
-    per_seed = per_seed_rows(runs, accuracy, correct, settings)
-    decided = {**verdict.as_dict(), "confidence": confidence,
-               "plan": plan(gain, margin, alpha) if verdict.decision == "undecided" else None,
-               "single_runs_saying_otherwise": sum(row["single_run_decision"] != verdict.decision for row in per_seed)}
-    return {
-        "seeds": seeds,
-        "k": len(runs),
-        "n_images": gain.n,
-        "failed_seeds": {str(seed): why for seed, why in sorted((failed or {}).items())},
-        "models": {m: {"test_accuracy": {**spread(accuracy[m]), **two_way(correct[m]).as_dict(confidence)},
-                       "test_accuracy_seeds_only_ci": seeds_only_interval(accuracy[m], confidence),
-                       "macro_f1": spread(macro_f1[m])} for m in MODEL_NAMES},
-        "accuracy_gain": {**gain.as_dict(confidence), "seeds_only_ci": seeds_only_interval(gains, confidence),
-                          "variance_components": gain.components(), "sd_over_seeds": float(gains.std(ddof=1)),
-                          "min": float(gains.min()), "max": float(gains.max()), "p_value": gain.p_value()},
-        "p_resnet_better": probability_of_superiority(gains, confidence),
-        "aso_epsilon_min": almost_stochastic_order(accuracy[DEEP], accuracy[SMALL], confidence, seeds[0]),
-        "per_class": per_class_rows(runs, settings),
-        "per_seed": per_seed,
-        "per_cpu_kind": per_cpu_kind(runs, gains),
-        "train_time_ratio": training_cost(runs),
-        "verdict": decided,
-    }
+    per_seed = per_seed_results(runs, accuracy, correct, settings)
+    decided = StudyVerdict(**asdict(verdict), confidence=confidence,
+                           plan=plan(gain, margin, alpha) if verdict.decision == "undecided" else None,
+                           single_runs_saying_otherwise=sum(row.single_run_decision != verdict.decision
+                                                            for row in per_seed))
+    return StudyResult(
+        seeds=tuple(seeds), k=len(runs), n_images=gain.n,
+        failed_seeds={str(seed): why for seed, why in sorted((failed or {}).items())},
+        models={m: StudyModel(accuracy_estimate(correct[m], confidence), seeds_only_interval(accuracy[m], confidence),
+                              spread(macro_f1[m])) for m in MODEL_NAMES},
+        accuracy_gain=gain_estimate(gain, gains, confidence),
+        p_resnet_better=probability_of_superiority(gains, confidence),
+        aso_epsilon_min=almost_stochastic_order(accuracy[DEEP], accuracy[SMALL], confidence, seeds[0]),
+        per_class=class_differences(runs, settings), per_seed=per_seed, per_cpu_kind=per_cpu_kind(runs, gains),
+        train_time_ratio=training_cost(runs), verdict=decided)
 
 
 PLOT_TABLES = ("accuracy_per_seed.csv", "gain_per_seed.csv", "noise_sources.csv", "f1_difference.csv")
 
 
-def plot_rows(study: dict):
+def plot_rows(study: StudyResult):
     """DVC plot data: (file name, rows, fields) for plots/study/, one per PLOT_TABLES."""
-    from . import MODEL_TITLES
-
     title = lambda key: MODEL_TITLES.get(key, key)  # noqa: E731
     accuracy = []
     for model in MODEL_NAMES:
-        entry = study["models"][model]["test_accuracy"]
-        accuracy += [{"model": MODEL_TITLES[model], "seed": row["seed"], "test_accuracy": row[f"{model}_test_accuracy"],
-                      "mean": entry["mean"], "mean_lower": entry["ci"][0], "mean_upper": entry["ci"][1]}
-                     for row in study["per_seed"]]
-    gains = [{"run": f"seed {row['seed']}", "gain": row["accuracy_gain"], "lower": row["accuracy_gain_ci"][0],
-              "upper": row["accuracy_gain_ci"][1], "winner": title(winner(*row["accuracy_gain_ci"])),
-              "margin": study["verdict"]["margin"]} for row in study["per_seed"]]
-    gain = study["accuracy_gain"]
-    gains.append({"run": f"mean of {study['k']} seeds", "gain": gain["mean"], "lower": gain["ci"][0],
-                  "upper": gain["ci"][1], "winner": title(winner(*gain["ci"])), "margin": study["verdict"]["margin"]})
-    components = [{"source": source, "se_points": 100 * gain[key]} for source, key in (
-        ("seeds (training randomness)", "se_seeds"), ("test images (test-set sampling)", "se_images"),
-        ("seed x image interaction (in both above)", "se_interaction"), ("both sources, combined", "se"))]
-    classes = [{"class": name, "difference": entry["f1_difference_mean"],
-                "lower": entry["f1_difference_adjusted_ci"][0], "upper": entry["f1_difference_adjusted_ci"][1],
-                "winner": title(entry["winner"]), "holm_p_value": entry["holm_p_value"]}
-               for name, entry in study["per_class"].items()]
+        entry = study.models[model].test_accuracy
+        accuracy += [{"model": MODEL_TITLES[model], "seed": row.seed, "test_accuracy": row.test_accuracy(model),
+                      "mean": entry.mean, "mean_lower": entry.ci[0], "mean_upper": entry.ci[1]}
+                     for row in study.per_seed]
+    margin, gain = study.verdict.margin, study.accuracy_gain
+    gains = [{"run": f"seed {row.seed}", "gain": row.accuracy_gain, "lower": row.accuracy_gain_ci[0],
+              "upper": row.accuracy_gain_ci[1], "winner": title(winner(*row.accuracy_gain_ci)), "margin": margin}
+             for row in study.per_seed]
+    gains.append({"run": f"mean of {study.k} seeds", "gain": gain.mean, "lower": gain.ci[0], "upper": gain.ci[1],
+                  "winner": title(winner(*gain.ci)), "margin": margin})
+    components = [{"source": source, "se_points": 100 * se} for source, se in (
+        ("seeds (training randomness)", gain.se_seeds), ("test images (test-set sampling)", gain.se_images),
+        ("seed x image interaction (in both above)", gain.se_interaction), ("both sources, combined", gain.se))]
+    classes = [{"class": name, "difference": entry.f1_difference_mean, "lower": entry.f1_difference_adjusted_ci[0],
+                "upper": entry.f1_difference_adjusted_ci[1], "winner": title(entry.winner),
+                "holm_p_value": entry.holm_p_value} for name, entry in study.per_class.items()]
     return list(zip(PLOT_TABLES, (accuracy, gains, components, classes), (
         ["model", "seed", "test_accuracy", "mean", "mean_lower", "mean_upper"],
         ["run", "gain", "lower", "upper", "winner", "margin"], ["source", "se_points"],
         ["class", "difference", "lower", "upper", "winner", "holm_p_value"])))
 
 
-def next_step(study: dict, params_seeds: list) -> str | None:
+def next_step(study: StudyResult, params_seeds: list) -> str | None:
     """What to run next when the study is undecided: the planned seeds, or why more seeds cannot decide."""
-    verdict = study["verdict"]
-    if verdict["decision"] != "undecided":
+    planned = study.verdict.plan
+    if study.verdict.decision != "undecided" or planned is None:
         return None
-    planned = verdict["plan"]
-    if not planned["more_seeds_can_decide"]:
-        if planned["planned_k"] is None:
+    if not planned.more_seeds_can_decide:
+        if planned.planned_k is None:
             return ("more seeds cannot decide: the test set alone (standard error "
-                    f"{100 * planned['test_set_floor_se']:.2f} points) is too wide for the margin; the answer "
+                    f"{100 * planned.test_set_floor_se:.2f} points) is too wide for the margin; the answer "
                     "stays undecided on these 10,000 test images")
-        return (f"about {planned['planned_k']} seeds would be needed, beyond this project's cap of {planned['cap']}; "
+        return (f"about {planned.planned_k} seeds would be needed, beyond this project's cap of {planned.cap}; "
                 "the answer stays undecided")
-    extra = list(range(max(params_seeds) + 1, max(params_seeds) + 1 + planned["planned_k"] - study["k"]))
+    extra = list(range(max(params_seeds) + 1, max(params_seeds) + 1 + planned.planned_k - study.k))
     seeds = ", ".join(map(str, [*params_seeds, *extra]))
-    return (f"the plan's second stage: k = {planned['planned_k']}; set `study.seeds: [{seeds}]` in params.yaml, "
+    return (f"the plan's second stage: k = {planned.planned_k}; set `study.seeds: [{seeds}]` in params.yaml, "
             "commit, and run `make study` (then decide once, at that k)")
 
 
@@ -342,89 +349,84 @@ def _points(interval) -> str:
     return f"[{_pp(interval[0])}, {_pp(interval[1])}]"
 
 
-def _tables(study: dict, level: str, one_sided: str) -> list:
-    from . import MODEL_TITLES
-
-    deep, small, gain = MODEL_TITLES[DEEP], MODEL_TITLES[SMALL], study["accuracy_gain"]
+def _tables(study: StudyResult, level: str, one_sided: str) -> list:
+    deep, small, gain = MODEL_TITLES[DEEP], MODEL_TITLES[SMALL], study.accuracy_gain
     lines = [f"| model | test accuracy, mean ({level} interval, both sources) | sd over seeds | min | max | "
              "macro F1, mean |", "|---|---|---|---|---|---|"]
     for model, title in ((DEEP, deep), (SMALL, small)):
-        acc, f1 = study["models"][model]["test_accuracy"], study["models"][model]["macro_f1"]
-        lines.append(f"| {title} | {acc['mean']:.4f} [{acc['ci'][0]:.4f}, {acc['ci'][1]:.4f}] | {acc['sd']:.4f} | "
-                     f"{acc['min']:.4f} | {acc['max']:.4f} | {f1['mean']:.4f} |")
+        acc, f1 = study.models[model].test_accuracy, study.models[model].macro_f1
+        lines.append(f"| {title} | {acc.mean:.4f} [{acc.ci[0]:.4f}, {acc.ci[1]:.4f}] | {acc.sd:.4f} | "
+                     f"{acc.min:.4f} | {acc.max:.4f} | {f1.mean:.4f} |")
     lines += ["", "| accuracy gain, points | standard error, points |", "|---|---|",
-              f"| seeds alone (training randomness) | {100 * gain['se_seeds']:.3f} |",
-              f"| test images alone (test-set sampling) | {100 * gain['se_images']:.3f} |",
-              f"| seed x image interaction (in both rows above) | {100 * gain['se_interaction']:.3f} |",
-              f"| both sources, interaction once (df {gain['df']:.1f}) | {100 * gain['se']:.3f} |"]
+              f"| seeds alone (training randomness) | {100 * gain.se_seeds:.3f} |",
+              f"| test images alone (test-set sampling) | {100 * gain.se_images:.3f} |",
+              f"| seed x image interaction (in both rows above) | {100 * gain.se_interaction:.3f} |",
+              f"| both sources, interaction once (df {gain.df:.1f}) | {100 * gain.se:.3f} |"]
     lines += ["", f"| seed | {deep} | {small} | gain, points (one-sided {one_sided} bounds over its test images) | "
               "McNemar p | single run says |", "|---|---|---|---|---|---|"]
-    for row in study["per_seed"]:
-        lines.append(f"| {row['seed']} | {row['resnet_test_accuracy']:.4f} | {row['cnn_test_accuracy']:.4f} | "
-                     f"{_pp(row['accuracy_gain'])} {_points(row['accuracy_gain_one_sided'])} | "
-                     f"{row['mcnemar_p']:.3g} | {row['single_run_decision']} |")
+    for row in study.per_seed:
+        lines.append(f"| {row.seed} | {row.resnet_test_accuracy:.4f} | {row.cnn_test_accuracy:.4f} | "
+                     f"{_pp(row.accuracy_gain)} {_points(row.accuracy_gain_one_sided)} | "
+                     f"{row.mcnemar_p:.3g} | {row.single_run_decision} |")
     lines += ["", f"| class | mean F1 difference ({level} interval) | Holm-adjusted p | winner |", "|---|---|---|---|"]
-    for name, entry in study["per_class"].items():
-        lower, upper = entry["f1_difference_ci"]
-        lines.append(f"| {name} | {entry['f1_difference_mean']:+.4f} [{lower:+.4f}, {upper:+.4f}] | "
-                     f"{entry['holm_p_value']:.3g} | {MODEL_TITLES.get(entry['winner'], entry['winner'])} |")
+    for name, entry in study.per_class.items():
+        lower, upper = entry.f1_difference_ci
+        lines.append(f"| {name} | {entry.f1_difference_mean:+.4f} [{lower:+.4f}, {upper:+.4f}] | "
+                     f"{entry.holm_p_value:.3g} | {MODEL_TITLES.get(entry.winner, entry.winner)} |")
     return lines
 
 
-def _verdict_paragraphs(study: dict, level: str) -> list:
-    from . import MODEL_TITLES
-
+def _verdict_paragraphs(study: StudyResult, level: str) -> list:
     deep, small = MODEL_TITLES[DEEP], MODEL_TITLES[SMALL]
-    verdict, gain, superiority, cost = study["verdict"], study["accuracy_gain"], study["p_resnet_better"], \
-        study["train_time_ratio"]
-    rule = Verdict.from_dict(verdict)
-    return [f"Over {study['k']} seeds, {deep} is {_pp(gain['mean'])} points of test accuracy ahead of {small} "
-            f"({level} interval {_points(gain['ci'])}, both sources; seeds only {_points(gain['seeds_only_ci'])}; "
-            f"per seed from {_pp(gain['min'])} to {_pp(gain['max'])})"
-            + (f", for {cost['median']:.1f}x its training time (median over seeds; {cost['min']:.1f}-"
-               f"{cost['max']:.1f}x)" if cost else "") + ". P(gain >= margin) = "
-            f"{rule.p_gain_at_least_margin:.3f}. P({deep} > {small}) = {superiority['value']:.2f}, the share "
-            f"of seeds won (exact {level} interval [{superiority['exact_ci'][0]:.2f}, "
-            f"{superiority['exact_ci'][1]:.2f}]); Almost Stochastic Order eps_min = {study['aso_epsilon_min']:.2f} "
+    verdict, gain, superiority, cost = study.verdict, study.accuracy_gain, study.p_resnet_better, \
+        study.train_time_ratio
+    return [f"Over {study.k} seeds, {deep} is {_pp(gain.mean)} points of test accuracy ahead of {small} "
+            f"({level} interval {_points(gain.ci)}, both sources; seeds only {_points(gain.seeds_only_ci)}; "
+            f"per seed from {_pp(gain.min)} to {_pp(gain.max)})"
+            + (f", for {cost.median:.1f}x its training time (median over seeds; {cost.min:.1f}-"
+               f"{cost.max:.1f}x)" if cost else "") + ". P(gain >= margin) = "
+            f"{verdict.p_gain_at_least_margin:.3f}. P({deep} > {small}) = {superiority.value:.2f}, the share "
+            f"of seeds won (exact {level} interval [{superiority.exact_ci[0]:.2f}, "
+            f"{superiority.exact_ci[1]:.2f}]); Almost Stochastic Order eps_min = {study.aso_epsilon_min:.2f} "
             "(below 0.5: ResNet18 tends to dominate; reported, not part of the verdict).", "",
-            f"Is the deep model worth its cost on this data? **{rule.decision}**: tested against the margin "
-            f"of {100 * rule.margin:.2f} points (params.yaml `compare.min_accuracy_gain`), {rule.bounds_sentence()} "
-            f"the margin (alpha {rule.alpha}).", "",
-            f"{verdict['single_runs_saying_otherwise']} of the {study['k']} single runs, judged alone by the same "
+            f"Is the deep model worth its cost on this data? **{verdict.decision}**: tested against the margin "
+            f"of {100 * verdict.margin:.2f} points (params.yaml `compare.min_accuracy_gain`), "
+            f"{verdict.bounds_sentence()} the margin (alpha {verdict.alpha}).", "",
+            f"{verdict.single_runs_saying_otherwise} of the {study.k} single runs, judged alone by the same "
             "rule on their test images, would have said otherwise."]
 
 
-def summary_markdown(study: dict) -> str:
+def summary_markdown(study: StudyResult) -> str:
     """plots/study/SUMMARY.md: the study's tables, then its verdict in words."""
-    verdict = study["verdict"]
-    level, one_sided = f"{verdict['confidence']:.0%}", f"{1 - verdict['alpha']:.0%}"
+    verdict = study.verdict
+    level, one_sided = f"{verdict.confidence:.0%}", f"{1 - verdict.alpha:.0%}"
     lines = ["# Seed study: ResNet18 vs small CNN on Fashion-MNIST", "",
-             f"Generated by `make study` from the per-image test predictions of {study['k']} paired runs "
-             f"(seeds {', '.join(map(str, study['seeds']))}); do not edit by hand. Intervals cover training "
+             f"Generated by `make study` from the per-image test predictions of {study.k} paired runs "
+             f"(seeds {', '.join(map(str, study.seeds))}); do not edit by hand. Intervals cover training "
              "randomness and test-set sampling (seed x image variance decomposition, Satterthwaite df) unless "
              "they say otherwise.", "", *_tables(study, level, one_sided), "", "## Verdict", "",
              *_verdict_paragraphs(study, level)]
-    if study.get("per_cpu_kind"):
+    if study.per_cpu_kind:
         lines += ["", "Seeds ran on more than one CPU kind (each rounds differently): " + "; ".join(
-            f"{label}: seeds {', '.join(map(str, entry['seeds']))}, mean gain {_pp(entry['accuracy_gain_mean'])}"
-            for label, entry in study["per_cpu_kind"].items()) + "."]
-    if verdict["plan"]:
-        planned = verdict["plan"]
-        lines += ["", f"Plan: {planned['planned_k'] or 'no number of'} seeds would clear the margin with "
-                  f"{planned['power']:.0%} probability if the estimates hold (the test-set part alone: standard "
-                  f"error {100 * planned['test_set_floor_se']:.2f} points)."]
-    if study["failed_seeds"]:
-        lines += ["", "Left out, failed: " + "; ".join(f"seed {s}: {why}" for s, why in study["failed_seeds"].items())]
+            f"{label}: seeds {', '.join(map(str, entry.seeds))}, mean gain {_pp(entry.accuracy_gain_mean)}"
+            for label, entry in study.per_cpu_kind.items()) + "."]
+    if verdict.plan:
+        planned = verdict.plan
+        lines += ["", f"Plan: {planned.planned_k or 'no number of'} seeds would clear the margin with "
+                  f"{planned.power:.0%} probability if the estimates hold (the test-set part alone: standard "
+                  f"error {100 * planned.test_set_floor_se:.2f} points)."]
+    if study.failed_seeds:
+        lines += ["", "Left out, failed: " + "; ".join(f"seed {s}: {why}" for s, why in study.failed_seeds.items())]
     return "\n".join(lines) + "\n"
 
 
 def answer_table(studies: dict) -> str:
-    """The README's answer table: per recipe ({title: metrics/study*.json's contents, or None: not run yet}),
-    both models' accuracy, the gain with its interval, the bound that decides, the verdict and the training-cost
-    ratio (the median over seeds, with its range)."""
+    """The README's answer table: per recipe ({title: its StudyResult, or None: not run yet}), both models'
+    accuracy, the gain with its interval, the bound that decides, the verdict and the training-cost ratio (the
+    median over seeds, with its range)."""
     ran = [study for study in studies.values() if study]
-    level = f"{ran[0]['verdict']['confidence']:.0%}" if ran else "95%"
-    one_sided = f"{1 - ran[0]['verdict']['alpha']:.0%}" if ran else "95%"
+    level = f"{ran[0].verdict.confidence:.0%}" if ran else "95%"
+    one_sided = f"{1 - ran[0].verdict.alpha:.0%}" if ran else "95%"
     lines = [f"| recipe | ResNet18 accuracy | Small CNN accuracy | gain, points [{level} interval] | one-sided "
              f"{one_sided} bound | verdict | training time, ResNet18 ÷ CNN (median over seeds) |",
              "|---|---|---|---|---|---|---|"]
@@ -432,11 +434,11 @@ def answer_table(studies: dict) -> str:
         if study is None:
             lines.append(f"| {recipe} | not run yet | | | | | |")
             continue
-        verdict, gain, cost = study["verdict"], study["accuracy_gain"], study["train_time_ratio"]
-        bound = {"lower": f"lower {_pp(verdict['lower'])}", "upper": f"upper {_pp(verdict['upper'])}"}.get(
-            verdict["deciding_bound"], f"{_pp(verdict['lower'])} to {_pp(verdict['upper'])}")
-        accuracy = {m: study["models"][m]["test_accuracy"]["mean"] for m in MODEL_NAMES}
-        lines.append(f"| {recipe} | {accuracy[DEEP]:.4f} | {accuracy[SMALL]:.4f} | {_pp(gain['mean'])} "
-                     f"{_points(gain['ci'])} | {bound} | {verdict['decision']} (k = {study['k']}) | "
-                     f"{cost['median']:.1f}× ({cost['min']:.1f}–{cost['max']:.1f}×) |")
+        verdict, gain, cost = study.verdict, study.accuracy_gain, study.train_time_ratio
+        bound = {"lower": f"lower {_pp(verdict.lower)}", "upper": f"upper {_pp(verdict.upper)}"}.get(
+            verdict.deciding_bound, f"{_pp(verdict.lower)} to {_pp(verdict.upper)}")
+        cost_text = f"{cost.median:.1f}× ({cost.min:.1f}–{cost.max:.1f}×)" if cost else "not recorded"
+        lines.append(f"| {recipe} | {study.models[DEEP].test_accuracy.mean:.4f} | "
+                     f"{study.models[SMALL].test_accuracy.mean:.4f} | {_pp(gain.mean)} {_points(gain.ci)} | {bound} | "
+                     f"{verdict.decision} (k = {study.k}) | {cost_text} |")
     return "\n".join(lines)

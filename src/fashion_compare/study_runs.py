@@ -146,7 +146,7 @@ def refresh_comparisons(recipe: Recipe, runs: list, settings) -> list:
     seeds load_study gave, with their predictions; the folder's metrics and curves) by today's comparison code
     and `settings` (params.yaml's compare section): a seed collected before a change of the rule says what the
     rule says now, without training. Returns the seeds rewritten."""
-    from . import MODEL_NAMES, comparison
+    from . import MODEL_NAMES, comparison, results
     from .files import read_csv_rows
 
     rewritten = []
@@ -159,12 +159,11 @@ def refresh_comparisons(recipe: Recipe, runs: list, settings) -> list:
                   for m in MODEL_NAMES}
         result = comparison.compare(train, read_json(folder / "evaluate.json"), curves,
                                     run.predictions, settings, seed)
-        old = read_json(folder / "compare.json")
-        if old.get("mlflow_run_id"):
-            result["mlflow_run_id"] = old["mlflow_run_id"]
-        if result != old:
+        old = read_json(folder / "compare.json")  # read as JSON: a file of an older layout is rewritten
+        result = results.with_run_id(result, old.get("mlflow_run_id") if isinstance(old, dict) else None)
+        if results.to_json(result) != (folder / "compare.json").read_text(encoding="utf-8"):
             with together():
-                write_json(folder / "compare.json", result)
+                results.write(folder / "compare.json", result)
                 write_json(folder / "headline.json", comparison.headline(result))
             rewritten.append(seed)
     return rewritten
@@ -179,7 +178,7 @@ def draw_recipes_figure(recipes=("reference", "tuned")):
     CPU-seconds were recorded counts its wall seconds times its threads)."""
     import numpy as np
 
-    from . import MODEL_NAMES, plots
+    from . import MODEL_NAMES, plots, results
     from .files import save_figure
 
     points = []
@@ -187,18 +186,18 @@ def draw_recipes_figure(recipes=("reference", "tuned")):
         recipe = Recipe(name)
         if not recipe.study_file.is_file():
             continue
-        result = read_json(recipe.study_file)
+        result = results.load(results.StudyResult, recipe.study_file, "make study")
         for model in MODEL_NAMES:
             seconds = []
-            for path in (recipe.seed_dir(seed) / f"train_{model}.json" for seed in result["seeds"]):
+            for path in (recipe.seed_dir(seed) / f"train_{model}.json" for seed in result.seeds):
                 if path.is_file():  # a seed folder holds it (a made-up one in a test may not)
                     train = read_json(path)
                     seconds.append(train.get("train_cpu_seconds") or train["train_seconds"] * train["threads"])
             if not seconds:
                 continue
-            accuracy = result["models"][model]["test_accuracy"]
-            points.append({"recipe": name, "model": model, "accuracy": accuracy["mean"], "lower": accuracy["ci"][0],
-                           "upper": accuracy["ci"][1], "seconds": float(np.median(seconds))})
+            accuracy = result.models[model].test_accuracy
+            points.append({"recipe": name, "model": model, "accuracy": accuracy.mean, "lower": accuracy.ci[0],
+                           "upper": accuracy.ci[1], "seconds": float(np.median(seconds))})
     if not points:
         return
     figure = plots.accuracy_against_cost(points)
@@ -206,11 +205,11 @@ def draw_recipes_figure(recipes=("reference", "tuned")):
     plots.close(figure)
 
 
-def aggregate(recipe: Recipe, seeds: list, params, tracker) -> dict:
+def aggregate(recipe: Recipe, seeds: list, params, tracker) -> "study.StudyResult":
     """metrics/study.json, plots/study/ and the study's MLflow run (or the tuned recipe's), from the seeds'
     committed results: every output checked writable and every seed folder validated first, then all outputs
     written or none."""
-    from . import plots, records, tracking
+    from . import plots, records, results, tracking
     from .files import check_writable, save_figure, write_csv
 
     draw = {"accuracy_per_seed": plots.seed_accuracy, "f1_difference": plots.seed_forest,
@@ -227,7 +226,7 @@ def aggregate(recipe: Recipe, seeds: list, params, tracker) -> dict:
     summary = study.summary_markdown(result)
     figures = {recipe.plots_dir / f"{name}.png": figure(result) for name, figure in draw.items()}
     run_params = records.study_run_params(result, study.comparable_params(runs[0].params), params.compare)
-    title = f"Seed study ({result['k']} seeds{', tuned recipe' if recipe.name != 'reference' else ''})"
+    title = f"Seed study ({result.k} seeds{', tuned recipe' if recipe.name != 'reference' else ''})"
     with tracking.stage_run(tracker, "study", title, run_params) as run_id:
         with together():
             for path, figure in figures.items():
@@ -235,7 +234,7 @@ def aggregate(recipe: Recipe, seeds: list, params, tracker) -> dict:
             for path, rows, fields in study.plot_rows(result):
                 write_csv(recipe.plots_dir / path, rows, fields)
             write_text(recipe.plots_dir / "SUMMARY.md", summary)
-            write_json(recipe.study_file, {**result, "mlflow_run_id": run_id})
+            results.write(recipe.study_file, results.with_run_id(result, run_id))
         if run_id:
             records.log_study(tracker, run_id, result, figures, summary)
     for figure in figures.values():

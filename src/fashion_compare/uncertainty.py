@@ -12,7 +12,7 @@ Vectorised: a resample is a vector of counts per image (multinomial), so per-cla
 predicted and true counts of all resamples are three matrix products.
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
@@ -24,12 +24,20 @@ DEEP, SMALL = MODEL_NAMES
 NO_WINNER = "no significant difference"
 
 
-def mcnemar_exact(y_true, pred_a, pred_b) -> dict:
-    """b: A right and B wrong; c: the reverse; p: two-sided exact binomial p-value (1 when b + c = 0)."""
+@dataclass(frozen=True)
+class McNemar:
+    """McNemar's exact test: b images A gets right and B wrong, c the reverse; the two-sided exact binomial
+    p-value of "equally accurate" (1 when b + c = 0)."""
+    b: int
+    c: int
+    p_value: float
+
+
+def mcnemar_exact(y_true, pred_a, pred_b) -> McNemar:
     right_a, right_b = np.asarray(pred_a) == np.asarray(y_true), np.asarray(pred_b) == np.asarray(y_true)
     b, c = int(np.sum(right_a & ~right_b)), int(np.sum(~right_a & right_b))
     p_value = binomtest(b, b + c, 0.5, alternative="two-sided").pvalue if b + c else 1.0
-    return {"b": b, "c": c, "p_value": float(p_value)}
+    return McNemar(b, c, float(p_value))
 
 
 def _scores(tp, predicted, actual):
@@ -124,9 +132,9 @@ class Estimate:
     se_images: float  # sqrt(MS_image / (k n)): what the spread between test images alone says (test-set sampling)
     se_interaction: float  # sqrt(MS_error / (k n)): counted in both of the above, once in `se`
 
-    def interval(self, confidence: float) -> list:
+    def interval(self, confidence: float) -> tuple[float, float]:
         half = stats.t.ppf((1 + confidence) / 2, self.df) * self.se
-        return [self.mean - half, self.mean + half]
+        return float(self.mean - half), float(self.mean + half)
 
     def one_sided(self, alpha: float) -> tuple:
         """The one-sided (1 - alpha) lower and upper bounds."""
@@ -140,16 +148,12 @@ class Estimate:
         return float(2 * stats.t.sf(abs(self.mean - null) / self.se, self.df))
 
     def components(self) -> dict:
-        """Each source's variance of the mean, estimated: seeds, images, interaction (>= 0)."""
+        """Each source's variance of the mean, estimated: {"seeds", "images", "interaction"} (>= 0)."""
         ms_seed, ms_image, ms_error = (self.k * self.n * se ** 2 for se in (self.se_seeds, self.se_images,
                                                                             self.se_interaction))
         return {"seeds": max(0.0, ms_seed - ms_error) / (self.k * self.n) if self.k > 1 else 0.0,
                 "images": max(0.0, ms_image - ms_error) / (self.k * self.n) if self.k > 1 else ms_image / self.n,
                 "interaction": ms_error / (self.k * self.n) if self.k > 1 else 0.0}
-
-    def as_dict(self, confidence: float) -> dict:
-        return {"mean": self.mean, "ci": self.interval(confidence), "se": self.se, "df": self.df,
-                "se_seeds": self.se_seeds, "se_images": self.se_images, "se_interaction": self.se_interaction}
 
 
 def two_way(values) -> Estimate:
@@ -161,7 +165,7 @@ def two_way(values) -> Estimate:
     mean = float(values.mean())
     if k == 1:
         se = float(values.std(ddof=1) / np.sqrt(n))
-        return Estimate(mean, se, n - 1, 1, n, 0.0, se, 0.0)
+        return Estimate(mean, se, float(n - 1), 1, n, 0.0, se, 0.0)
     seed_means, image_means = values.mean(axis=1), values.mean(axis=0)
     ms_seed = n * ((seed_means - mean) ** 2).sum() / (k - 1)
     ms_image = k * ((image_means - mean) ** 2).sum() / (n - 1)
@@ -199,7 +203,8 @@ def pseudo_values(y_true, y_pred) -> dict:
 @dataclass(frozen=True)
 class Verdict:
     """The gain tested against the margin it must reach (two one-sided tests at the margin, as in equivalence
-    testing). Its fields, as metrics/compare.json and metrics/study.json hold them (docs/method.md):
+    testing). Its fields, first in the verdict of metrics/compare.json and metrics/study.json (results.py;
+    docs/method.md):
 
     decision: "worth it" when the one-sided (1 - alpha) lower bound is at least `margin`, "not worth it" when
         the one-sided upper bound is below it, else "undecided"
@@ -219,13 +224,6 @@ class Verdict:
     alpha: float
     p_gain_at_least_margin: float
     p_null_gain_at_most_margin: float
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, saved: dict) -> "Verdict":
-        return cls(**{name: saved[name] for name in cls.__dataclass_fields__})
 
     def bounds_sentence(self) -> str:
         """How the bounds meet the margin, in words: "its one-sided 95% upper bound, +0.84 points, stays below"."""

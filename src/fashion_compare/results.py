@@ -1,0 +1,324 @@
+"""The answers the pipeline writes, each a frozen dataclass: the one definition of its fields. Its JSON file is
+written from it and read back into it (pydantic validates what is read: a missing, unknown or mistyped field
+is one line naming the file and the field).
+
+- `Comparison`: one run's comparison, metrics/compare.json (comparison.compare makes it);
+- `StudyResult`: a seed study's aggregate, metrics/study.json and metrics/study_tuned.json (study.aggregate);
+- `RunRecord`: what a study keeps of each seed's run.json (where it ran, its timings, its MLflow runs).
+
+The verdict of each (`ComparisonVerdict`, `StudyVerdict`) is uncertainty.Verdict with its context: the rule's
+fields first, as docs/method.md defines them. Dicts keyed by data (a model name, a class name) stay dicts; what
+is keyed by a field name is a dataclass. Fields named `resnet` and `cnn` are the two models (MODEL_NAMES).
+"""
+
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+
+from . import MODEL_NAMES
+from .errors import PipelineError
+from .files import read_json, write_text
+from .uncertainty import McNemar, Verdict
+
+assert MODEL_NAMES == ("resnet", "cnn"), "the fields named resnet and cnn below are the two models"
+
+Interval = tuple[float, float]
+Result = TypeVar("Result")
+
+
+def result(cls):
+    """A frozen dataclass whose JSON refuses a field it does not declare (nothing read is silently dropped)."""
+    cls.__pydantic_config__ = ConfigDict(extra="forbid")
+    return dataclass(frozen=True)(cls)
+
+
+# ------------------------------------------------------------------ one run: metrics/compare.json
+
+@result
+class ModelResult:
+    """One model's quality with its paired-bootstrap intervals, and its cost on the machine that ran it."""
+    test_accuracy: float
+    test_accuracy_ci: Interval
+    macro_f1: float
+    macro_f1_ci: Interval
+    weighted_f1: float
+    parameter_count: int
+    epochs: int
+    train_seconds: float
+    latency_ms_per_image: float
+    throughput_images_per_s: float
+
+
+@result
+class PairIntervals:
+    resnet: Interval
+    cnn: Interval
+    difference: Interval
+
+
+@result
+class MetricComparison:
+    """One class's metric for both models and their difference (ResNet18 - CNN), each with its interval."""
+    resnet: float
+    cnn: float
+    difference: float
+    ci: PairIntervals
+
+    def value(self, side: str) -> float:
+        """`side`: a model name or "difference"."""
+        return getattr(self, side)
+
+    def interval(self, side: str) -> Interval:
+        return getattr(self.ci, side)
+
+
+@result
+class ClassComparison:
+    """One class: precision, recall and F1 compared; the F1 winner (a model, or no significant difference)."""
+    precision: MetricComparison
+    recall: MetricComparison
+    f1: MetricComparison
+    winner: str
+    f1_margin: float
+
+    def metric(self, name: str) -> MetricComparison:
+        """`name`: one of PER_CLASS_METRICS."""
+        return getattr(self, name)
+
+
+@result
+class ComparisonVerdict(Verdict):
+    """The rule's verdict on one run's test images (Verdict's fields), with the gains and costs beside it."""
+    accuracy_gain: float
+    accuracy_gain_ci: Interval
+    accuracy_gain_se: float
+    interval_covers: str
+    macro_f1_gain: float
+    macro_f1_gain_ci: Interval
+    mcnemar: McNemar
+    train_time_ratio: float
+    parameter_ratio: float
+    latency_ratio: float
+    classes_won: dict[str, int]  # a model name or NO_WINNER -> classes
+    common_epoch: int  # equal training epochs: a comparison that does not depend on the budget
+    val_accuracy_at_common_epoch: dict[str, float]
+    confidence: float
+    bootstrap_samples: int
+
+
+@result
+class Comparison:
+    models: dict[str, ModelResult]
+    per_class: dict[str, ClassComparison]  # in CLASS_NAMES order
+    verdict: ComparisonVerdict
+    mlflow_run_id: str | None = None  # the compare stage's MLflow run (None: tracking off)
+
+
+# ------------------------------------------------------------------ a seed study: metrics/study.json
+
+@result
+class Spread:
+    """Per-seed values: mean, sample standard deviation, extremes."""
+    mean: float
+    sd: float
+    min: float
+    max: float
+
+
+@result
+class AccuracyEstimate:
+    """A model's test accuracy over the seeds: its spread, and the mean's interval from both sources of noise."""
+    mean: float
+    sd: float
+    min: float
+    max: float
+    ci: Interval
+    se: float
+    df: float
+    se_seeds: float
+    se_images: float
+    se_interaction: float
+
+
+@result
+class StudyModel:
+    test_accuracy: AccuracyEstimate
+    test_accuracy_seeds_only_ci: Interval
+    macro_f1: Spread
+
+
+@result
+class VarianceComponents:
+    """Each source's variance of the mean gain, estimated (uncertainty.Estimate.components)."""
+    seeds: float
+    images: float
+    interaction: float
+
+
+@result
+class GainEstimate:
+    """The paired accuracy gain (ResNet18 - CNN) over seeds and test images (uncertainty.Estimate, stored)."""
+    mean: float
+    ci: Interval
+    se: float
+    df: float
+    se_seeds: float
+    se_images: float
+    se_interaction: float
+    seeds_only_ci: Interval
+    variance_components: VarianceComponents
+    sd_over_seeds: float
+    min: float
+    max: float
+    p_value: float
+
+
+@result
+class Superiority:
+    """P(ResNet18 > CNN): the share of seeds won, with its exact interval."""
+    value: float
+    exact_ci: Interval
+    seeds_won: int
+    seeds_tied: int
+
+
+@result
+class ClassDifference:
+    """One class's F1 difference over seeds, with its intervals and Holm-adjusted p-value."""
+    f1_difference_mean: float
+    f1_difference_ci: Interval
+    f1_difference_adjusted_ci: Interval  # Bonferroni over the classes (the figure's)
+    se: float
+    p_value: float
+    holm_p_value: float
+    winner: str
+    resnet_f1_mean: float
+    cnn_f1_mean: float
+
+
+@result
+class CpuKind:
+    """What a seed's results depend on of the CPU (seed_folders.cpu_kind)."""
+    vendor: str
+    family: str
+    model: str
+    isa: str
+    name: str
+
+    def label(self) -> str:
+        """In a few words: 'AuthenticAMD family 25 model 17, AVX-512 BF16' (the name alone when no more is known)."""
+        if self.vendor == "unknown":
+            return self.name
+        return f"{self.vendor} family {self.family} model {self.model}, {self.isa}"
+
+
+@result
+class RunRecord:
+    """What a study keeps of a seed's run.json: the CPU kind it ran on, each model's training time, its MLflow
+    runs (a model name or "compare" -> run id)."""
+    cpu_kind: CpuKind
+    train_seconds: dict[str, float]
+    mlflow_run_ids: dict[str, str | None]
+
+
+@result
+class SeedResult:
+    """One seed's run judged alone: its gain over its test images, the one-sided bounds the rule uses, McNemar's
+    p, the rule's single-run verdict, and its run record."""
+    seed: int
+    resnet_test_accuracy: float
+    cnn_test_accuracy: float
+    accuracy_gain: float
+    accuracy_gain_ci: Interval
+    accuracy_gain_one_sided: Interval
+    mcnemar_p: float
+    single_run_decision: str
+    run: RunRecord
+
+    def test_accuracy(self, model: str) -> float:
+        return getattr(self, f"{model}_test_accuracy")
+
+
+@result
+class CpuKindGain:
+    seeds: tuple[int, ...]
+    accuracy_gain_mean: float
+
+
+@result
+class CostRatio:
+    """ResNet18's training time over the CNN's, over the seeds."""
+    median: float
+    min: float
+    max: float
+
+
+@result
+class Plan:
+    """How many seeds would likely decide an undecided study (study.plan)."""
+    power: float
+    cap: int
+    test_set_floor_se: float
+    planned_k: int | None
+    more_seeds_can_decide: bool
+
+
+@result
+class StudyVerdict(Verdict):
+    """The rule's verdict over the seeds (Verdict's fields), its interval level, the plan when undecided, and
+    how many single runs would have said otherwise."""
+    confidence: float
+    plan: Plan | None
+    single_runs_saying_otherwise: int
+
+
+@result
+class StudyResult:
+    seeds: tuple[int, ...]
+    k: int
+    n_images: int
+    failed_seeds: dict[str, str]  # seed -> why
+    models: dict[str, StudyModel]
+    accuracy_gain: GainEstimate
+    p_resnet_better: Superiority
+    aso_epsilon_min: float | None
+    per_class: dict[str, ClassDifference]  # in CLASS_NAMES order
+    per_seed: tuple[SeedResult, ...]
+    per_cpu_kind: dict[str, CpuKindGain] | None  # CpuKind.label -> its seeds (None: one kind)
+    train_time_ratio: CostRatio | None  # None: no seed recorded its times
+    verdict: StudyVerdict
+    mlflow_run_id: str | None = None  # the study's MLflow run (None: tracking off)
+
+
+# ------------------------------------------------------------------ JSON
+
+def to_json(value) -> str:
+    """The file's text: strict JSON (no NaN), indented as every metrics file."""
+    return json.dumps(asdict(value), indent=2, allow_nan=False) + "\n"
+
+
+def write(path, value):
+    write_text(path, to_json(value))
+
+
+def parse(kind: type[Result], data, where) -> Result:
+    """`data` (JSON's values) as a `kind`, validated: a missing, unknown or mistyped field is one line naming
+    `where` and the field."""
+    try:
+        return TypeAdapter(kind).validate_python(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(map(str, first["loc"])) or "(top level)"
+        raise PipelineError(f"{where}: not a {kind.__name__} ({field}: {first['msg'].lower()}); rerun the step "
+                            "that writes it") from None
+
+
+def load(kind: type[Result], path, made_by="the stage that writes it (dvc repro)") -> Result:
+    return parse(kind, read_json(path, made_by), Path(path))
+
+
+def with_run_id(value: Result, run_id: str | None) -> Result:
+    return replace(value, mlflow_run_id=run_id)

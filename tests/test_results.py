@@ -1,0 +1,56 @@
+"""results.py: every committed result file reads into its dataclass and writes back byte for byte; what is not
+one of them is refused in one line naming the file and the field."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fashion_compare import comparison, results, study
+from fashion_compare.errors import PipelineError
+
+REPO = Path(__file__).resolve().parent.parent
+COMMITTED = [(path, results.StudyResult) for path in sorted(REPO.glob("metrics/study*.json"))] + \
+    [(path, results.Comparison) for path in [REPO / "metrics/compare.json",
+                                             *sorted(REPO.glob("metrics/study*/seeds/*/compare.json"))]]
+
+
+@pytest.mark.parametrize("path, kind", COMMITTED, ids=[str(path.relative_to(REPO)) for path, _ in COMMITTED])
+def test_a_committed_result_round_trips_byte_for_byte(path, kind):
+    text = path.read_text(encoding="utf-8")
+    loaded = results.load(kind, path)
+    assert isinstance(loaded, kind)
+    assert results.to_json(loaded) == text
+
+
+def test_the_committed_files_are_all_covered():
+    assert len([kind for _, kind in COMMITTED if kind is results.StudyResult]) >= 1
+    assert len([kind for _, kind in COMMITTED if kind is results.Comparison]) >= 11  # one run, and each seed's
+
+
+def test_results_are_frozen_and_consumers_read_attributes():
+    study_result = results.load(results.StudyResult, REPO / "metrics/study.json")
+    with pytest.raises(AttributeError):
+        study_result.k = 3  # frozen: a result is what was computed
+    assert study_result.per_seed[0].run.cpu_kind.label().endswith(study_result.per_seed[0].run.cpu_kind.isa)
+    assert study_result.verdict.bounds_sentence().startswith("its one-sided 95%")
+    assert study.summary_markdown(study_result).startswith("# Seed study")
+    one_run = results.load(results.Comparison, REPO / "metrics/compare.json")
+    assert comparison.headline(one_run)["decision"] == one_run.verdict.decision
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda data: data["verdict"].pop("decision"), "verdict.decision: field required"),
+    (lambda data: data.update(k="ten"), "k: input should be a valid integer"),
+    (lambda data: data["verdict"].update(p_worth_it=0.5), "verdict.p_worth_it: unexpected keyword argument"),
+    (lambda data: data["accuracy_gain"].update(ci=[0.1]), "accuracy_gain.ci"),
+])
+def test_a_file_that_is_not_its_dataclass_is_refused_in_one_line(tmp_path, edit, field):
+    data = json.loads((REPO / "metrics/study.json").read_text())
+    edit(data)
+    path = tmp_path / "study.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(PipelineError) as error:
+        results.load(results.StudyResult, path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: not a StudyResult (") and field in message and "\n" not in message
