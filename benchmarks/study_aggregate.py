@@ -41,7 +41,7 @@ def main():
     runs = synthetic_runs(args.seeds)
     started = time.perf_counter()
     result = study.aggregate(runs, CompareParams())
-    study.summary_markdown(result)
+    study.study_summary(result)
     study.plot_rows(result)
     for draw in (plots.seed_accuracy, plots.seed_forest, plots.seed_gains, plots.noise_sources):
         plots.close(draw(result))

@@ -58,7 +58,7 @@ def main():
                for metric in PER_CLASS_METRICS}
     figures[f"{OUT}/f1_difference.png"] = plots.forest(result.per_class, confidence)
     figures[f"{OUT}/learning_curves.png"] = plots.learning_curves(epochs, steps)
-    summary = comparison.summary_markdown(result)
+    summary = comparison.one_run_summary(result)
 
     child_run_ids = tracking.existing_runs(tracker, {name: train[name]["mlflow_run_id"] for name in MODEL_NAMES})
     child_params = {name: tracker.run_params(run_id) for name, run_id in child_run_ids.items()}

@@ -55,7 +55,7 @@ def main():
             print(f"study.seeds not all run yet (missing: {', '.join(map(str, missing))}): the aggregate waits "
                   "for them; run them here or on another machine, then `make study` again")
         elif args.command in ("aggregate", "all"):
-            result = study_runs.aggregate(recipe, all_seeds, params, tracking.connect(params.tracking))
+            result = study_runs.write_study(recipe, all_seeds, params, tracking.connect(params.tracking))
             step = study.next_step(result, params.study.seeds)
             if step:
                 print(f"next: {step}")

@@ -70,14 +70,14 @@ def test_comparison_counts_only_significant_wins_and_tests_the_gain_against_the_
     assert verdict.decision == "undecided" and verdict.deciding_bound is None
     assert (verdict.train_time_ratio, verdict.parameter_ratio, verdict.latency_ratio) == (4.0, 11.0, 4.0)
     assert verdict.common_epoch == 2 and verdict.val_accuracy_at_common_epoch == {"resnet": 0.86, "cnn": 0.85}
-    summary = comparison.summary_markdown(result)
+    summary = comparison.one_run_summary(result)
     assert "**undecided**" in summary and "straddle the margin" in summary and "test-set sampling only" in summary
     assert "| Trouser |" in summary and "no significant difference" in summary
     assert "At equal training (epoch 2) validation accuracy is 0.8600 for ResNet18 and 0.8500 for Small CNN" in summary
 
     clear = constructed_comparison(extra_coats_right=120)  # +0.8 points, lower bound ~ +0.59 > 0.1
     assert clear.verdict.decision == "worth it" and clear.verdict.deciding_bound == "lower"
-    assert "**worth it**" in comparison.summary_markdown(clear)
+    assert "**worth it**" in comparison.one_run_summary(clear)
     strict = constructed_comparison(extra_coats_right=120, min_accuracy_gain=0.02)  # upper bound ~ +1.0 < 2
     assert strict.verdict.decision == "not worth it" and strict.verdict.deciding_bound == "upper"
 

@@ -22,7 +22,7 @@ def test_readme_is_short():
 
 def test_the_study_tables_are_those_of_metrics_study_json():
     result = results.load(results.StudyResult, REPO / "metrics/study.json")
-    rows = data_rows(study.summary_markdown(result))
+    rows = data_rows(study.study_summary(result))
     assert len(rows) == 2 + 4 + result.k + 10  # models, standard errors, seeds, classes
     missing = [row for row in rows if row not in README]
     assert not missing, missing
@@ -50,7 +50,7 @@ def test_the_answer_on_the_first_screen_is_the_study_verdict():
 
 def test_the_single_run_tables_are_those_of_metrics_compare_json():
     result = results.load(results.Comparison, REPO / "metrics/compare.json")
-    rows = data_rows(comparison.summary_markdown(result))
+    rows = data_rows(comparison.one_run_summary(result))
     missing = [row for row in rows if row not in README]
     assert not missing, missing
 

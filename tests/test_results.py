@@ -34,7 +34,7 @@ def test_results_are_frozen_and_consumers_read_attributes():
         study_result.k = 3  # frozen: a result is what was computed
     assert study_result.per_seed[0].run.cpu_kind.label().endswith(study_result.per_seed[0].run.cpu_kind.isa)
     assert study_result.verdict.bounds_sentence().startswith("its one-sided 95%")
-    assert study.summary_markdown(study_result).startswith("# Seed study")
+    assert study.study_summary(study_result).startswith("# Seed study")
     one_run = results.load(results.Comparison, REPO / "metrics/compare.json")
     assert comparison.headline(one_run)["decision"] == one_run.verdict.decision
 

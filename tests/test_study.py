@@ -114,7 +114,7 @@ def test_the_study_verdict_against_the_margin(resnet, cnn, decision):
     verdict = result.verdict
     assert verdict.decision == decision
     assert (verdict.plan is not None) == (decision == "undecided")
-    summary = study.summary_markdown(result)
+    summary = study.study_summary(result)
     assert f"**{decision}**" in summary
     if decision == "undecided":
         assert verdict.plan.planned_k is None or verdict.plan.planned_k > 4
@@ -182,7 +182,7 @@ def test_failed_seeds_are_named_not_dropped_silently():
     runs = [seed_run(1, 0.9, 0.9), seed_run(2, 0.91, 0.9)]
     result = study.aggregate(runs, SETTINGS, failed={3: "train_resnet: out of memory"})
     assert result.failed_seeds == {"3": "train_resnet: out of memory"}
-    assert "seed 3: train_resnet: out of memory" in study.summary_markdown(result)
+    assert "seed 3: train_resnet: out of memory" in study.study_summary(result)
 
 
 def test_the_committed_study_is_what_its_seeds_predictions_give():

@@ -299,3 +299,22 @@ def test_no_address_is_a_local_cluster_and_a_good_one_is_kept(monkeypatch):
     monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
     assert engine.scheduler_address(None) is None
     assert engine.scheduler_address("tcp://10.0.0.5:8786") == "tcp://10.0.0.5:8786"
+
+
+def test_a_cluster_task_finds_a_remote_it_cannot_write_before_it_trains(tmp_path):
+    """engine.check_remote_writable through DVC's own remote filesystem: a writable remote takes the probe and is
+    left as it was; one that cannot be written (here: a path under a regular file, since root ignores file
+    modes) is one error line naming the cause and the remedy."""
+    repo = tmp_path / "clone"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run([str(seed_folders.DVC), "init", "-q"], cwd=repo, check=True)
+    writable, blocked = tmp_path / "remote" / "not-made-yet", tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    subprocess.run([str(seed_folders.DVC), "remote", "add", "-d", "shared", str(writable)], cwd=repo, check=True)
+    assert engine.check_remote_writable(repo) == "" and list(writable.iterdir()) == []  # made, as a push would
+    subprocess.run([str(seed_folders.DVC), "remote", "modify", "shared", "url", str(blocked / "remote")], cwd=repo,
+                   check=True)
+    why = engine.check_remote_writable(repo)
+    assert why.startswith("error: the DVC remote cannot be written from this worker (") and "\n" not in why
+    assert "give the workers write access" in why

@@ -117,7 +117,7 @@ def _ci(interval, scale=1.0, digits=4) -> str:
     return f"[{interval[0] * scale:.{digits}f}, {interval[1] * scale:.{digits}f}]"
 
 
-def summary_markdown(comparison: Comparison) -> str:
+def one_run_summary(comparison: Comparison) -> str:
     """plots/compare/SUMMARY.md: the tables of one run, then its verdict in words."""
     models, verdict = comparison.models, comparison.verdict
     deep, small = MODEL_TITLES[DEEP], MODEL_TITLES[SMALL]

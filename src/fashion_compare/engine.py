@@ -138,6 +138,28 @@ def _steps(task: SeedTask, scratch: Path, resuming: bool) -> list:
     return steps
 
 
+def check_remote_writable(scratch: Path) -> str:
+    """Before a cluster task trains: its default DVC remote takes a write (a probe file, then removed), so that a
+    remote the worker cannot write to fails now, not after the training it would have lost. Returns why not
+    ("" when it can)."""
+    import uuid
+
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(scratch)) as repo:
+            remote = repo.cloud.get_remote(command="push")
+            probe = remote.fs.join(remote.path, f".write-probe-{uuid.uuid4().hex}")
+            remote.fs.makedirs(remote.path, exist_ok=True)  # as a push would (a no-op on object stores)
+            remote.fs.pipe_file(probe, b"")
+            remote.fs.rm_file(probe)
+    except Exception as error:  # noqa: BLE001 - whatever the remote's filesystem raises
+        return (f"error: the DVC remote cannot be written from this worker ({first_line(error, 120)}); a seed's "
+                "outputs and run cache go there: give the workers write access (or another default remote) and "
+                "run again")
+    return ""
+
+
 def experiment_ref(repository: Path, name: str) -> str | None:
     """The ref of the experiment `name` in `repository` (refs/exps/<baseline>/<name>), or None."""
     refs = git("for-each-ref", "--format=%(refname)", "refs/exps", cwd=repository).split()
@@ -181,11 +203,15 @@ def run_seed_task(task: SeedTask) -> SeedOutcome:
     try:
         for command, required in _steps(task, scratch, resuming):
             cwd = root if command[:2] in (["git", "clone"], ["git", "-C"]) else scratch
+            if command[1:3] == ["exp", "run"] and not task.workspace and (why := check_remote_writable(scratch)):
+                return SeedOutcome(task.seed, worker.address, error=why, log=log.read_text())
             if _run(command, cwd, env, Event(task.stop_event), log) != 0 and required:
                 output = log.read_text()
                 if command[0] == "git":
                     raise RuntimeError(f"seed {task.seed}: {' '.join(command[:2])} failed: {output.strip()[-300:]}")
-                return SeedOutcome(task.seed, worker.address, error=stage_error(output), log=output)
+                gone = "" if task.workspace else (" (on a cluster the task's clone goes with it: the seed's rerun "
+                                                  "trains from its first epoch)")
+                return SeedOutcome(task.seed, worker.address, error=stage_error(output) + gone, log=output)
         if task.workspace:  # the experiment, for `dvc exp show` in the workspace
             ref = experiment_ref(scratch, task.recipe.experiment_name(task.seed))
             git("push", "--quiet", "--force", "origin", f"{ref}:{ref}", cwd=scratch)

@@ -224,7 +224,7 @@ def noise_sources(study: dict):
     return figure
 
 
-def expected_best(tuning: dict):
+def expected_best_figure(tuning: dict):
     """Expected best validation accuracy after n trials (Dodge et al. 2019), per model, +- one sd: against the
     number of trials, and against the CPU-hours they cost (n x the model's mean per trial)."""
     figure, (by_trials, by_hours) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)

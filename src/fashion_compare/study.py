@@ -396,7 +396,7 @@ def _verdict_paragraphs(study: StudyResult, level: str) -> list:
             "rule on their test images, would have said otherwise."]
 
 
-def summary_markdown(study: StudyResult) -> str:
+def study_summary(study: StudyResult) -> str:
     """plots/study/SUMMARY.md: the study's tables, then its verdict in words."""
     verdict = study.verdict
     level, one_sided = f"{verdict.confidence:.0%}", f"{1 - verdict.alpha:.0%}"

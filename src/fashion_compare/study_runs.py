@@ -205,7 +205,7 @@ def draw_recipes_figure(recipes=("reference", "tuned")):
     plots.close(figure)
 
 
-def aggregate(recipe: Recipe, seeds: list, params, tracker) -> "study.StudyResult":
+def write_study(recipe: Recipe, seeds: list, params, tracker) -> "study.StudyResult":
     """metrics/study.json, plots/study/ and the study's MLflow run (or the tuned recipe's), from the seeds'
     committed results: every output checked writable and every seed folder validated first, then all outputs
     written or none."""
@@ -223,7 +223,7 @@ def aggregate(recipe: Recipe, seeds: list, params, tracker) -> "study.StudyResul
     for seed, why in failed.items():
         print(f"warning: seed {seed} failed and is left out of the study: {why}")
     result = study.aggregate(runs, params.compare, failed)
-    summary = study.summary_markdown(result)
+    summary = study.study_summary(result)
     figures = {recipe.plots_dir / f"{name}.png": figure(result) for name, figure in draw.items()}
     run_params = records.study_run_params(result, study.comparable_params(runs[0].params), params.compare)
     title = f"Seed study ({result.k} seeds{', tuned recipe' if recipe.name != 'reference' else ''})"

@@ -297,8 +297,8 @@ class EpochLogger:
             epochs = sorted({int(step) for key, _, step in self.unsent if key == "val/accuracy"})
             raise TrackingError(f"MLflow tracking at {self.tracker.uri} failed: {first_line(self.last_error)}; "
                                 f"{len(self.unsent)} metric points of epochs {epochs} were not logged; run the "
-                                "stage again once MLflow is reachable (it resumes from the saved state: no epoch "
-                                "is trained again)")
+                                "stage again once MLflow is reachable (in this workspace it resumes from the saved "
+                                "state: no epoch is trained again)")
 
 
 def existing_runs(tracker: Tracker | None, run_ids: dict) -> dict:

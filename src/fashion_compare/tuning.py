@@ -146,7 +146,7 @@ def finished(study) -> list:
             (t.state.name == "FAIL" and t.user_attrs.get("fail_reason") != INTERRUPTED)]
 
 
-def summary(studies: dict, trials: int) -> dict:
+def search_summary(studies: dict, trials: int) -> dict:
     """tuning.json: per model, the budget used (trials, CPU-hours) and the chosen trial; the expected best
     validation accuracy after 1..n trials."""
     result = {}
@@ -173,7 +173,7 @@ def write_results(studies: dict, trials: int, settings: dict):
     for model, study in studies.items():
         rows = [trial_row(t) for t in study.get_trials(deepcopy=False) if t.state.name != "WAITING"]
         write_csv(TUNING_DIR / f"{model}_trials.csv", rows, TRIAL_FIELDS)
-    result = summary(studies, trials)
+    result = search_summary(studies, trials)
     write_json(TUNING_DIR / "tuning.json", {"settings": settings, "models": result})
     if all(result[m]["trials"] >= trials and result[m]["chosen_recipe"] for m in MODEL_NAMES):
         import yaml
@@ -184,7 +184,7 @@ def write_results(studies: dict, trials: int, settings: dict):
         from . import plots
         from .files import save_figure
 
-        figure = plots.expected_best(result)
+        figure = plots.expected_best_figure(result)
         save_figure(PLOTS_DIR / "expected_best.png", figure)
         plots.close(figure)
     return result
