@@ -114,3 +114,41 @@ def test_a_study_on_a_dask_cluster_survives_a_dead_worker_and_matches_the_local_
     local_result = json.loads((local / "metrics/study.json").read_text())
     for key in ("accuracy_gain", "models", "per_class", "verdict"):
         assert local_result[key] == result[key], key
+
+
+def test_a_cluster_task_restores_a_seed_from_the_shared_run_cache_instead_of_training_it(tmp_path, built_pipeline):
+    """engine._steps of a cluster task (clone the commit, probe the DVC remote, `dvc exp run --pull -S seed=N`,
+    push outputs, run cache and the run cache's uncached outputs), run twice on fresh clones as two workers
+    would: the second restores every stage from what the first pushed, trains nothing, and gives the same
+    predictions byte for byte."""
+    from fashion_compare import engine
+    from fashion_compare.seed_folders import REFERENCE
+
+    seed_repo = copy_built(built_pipeline, tmp_path / "seed-repo")
+    reset_to_head(seed_repo)
+    set_params(seed_repo, data__subset=200, tracking__enabled=False)
+    run(["dvc", "remote", "add", "-d", "shared", str(tmp_path / "dvc-remote")], seed_repo)
+    commit_all(seed_repo, "smoke seeds, a shared DVC remote")
+    origin = tmp_path / "origin.git"
+    run(["git", "clone", "-q", "--bare", str(seed_repo), str(origin)], tmp_path)
+    commit = run(["git", "rev-parse", "HEAD"], seed_repo).stdout.strip()
+    task = engine.SeedTask(seed=7, recipe=REFERENCE, commit=commit, origin=str(origin), workspace=None,
+                           mlflow_uri=None, threads=1, stop_event="unused")
+    outputs = {}
+    for worker in ("first", "second"):
+        scratch = tmp_path / worker / "clone"
+        scratch.parent.mkdir()
+        log = []
+        for command, required in engine._steps(task, scratch, resuming=False):
+            if callable(command):  # the remote's checks: the probe, the push of the uncached outputs
+                assert command() == ""
+                continue
+            cwd = scratch.parent if command[0] == "git" else scratch
+            result = run(command, cwd, env=tool_env(OMP_NUM_THREADS="1"), check=required)
+            log.append(result.stdout + result.stderr)
+        outputs[worker] = ("".join(log), (scratch / "data/predictions/test.csv").read_bytes())
+    first, second = outputs["first"], outputs["second"]
+    assert "Running stage 'train_resnet'" in first[0]
+    assert "Running stage" not in second[0], second[0][-3000:]  # every stage restored from the run cache
+    assert "Stage 'train_resnet' is cached - skipping run, checking out outputs" in second[0], second[0][-3000:]
+    assert second[1] == first[1]

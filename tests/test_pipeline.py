@@ -100,7 +100,7 @@ def test_every_stage_writes_its_outputs(repo):
     for figure in ("precision", "recall", "f1", "f1_difference", "learning_curves"):
         assert (repo / f"plots/compare/{figure}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = (repo / "plots/compare/SUMMARY.md").read_text()
-    assert "## Verdict" in summary and f"{compare['models']['resnet']['test_accuracy']:.4f}" in summary
+    assert "## Verdict" in summary and f"{compare.models['resnet'].test_accuracy:.4f}" in summary
     assert "McNemar's exact test" in summary and "`compare.min_accuracy_gain`" in summary
 
 
@@ -330,8 +330,8 @@ def test_queued_experiment_runs_its_own_code(own_repo):
     repo = own_repo
     comparison = repo / "src/fashion_compare/comparison.py"
     original = comparison.read_text()
-    marked = original.replace('"mcnemar_p": verdict["mcnemar"]["p_value"],',
-                              '"mcnemar_p": verdict["mcnemar"]["p_value"], "code_marker": 7,')
+    marked = original.replace('"mcnemar_p": verdict.mcnemar.p_value,',
+                              '"mcnemar_p": verdict.mcnemar.p_value, "code_marker": 7,')
     assert marked != original
     comparison.write_text(marked)
     try:

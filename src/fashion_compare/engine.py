@@ -10,12 +10,14 @@ scratch clone is kept until the driver has written the seed's folder: a study ki
 seed from its last finished epoch (the train stage's resume state is in the clone).
 
 With an address, the same task clones the study's commit from the shared git remote into the worker's own
-directory, fetches DVC's run cache from the shared DVC remote (a seed somebody already ran is restored, not
-retrained), runs, pushes outputs and run cache, and logs to the shared MLflow server. Workers never push to
+directory, checks that it can write to the shared DVC remote, runs with `--pull` (DVC's run cache and the
+outputs of the stages it holds come from that remote: a seed somebody already ran is restored, not retrained),
+pushes outputs and run cache, and logs to the shared MLflow server. Workers never push to
 git; the driver never reads their disks. The driver (study_runs.py) writes each seed's folder.
 """
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -121,7 +123,8 @@ def scratch_path(root, task: SeedTask) -> Path:
 
 
 def _steps(task: SeedTask, scratch: Path, resuming: bool) -> list:
-    """(command, required) to run in `scratch`; the clone's first two run in its parent folder."""
+    """(step, required): a command to run in `scratch` (the clone's first two run in its parent folder), or a
+    check of the DVC remote, a function returning why it failed ("" when it did not)."""
     name, dvc = task.recipe.experiment_name(task.seed), str(DVC)
     steps = [] if resuming else [
         (["git", "clone", "--quiet", "--no-checkout", *(["--shared"] if task.workspace else []), task.origin,
@@ -130,11 +133,15 @@ def _steps(task: SeedTask, scratch: Path, resuming: bool) -> list:
     if task.workspace:
         steps.append(([dvc, "cache", "dir", "--local", str(Path(task.workspace) / ".dvc" / "cache")], True))
     else:
-        steps.append(([dvc, "fetch", "--quiet", "--run-cache"], False))  # what is not there is built
+        steps.append((functools.partial(check_remote_writable, scratch), True))
+    # On a cluster, --pull: the DVC remote's run cache first, then each stage found there restored with its
+    # outputs pulled (without them DVC's run cache cannot restore a stage, and reruns it); what is not there runs.
     if not (resuming and experiment_ref(scratch, name)):  # else it ran already
-        steps.append(([dvc, "exp", "run", "-S", f"seed={task.seed}", *task.recipe.set_options(), "-n", name], True))
+        steps.append(([dvc, "exp", "run", *([] if task.workspace else ["--pull"]), "-S", f"seed={task.seed}",
+                       *task.recipe.set_options(), "-n", name], True))
     if not task.workspace:
         steps.append(([dvc, "push", "--quiet", "--run-cache"], True))
+        steps.append((functools.partial(push_uncached_outputs, scratch), True))
     return steps
 
 
@@ -158,6 +165,22 @@ def check_remote_writable(scratch: Path) -> str:
                 "outputs and run cache go there: give the workers write access (or another default remote) and "
                 "run again")
     return ""
+
+
+def push_uncached_outputs(scratch: Path) -> str:
+    """After `dvc push --run-cache`: every object of the clone's cache to the DVC remote, the `cache: false`
+    outputs (metrics, plot data) among them. DVC saves those in the run cache but its push leaves them behind,
+    and without them no other clone can restore a stage from the run cache (it runs the stage again). The
+    clone's cache holds this task's objects only. Returns why not ("" when pushed)."""
+    from dvc.repo import Repo
+    from dvc_data.hashfile.hash_info import HashInfo
+
+    try:
+        with Repo(str(scratch)) as repo:
+            failed = repo.cloud.push({HashInfo("md5", oid) for oid in repo.cache.local.all()}).failed
+    except Exception as error:  # noqa: BLE001 - whatever the remote's filesystem raises
+        return f"error: pushing the run cache's outputs to the DVC remote failed ({first_line(error, 120)})"
+    return f"error: {len(failed)} of the run cache's outputs could not be pushed to the DVC remote" if failed else ""
 
 
 def experiment_ref(repository: Path, name: str) -> str | None:
@@ -202,9 +225,11 @@ def run_seed_task(task: SeedTask) -> SeedOutcome:
         env["MLFLOW_TRACKING_URI"] = task.mlflow_uri
     try:
         for command, required in _steps(task, scratch, resuming):
+            if callable(command):  # a check of the DVC remote
+                if why := command():
+                    return SeedOutcome(task.seed, worker.address, error=why, log=log.read_text())
+                continue
             cwd = root if command[:2] in (["git", "clone"], ["git", "-C"]) else scratch
-            if command[1:3] == ["exp", "run"] and not task.workspace and (why := check_remote_writable(scratch)):
-                return SeedOutcome(task.seed, worker.address, error=why, log=log.read_text())
             if _run(command, cwd, env, Event(task.stop_event), log) != 0 and required:
                 output = log.read_text()
                 if command[0] == "git":
