@@ -20,7 +20,7 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from . import MODEL_NAMES
 from .errors import PipelineError
-from .files import read_json, write_text
+from .files import read_json, write_json
 from .uncertainty import McNemar, Verdict
 
 assert MODEL_NAMES == ("resnet", "cnn"), "the fields named resnet and cnn below are the two models"
@@ -296,12 +296,13 @@ class StudyResult:
 # ------------------------------------------------------------------ JSON
 
 def to_json(value) -> str:
-    """The file's text: strict JSON (no NaN), indented as every metrics file."""
+    """The text files.write_json gives the file (strict JSON, indented as every metrics file), to compare with
+    what a file holds; tests/test_results.py checks the two agree on every committed result."""
     return json.dumps(asdict(value), indent=2, allow_nan=False) + "\n"
 
 
 def write(path, value):
-    write_text(path, to_json(value))
+    write_json(path, asdict(value))
 
 
 def parse(kind: type[Result], data, where) -> Result:
