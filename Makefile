@@ -19,7 +19,8 @@ repro: setup data
 # team), JOBS at a time, then metrics/study.json and plots/study/ once every seed has its results.
 # CLUSTER=tcp://host:8786 (or DASK_SCHEDULER_ADDRESS): each missing seed a task on that Dask cluster.
 # RECIPE=tuned: the same study of each model's tuned recipe (make tune's metrics/tuning/recipe.yaml), in
-# metrics/study_tuned/ and plots/study_tuned/.
+# metrics/study_tuned/ and plots/study_tuned/: first its pilot (the first five of study.seeds), then the seeds
+# its committed aggregate holds; SEEDS="47 48" adds seeds to it (the plan's second stage).
 SEEDS ?=
 JOBS ?=
 CLUSTER ?=

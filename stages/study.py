@@ -32,7 +32,10 @@ LOCK = Path(".dvc/tmp/study.lock")
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["run", "aggregate", "all"])
-    parser.add_argument("--seeds", type=int, nargs="+", help="default: study.seeds in params.yaml")
+    parser.add_argument("--seeds", type=int, nargs="+",
+                        help="default: the study's seeds (reference: study.seeds in params.yaml; tuned: its "
+                             "committed aggregate's, or its pilot, the first five of study.seeds); a tuned study adds "
+                             "those named")
     parser.add_argument("--jobs", type=int, help="seeds at once (default: study.jobs)")
     parser.add_argument("--cluster", help="a Dask scheduler (default: DASK_SCHEDULER_ADDRESS; none: this machine)")
     parser.add_argument("--recipe", default="reference", help="reference (params.yaml) or tuned (make tune's)")
@@ -42,21 +45,22 @@ def main():
     study_runs.check_repository_root(args.params)
     params = load_params(args.params)
     raw_params = yaml.safe_load(Path(args.params).read_text())
-    seeds, jobs = args.seeds or params.study.seeds, args.jobs if args.jobs is not None else params.study.jobs
-    study_runs.check_arguments(seeds, jobs)
     recipe, address = load_recipe(args.recipe), scheduler_address(args.cluster)
+    study_seeds = recipe.study_seeds(params.study.seeds, args.seeds or ())
+    seeds, jobs = args.seeds or study_seeds, args.jobs if args.jobs is not None else params.study.jobs
+    study_runs.check_arguments(seeds, jobs)
     failed = {}
     with process.exclusive(LOCK, "a seed study"):
         if args.command in ("run", "all"):
             failed = study_runs.run_seeds(recipe, seeds, jobs, raw_params, address)
-        all_seeds = params.study.seeds if args.command == "all" else seeds
+        all_seeds = study_seeds if args.command == "all" else seeds
         missing = [seed for seed in all_seeds if not results_exist(recipe.seed_dir(seed))]
         if args.command == "all" and missing:
-            print(f"study.seeds not all run yet (missing: {', '.join(map(str, missing))}): the aggregate waits "
-                  "for them; run them here or on another machine, then `make study` again")
+            print(f"the study's seeds not all run yet (missing: {', '.join(map(str, missing))}): the aggregate "
+                  "waits for them; run them here or on another machine, then `make study` again")
         elif args.command in ("aggregate", "all"):
             result = study_runs.write_study(recipe, all_seeds, params, tracking.connect(params.tracking))
-            step = study.next_step(result, params.study.seeds)
+            step = study.next_step(result, all_seeds, recipe.name)
             if step:
                 print(f"next: {step}")
     if failed:

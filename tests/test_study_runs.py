@@ -318,3 +318,26 @@ def test_a_cluster_task_finds_a_remote_it_cannot_write_before_it_trains(tmp_path
     why = engine.check_remote_writable(repo)
     assert why.startswith("error: the DVC remote cannot be written from this worker (") and "\n" not in why
     assert "give the workers write access" in why
+
+
+def test_a_tuned_study_starts_with_its_pilot_then_keeps_its_committed_seeds_and_adds_those_named(
+        tmp_path, monkeypatch):
+    """The reference study's seeds are params.yaml's study.seeds (seeds named are a slice of them); a tuned
+    study's are its pilot (the first five of study.seeds) until it has a committed aggregate, then that
+    aggregate's, plus any named: the plan's extra seeds extend it, and `make study RECIPE=tuned` on a fresh
+    clone trains nothing."""
+    repo = Path(__file__).resolve().parent.parent
+    tuned = seed_folders.Recipe("tuned", {"resnet.lr": 0.002})
+    params_seeds = list(range(42, 52))
+    monkeypatch.chdir(tmp_path)
+    assert REFERENCE.study_seeds(params_seeds, named=(44, 60)) == params_seeds
+    assert tuned.study_seeds(params_seeds) == [42, 43, 44, 45, 46]
+    assert tuned.study_seeds(params_seeds, named=(44, 60, 61)) == [42, 43, 44, 45, 46, 60, 61]
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "study_tuned.json").write_text((repo / "metrics" / "study.json").read_text())
+    committed = json.loads((repo / "metrics" / "study.json").read_text())["seeds"]
+    assert tuned.study_seeds([1, 2]) == committed
+    assert tuned.study_seeds([1, 2], named=(committed[0], 99)) == [*committed, 99]
+    (tmp_path / "metrics" / "study_tuned.json").write_text("{}")
+    with pytest.raises(PipelineError, match="study_tuned.json"):
+        tuned.study_seeds(params_seeds)

@@ -2,11 +2,13 @@
 the run cache) and an MLflow tracking server on 127.0.0.1. Nobody retrains what was trained."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 from conftest import (
@@ -186,11 +188,10 @@ def test_a_study_split_over_machines_is_gathered_without_training(tmp_path, buil
         (seed, stage) for seed in ("1", "2") for stage in ("train_resnet", "train_cnn", "compare")}
 
 
-def study_processes(clone) -> list:
-    """The processes of a study in `clone`: any whose command line or working directory is inside it."""
-    from pathlib import Path
-
-    found = []
+def study_processes(clone) -> dict:
+    """The processes of a study in `clone`, {pid: command line}: any whose command line or working directory
+    is inside it."""
+    found = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -200,10 +201,19 @@ def study_processes(clone) -> list:
         except OSError:
             continue
         if str(clone) in command or cwd.startswith(str(clone)):
-            found.append(f"{proc.name}: {command[:120]}")
+            found[int(proc.name)] = command[:120]
     return found
 
 
+def signal_all(pids, signum):
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.study
 def test_a_killed_driver_takes_its_workers_with_it_and_the_rerun_resumes_without_training_twice(
         tmp_path, built_pipeline, team_server):
     """`make study` with 2 jobs is SIGKILLed (the OOM killer, a lost SSH session) while both seeds train: within
@@ -224,13 +234,25 @@ def test_a_killed_driver_takes_its_workers_with_it_and_the_rerun_resumes_without
     deadline = time.time() + 300
     while len(list(scratch.glob("reference-seed-*/.resume/*.pt"))) < 2:  # each seed has an epoch to resume from
         assert driver.poll() is None and time.time() < deadline
-        time.sleep(0.2)
+        time.sleep(0.05)
+    # The trainings are frozen while the driver dies: on a fast machine the few epochs left would otherwise end
+    # in the second it takes the kernel to tear the driver down, and nothing would be left to resume. Where DVC
+    # runs its commands through dash (no SHELL set, as in CI), each training has a `sh -c` parent: frozen too.
+    trainings = [pid for pid, command in study_processes(clone).items() if "stages/train.py" in command]
+    pythons = [pid for pid in trainings if "python" in Path(f"/proc/{pid}/comm").read_text()]
+    assert len(pythons) == 2 and len(trainings) - len(pythons) in (0, 2), study_processes(clone)
+    signal_all(trainings, signal.SIGSTOP)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     deadline = time.time() + 60
+    while set(study_processes(clone)) - set(trainings) and time.time() < deadline:
+        time.sleep(0.5)
+    assert set(study_processes(clone)) <= set(trainings), "workers or DVC outlived the study's driver"
+    signal_all(trainings, signal.SIGCONT)  # each finds its parent dead (a SIGTERM waits for it): it stops
+    deadline = time.time() + 60
     while study_processes(clone) and time.time() < deadline:
-        time.sleep(1)
-    assert study_processes(clone) == [], "processes of the study outlived its driver"
+        time.sleep(0.5)
+    assert study_processes(clone) == {}, "processes of the study outlived its driver"
 
     rerun = study(clone, env, "all").stdout
     assert "seed 5: finished" in rerun and "seed 6: finished" in rerun, rerun

@@ -1,5 +1,6 @@
 import contextlib
 import os
+from pathlib import Path
 
 import pytest
 
@@ -44,6 +45,45 @@ def test_a_damaged_store_says_to_move_it_aside(tmp_path, monkeypatch):
     message = str(error.value)
     assert message.startswith(f"MLflow tracking at sqlite:///{tmp_path / 'mlflow.db'} failed: ") and "\n" not in message
     assert "move it aside (mv mlflow.db mlflow.db.broken) and run again to start a new store" in message
+
+
+def test_a_seed_in_its_scratch_clone_waits_for_the_workspace_store_lock(tmp_path, monkeypatch):
+    """A study's seeds run in scratch clones with the workspace's sqlite store in MLFLOW_TRACKING_URI: it is not
+    their own default store, yet two of them creating it at once fail in its schema migration ("Online migration
+    expected to match one row"; a 3-seed study on a fresh clone lost a seed so). While the lock beside the
+    database is held, a connecting stage waits and creates nothing; released, it connects."""
+    import fcntl
+    import subprocess
+    import sys
+    import time
+
+    database = tmp_path / "workspace" / "mlflow.db"
+    scratch = tmp_path / "workspace" / ".dvc" / "tmp" / "study" / "reference-seed-1"
+    scratch.mkdir(parents=True)
+    assert mlflow_store.sqlite_path(f"sqlite:///{database}") == database
+    assert mlflow_store.sqlite_path("sqlite:///relative/mlflow.db") == Path("relative/mlflow.db")
+    assert mlflow_store.sqlite_path("sqlite://") is None and mlflow_store.sqlite_path("http://host:5000") is None
+    lock = database.with_name(".mlflow.db.lock")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{database}", "DVC_ROOT": str(scratch)}
+    with open(lock, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        stage = subprocess.Popen([sys.executable, "-c", "from fashion_compare import tracking; "
+                                  "print(tracking.Tracker('seed').experiment_id)"],
+                                 cwd=scratch, env=env, stdout=subprocess.PIPE, text=True)
+        deadline = time.time() + 60
+        while not any(os.path.realpath(fd) == str(lock) for fd in _open_files(stage.pid)):
+            assert stage.poll() is None and time.time() < deadline, "the stage did not wait for the lock"
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert stage.poll() is None and not database.exists()  # waiting: no half-migrated store
+    assert stage.communicate(timeout=120)[0].strip() and stage.returncode == 0
+    assert database.is_file()
+
+
+def _open_files(pid: int) -> list:
+    with contextlib.suppress(OSError):
+        return [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+    return []
 
 
 def test_the_statistics_and_plotting_modules_do_not_import_torch():

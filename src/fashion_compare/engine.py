@@ -74,8 +74,11 @@ def open_cluster(address: str | None, jobs: int):
     from distributed import Client, LocalCluster
 
     if address is None:
+        # No dashboard; the scheduler's HTTP server (health routes) on a free port of this host, not Dask's 8787,
+        # which it would take from a user's own cluster (and warn when that one holds it)
         with LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, resources=RESOURCE,
-                          dashboard_address=None, silence_logs=40) as cluster, Client(cluster) as client:
+                          dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                          silence_logs=40) as cluster, Client(cluster) as client:
             client.register_plugin(StopWithDriver(), name="stop-with-driver")
             yield client
         return

@@ -44,17 +44,33 @@ def is_default_store(uri: str) -> bool:
 
 @contextlib.contextmanager
 def store_lock(uri):
-    """Serialise creating the default sqlite store: concurrent schema migrations can fail."""
-    if not is_default_store(uri):
+    """Serialise creating a sqlite store: concurrent schema migrations fail ("Online migration expected to match
+    one row"). The lock is a file beside the database, so the seeds of a study, each in its scratch clone with
+    the workspace's store in MLFLOW_TRACKING_URI, take the same one."""
+    database = sqlite_path(uri)
+    if database is None or not database.parent.is_dir():  # no folder: MLflow's own error says so
         yield
         return
-    lock_path = repo_root() / f".{STORE_FILE}.lock"
-    with open(lock_path, "w") as handle:
+    with open(database.with_name(f".{database.name}.lock"), "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a sqlite tracking URI; None for other stores and an in-memory database."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    if not uri.startswith("sqlite:"):
+        return None
+    try:
+        database = make_url(uri).database
+    except ArgumentError:
+        return None
+    return Path(database) if database and database != ":memory:" else None
 
 
 def git_commit() -> str:

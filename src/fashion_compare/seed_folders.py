@@ -32,6 +32,8 @@ PREDICTION_STAGES = ("prepare", "train_resnet", "train_cnn", "evaluate")  # what
 SEED_METRICS = ("data", "train_resnet", "train_cnn", "evaluate", "compare", "headline")
 PREDICTION_FIELDS = ["image", "label", *MODEL_NAMES]
 TUNED_RECIPE_FILE = Path("metrics/tuning/recipe.yaml")  # tuning.py writes it: each model's chosen recipe
+PILOT_SEEDS = 5  # a tuned study's first stage: the first five of study.seeds, then the planned k (study.plan)
+TUNED_MAX_SEEDS = 10  # a tuned study's plan stops there (a tuned seed costs more; the reference's cap is study's)
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,11 @@ class Recipe:
     def plots_dir(self) -> Path:
         return Path(f"plots/study{self.suffix}")
 
+    @property
+    def max_planned_seeds(self) -> int:
+        """The plan's cap for this recipe's study."""
+        return TUNED_MAX_SEEDS if self.name == "tuned" else study.MAX_PLANNED_SEEDS
+
     def seed_dir(self, seed: int) -> Path:
         return self.seeds_dir / str(seed)
 
@@ -77,6 +84,20 @@ class Recipe:
                 node = node.setdefault(parent, {})
             node[key] = value
         return params
+
+    def study_seeds(self, params_seeds: list, named=()) -> list:
+        """The seeds this recipe's study aggregates. The reference's: study.seeds (params.yaml declares them;
+        seeds named on the command line are a slice to run). A tuned study's: those of its committed aggregate
+        (or, before it has one, its pilot: the first PILOT_SEEDS of study.seeds), then any seeds named, so
+        that naming the plan's extra seeds extends it and a fresh clone's `make study RECIPE=tuned` trains
+        nothing."""
+        if self.name == "reference":
+            return list(params_seeds)
+        if self.study_file.is_file():
+            seeds = list(results.load(results.StudyResult, self.study_file, "make study RECIPE=tuned").seeds)
+        else:
+            seeds = list(params_seeds[:PILOT_SEEDS])
+        return [*seeds, *(seed for seed in named if seed not in seeds)]
 
     def set_options(self) -> list:
         return [option for dotted, value in sorted(self.overrides.items())

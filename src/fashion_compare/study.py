@@ -261,9 +261,10 @@ def gain_estimate(gain: Estimate, gains: np.ndarray, confidence: float) -> GainE
                         float(gains.max()), gain.p_value())
 
 
-def aggregate(runs: list[SeedRun], settings, failed: dict | None = None) -> StudyResult:
+def aggregate(runs: list[SeedRun], settings, failed: dict | None = None,
+              max_seeds: int = MAX_PLANNED_SEEDS) -> StudyResult:
     """The study's numbers (see the module's docstring). `settings`: params.yaml's compare section (margin,
-    alpha, confidence); `failed`: {seed: why} of seeds that did not finish, reported."""
+    alpha, confidence); `failed`: {seed: why} of seeds that did not finish, reported; `max_seeds`: the plan's cap."""
     check_runs(runs)
     runs = sorted(runs, key=lambda run: run.seed)
     seeds = [run.seed for run in runs]
@@ -277,8 +278,9 @@ def aggregate(runs: list[SeedRun], settings, failed: dict | None = None) -> Stud
     gain = two_way(correct[DEEP] - correct[SMALL])
     verdict = decide(gain, margin, alpha)
     per_seed = per_seed_results(runs, accuracy, correct, settings)
+    undecided = verdict.decision == "undecided"
     decided = StudyVerdict(**asdict(verdict), confidence=confidence,
-                           plan=plan(gain, margin, alpha) if verdict.decision == "undecided" else None,
+                           plan=plan(gain, margin, alpha, cap=max_seeds) if undecided else None,
                            single_runs_saying_otherwise=sum(row.single_run_decision != verdict.decision
                                                             for row in per_seed))
     return StudyResult(
@@ -323,8 +325,9 @@ def plot_rows(study: StudyResult):
         ["class", "difference", "lower", "upper", "winner", "holm_p_value"])))
 
 
-def next_step(study: StudyResult, params_seeds: list) -> str | None:
-    """What to run next when the study is undecided: the planned seeds, or why more seeds cannot decide."""
+def next_step(study: StudyResult, study_seeds: list, recipe="reference") -> str | None:
+    """What to run next when the study is undecided: the planned seeds (the reference's in params.yaml's
+    study.seeds, another recipe's named to `make study`), or why more seeds cannot decide."""
     planned = study.verdict.plan
     if study.verdict.decision != "undecided" or planned is None:
         return None
@@ -335,8 +338,11 @@ def next_step(study: StudyResult, params_seeds: list) -> str | None:
                     "stays undecided on these 10,000 test images")
         return (f"about {planned.planned_k} seeds would be needed, beyond this project's cap of {planned.cap}; "
                 "the answer stays undecided")
-    extra = list(range(max(params_seeds) + 1, max(params_seeds) + 1 + planned.planned_k - study.k))
-    seeds = ", ".join(map(str, [*params_seeds, *extra]))
+    extra = list(range(max(study_seeds) + 1, max(study_seeds) + 1 + planned.planned_k - study.k))
+    if recipe != "reference":
+        return (f"the plan's second stage: k = {planned.planned_k}; run `make study RECIPE={recipe} "
+                f"SEEDS=\"{' '.join(map(str, extra))}\"` (then decide once, at that k)")
+    seeds = ", ".join(map(str, [*study_seeds, *extra]))
     return (f"the plan's second stage: k = {planned.planned_k}; set `study.seeds: [{seeds}]` in params.yaml, "
             "commit, and run `make study` (then decide once, at that k)")
 

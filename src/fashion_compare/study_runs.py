@@ -222,7 +222,7 @@ def write_study(recipe: Recipe, seeds: list, params, tracker) -> "study.StudyRes
         print(f"{seeds_named(refreshed)[0]}: compare.json and headline.json recomputed by today's rule")
     for seed, why in failed.items():
         print(f"warning: seed {seed} failed and is left out of the study: {why}")
-    result = study.aggregate(runs, params.compare, failed)
+    result = study.aggregate(runs, params.compare, failed, max_seeds=recipe.max_planned_seeds)
     summary = study.study_summary(result)
     figures = {recipe.plots_dir / f"{name}.png": figure(result) for name, figure in draw.items()}
     run_params = records.study_run_params(result, study.comparable_params(runs[0].params), params.compare)
