@@ -229,9 +229,9 @@ def test_dvc_plots_show_lists_grouped_bars_with_both_models(repo):
                                                           "f1_per_class", "f1_difference")}
     expected |= {f"plots/compare/{name}.png" for name in ("precision", "recall", "f1", "f1_difference",
                                                           "learning_curves")}
-    expected |= {f"plots/study/{name}.{kind}" for name in ("accuracy_per_seed", "gain_per_seed", "noise_sources",
-                                                           "f1_difference")
-                 for kind in ("csv", "png")}  # the committed seed study, top-level plots of dvc.yaml
+    expected |= {f"plots/{study}/{name}.{kind}" for study in ("study", "study_tuned")
+                 for name in ("accuracy_per_seed", "gain_per_seed", "noise_sources", "f1_difference")
+                 for kind in ("csv", "png")}  # the committed seed studies (both recipes), top-level plots
     expected |= {"val_accuracy_per_trial", "plots/tuning/expected_best.png",  # the committed tuning
                  "plots/recipes/accuracy_vs_cost.png"}  # and the recipes' figure, top-level too
     assert set(data) == expected  # each plot once, defined where its stage writes it
