@@ -44,12 +44,12 @@ tune: setup data
 test:
 	@$(MAKE) --no-print-directory --jobs=3 setup data browser
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q -n auto -m "not study and not cluster"
+	$(BIN)/pytest -q -n auto -m "not study and not cluster and not team"
 
 # The longest seed studies end to end, one test at a time (a study split over three clones, and one on a Dask
 # cluster of a scheduler and two workers: minutes, several smoke seeds each); CI runs them after `make test`.
 test-study: setup data
-	$(BIN)/pytest -q -m "study or cluster"
+	$(BIN)/pytest -q -m "study or cluster or team"
 
 # The inner loop: the tests that run no pipeline, on as many workers as there are cores.
 test-fast: setup data
