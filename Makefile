@@ -44,12 +44,14 @@ tune: setup data
 test:
 	@$(MAKE) --no-print-directory --jobs=3 setup data browser
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q -n auto -m "not study and not cluster and not team"
+	$(BIN)/pytest -q -n auto -m "not study and not cluster and not long"
 
-# The longest seed studies end to end, one test at a time (a study split over three clones, and one on a Dask
-# cluster of a scheduler and two workers: minutes, several smoke seeds each); CI runs them after `make test`.
+# The longest tests end to end, one at a time: the seed studies (split over three clones, a killed driver, on a
+# Dask cluster of a scheduler and two workers: minutes, several smoke seeds each), a second clone pulling what
+# the first pushed to the team's DVC remote, a training SIGKILLed mid-epoch then resumed; CI runs them after
+# `make test`, which stays under 6 minutes.
 test-study: setup data
-	$(BIN)/pytest -q -m "study or cluster or team"
+	$(BIN)/pytest -q -m "study or cluster or long"
 
 # The inner loop: the tests that run no pipeline, on as many workers as there are cores.
 test-fast: setup data

@@ -268,11 +268,10 @@ def copy_raw(source_dir, target_dir):
 
 
 # The end-to-end tests of `make test` that take longest (20 s or more each with one core), in the order they are
-# handed out; the first also builds the shared smoke pipeline. (The seed studies and the team's clones end to end,
+# handed out; the first also builds the shared smoke pipeline. (The seed studies and the other longest tests,
 # `make test-study`, run one at a time.) tests/test_suite_order.py checks that every name here is a test of
 # `make test`.
-LONGEST_END_TO_END = ("test_sigkill_mid_epoch_then_rerun_gives_the_same_weights",
-                      "test_an_lr_experiment_is_tracked_shown_and_restored_from_the_run_cache",
+LONGEST_END_TO_END = ("test_an_lr_experiment_is_tracked_shown_and_restored_from_the_run_cache",
                       "test_tracking_outage_mid_training_keeps_the_training_and_names_what_was_not_logged",
                       "test_killing_dvc_alone_stops_the_training_and_the_rerun_resumes_it",
                       "test_the_same_budget_for_both_models_on_validation_only_then_a_rerun_goes_on",

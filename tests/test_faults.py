@@ -69,6 +69,7 @@ def epochs_without_timing(folder, model):
     return pd.read_csv(folder / f"plots/train/{model}_epochs.csv").drop(columns="seconds")
 
 
+@pytest.mark.long
 def test_sigkill_mid_epoch_then_rerun_gives_the_same_weights(tmp_path, repo):
     """The resume test: SIGKILL during epoch 2 of 2, rerun: the same bytes as a run never interrupted,
     and one MLflow run with every step once."""

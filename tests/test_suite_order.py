@@ -34,6 +34,6 @@ def test_the_longest_end_to_end_tests_are_named_as_they_are_in_make_test():
     assert set(LONGEST_END_TO_END) <= set(functions), set(LONGEST_END_TO_END) - set(functions)
     for name in LONGEST_END_TO_END:
         assert "e2e" in functions[name], name
-        assert not {"study", "cluster", "team"} & functions[name], f"{name} runs in make test-study, not make test"
+        assert not {"study", "cluster", "long"} & functions[name], f"{name} runs in make test-study, not make test"
     assert "study" in functions[
         "test_a_killed_driver_takes_its_workers_with_it_and_the_rerun_resumes_without_training_twice"]

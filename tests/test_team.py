@@ -31,7 +31,7 @@ def stages_run(output):
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
 
 
-@pytest.mark.team
+@pytest.mark.long
 def test_second_clone_pulls_instead_of_retraining(tmp_path, built_pipeline, team_server):
     """Machine A has run the pipeline and pushes its outputs and run cache; machine B pulls them and retrains
     nothing; B's own change runs only the stages it touches, and its runs arrive at the team's server."""
