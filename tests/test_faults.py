@@ -73,7 +73,7 @@ def epochs_without_timing(folder, model):
 def test_sigkill_mid_epoch_then_rerun_gives_the_same_weights(tmp_path, repo):
     """The resume test: SIGKILL during epoch 2 of 2, rerun: the same bytes as a run never interrupted,
     and one MLflow run with every step once."""
-    changes = dict(resnet__epochs=2, resnet__step_size=1)
+    changes = dict(resnet__epochs=2, resnet__step_size=1, threads=1)  # one thread, in make test-study too
     straight = scratch(tmp_path / "straight", repo, **changes)
     stage(straight, "stages/train.py", "resnet", check=True)
 
