@@ -386,12 +386,12 @@ def _verdict_paragraphs(study: StudyResult, level: str) -> list:
     deep, small = MODEL_TITLES[DEEP], MODEL_TITLES[SMALL]
     verdict, gain, superiority, cost = study.verdict, study.accuracy_gain, study.p_resnet_better, \
         study.train_time_ratio
-    return [f"Over {study.k} seeds, {deep} is {_pp(gain.mean)} points of test accuracy ahead of {small} "
+    return [f"Over {study.k} seeds, {deep}'s test accuracy gain over {small} is {_pp(gain.mean)} points "
             f"({level} interval {_points(gain.ci)}, both sources; seeds only {_points(gain.seeds_only_ci)}; "
             f"per seed from {_pp(gain.min)} to {_pp(gain.max)})"
             + (f", for {cost.median:.1f}x its training time (median over seeds; {cost.min:.1f}-"
                f"{cost.max:.1f}x)" if cost else "") + ". P(gain >= margin) = "
-            f"{verdict.p_gain_at_least_margin:.3f}. P({deep} > {small}) = {superiority.value:.2f}, the share "
+            f"{verdict.p_gain_at_least_margin:.2g}. P({deep} > {small}) = {superiority.value:.2f}, the share "
             f"of seeds won (exact {level} interval [{superiority.exact_ci[0]:.2f}, "
             f"{superiority.exact_ci[1]:.2f}]); Almost Stochastic Order eps_min = {study.aso_epsilon_min:.2f} "
             "(below 0.5: ResNet18 tends to dominate; reported, not part of the verdict).", "",
