@@ -23,6 +23,8 @@ from conftest import (
     wait_until_up,
 )
 
+from fashion_compare.process import SHELLS
+
 pytestmark = pytest.mark.e2e
 MODELS = ("resnet", "cnn")
 
@@ -240,8 +242,8 @@ def test_a_killed_driver_takes_its_workers_with_it_and_the_rerun_resumes_without
     # in the second it takes the kernel to tear the driver down, and nothing would be left to resume. Where DVC
     # runs its commands through dash (no SHELL set, as in CI), each training has a `sh -c` parent: frozen too.
     trainings = [pid for pid, command in study_processes(clone).items() if "stages/train.py" in command]
-    pythons = [pid for pid in trainings if "python" in Path(f"/proc/{pid}/comm").read_text()]
-    assert len(pythons) == 2 and len(trainings) - len(pythons) in (0, 2), study_processes(clone)
+    shells = [pid for pid in trainings if Path(f"/proc/{pid}/comm").read_text().strip() in SHELLS]
+    assert len(trainings) - len(shells) == 2 and len(shells) in (0, 2), study_processes(clone)
     signal_all(trainings, signal.SIGSTOP)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
