@@ -123,20 +123,18 @@ def test_the_study_verdict_against_the_margin(resnet, cnn, decision):
         assert study.next_step(result, [1, 2, 3, 4]) is None
 
 
-
 def test_a_tuned_studys_plan_stops_at_ten_seeds():
     """The reference recipe's plan may go to study.MAX_PLANNED_SEEDS (20), a tuned one's to 10 (a tuned seed costs
     more): a study that needs 17 seeds is one more stage for the first, out of reach for the second."""
     from fashion_compare.seed_folders import Recipe
-    from fashion_compare.uncertainty import Estimate
 
     runs = [seed_run(seed, r, c) for seed, r, c in zip((1, 2, 3, 4), [0.91, 0.912, 0.908, 0.91], [0.90] * 4)]
     for recipe, cap in (("reference", study.MAX_PLANNED_SEEDS), ("tuned", 10)):
         result = study.aggregate(runs, SETTINGS, max_seeds=Recipe(recipe).max_planned_seeds)
         assert result.verdict.decision == "undecided" and result.verdict.plan.cap == cap
     ms = np.sqrt  # as in the planner's test: variances of the mean at k = 10
-    gain = Estimate(0.005, 0.0, 10, 10, 10000, ms(4e-6 + 1e-6), ms(1e-6 + 1e-6), ms(1e-6))
-    reference, tuned = (study.plan(gain, 0.01, 0.05, cap=cap) for cap in (study.MAX_PLANNED_SEEDS, 10))
+    reference, tuned = (planned(0.005, ms(4e-6 + 1e-6), ms(1e-6 + 1e-6), ms(1e-6), cap=cap)
+                        for cap in (study.MAX_PLANNED_SEEDS, 10))
     assert reference.planned_k == tuned.planned_k == 17
     assert reference.more_seeds_can_decide and not tuned.more_seeds_can_decide
 
@@ -154,10 +152,12 @@ def test_the_next_step_names_the_planned_seeds_where_each_recipe_declares_them()
     assert "set `study.seeds: [1, 2, 3, 4, 5, 6, 7]` in params.yaml" in study.next_step(result, [1, 2, 3, 4])
     assert 'run `make study RECIPE=tuned SEEDS="5 6 7"`' in study.next_step(result, [1, 2, 3, 4], "tuned")
 
-def planned(mean, se_seeds, se_images, se_interaction, k=10, n=10000):
+
+def planned(mean, se_seeds, se_images, se_interaction, k=10, n=10000, cap=study.MAX_PLANNED_SEEDS):
     from fashion_compare.uncertainty import Estimate
 
-    return study.plan(Estimate(mean, 0.0, 10, k, n, se_seeds, se_images, se_interaction), margin=0.01, alpha=0.05)
+    return study.plan(Estimate(mean, 0.0, 10, k, n, se_seeds, se_images, se_interaction), margin=0.01, alpha=0.05,
+                      cap=cap)
 
 
 def test_the_planner_says_how_many_seeds_would_decide_or_that_none_can():
