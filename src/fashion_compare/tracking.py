@@ -91,7 +91,7 @@ class Tracker:
 
     def _create_experiment(self, experiment: str) -> str | None:
         """The new experiment's id; None when another process created it first (two queue workers starting at
-        once against one tracking server: the file lock serialises this only for the default sqlite store)."""
+        once against one tracking server: mlflow_store.store_lock serialises this only for sqlite stores)."""
         from mlflow.exceptions import MlflowException
 
         location = (repo_root() / ARTIFACT_DIR).as_uri() if is_default_store(self.uri) else None
