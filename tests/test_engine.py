@@ -1,10 +1,15 @@
-"""The local Dask cluster the study's and the tuning's engine starts (engine.open_cluster), for real: seconds."""
+"""The local Dask cluster the study's and the tuning's engine starts (engine.open_cluster), for real: seconds;
+and how a collected seed's scratch clone goes."""
 
 import contextlib
 import socket
 import warnings
 
+import pytest
+
 from fashion_compare import engine
+from fashion_compare.errors import Interrupted
+from fashion_compare.seed_folders import Recipe
 
 
 def test_the_local_cluster_leaves_dasks_dashboard_port_alone():
@@ -21,3 +26,34 @@ def test_the_local_cluster_leaves_dasks_dashboard_port_alone():
             bound = (server.address, server.port)
             assert client.dashboard_link is None or "8787" not in client.dashboard_link
     assert bound[0] == "127.0.0.1" and bound[1] != 8787, bound
+
+
+def scratch_clone(workspace, seed):
+    task = engine.SeedTask(seed, Recipe(), "0" * 40, str(workspace), str(workspace), None, 1, "stop")
+    scratch = engine.scratch_path(workspace / engine.SCRATCH_DIR, task)
+    (scratch / ".git").mkdir(parents=True)
+    (scratch / ".resume").mkdir()
+    (scratch / ".resume" / "resnet.pt").write_bytes(b"state")
+    scratch.with_name(scratch.name + ".log").write_text("log")
+    return task, scratch
+
+
+def test_a_collection_broken_off_leaves_no_half_clone_to_resume_in_and_the_next_one_clears_it(tmp_path,
+                                                                                                monkeypatch):
+    """A SIGTERM mid-deletion (CI's driver got one inside shutil.rmtree) leaves the clone under another name,
+    never half of it where a rerun of the seed would resume; the next collection deletes what was left."""
+    first, first_scratch = scratch_clone(tmp_path, 1)
+    second, second_scratch = scratch_clone(tmp_path, 2)
+
+    def broken_off(path, **kwargs):
+        raise Interrupted("SIGTERM")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(engine.shutil, "rmtree", broken_off)
+        with pytest.raises(Interrupted):
+            engine.forget_scratch(first)
+    assert not first_scratch.exists() and not first_scratch.with_name(first_scratch.name + ".log").exists()
+    assert (first_scratch.with_name(first_scratch.name + engine.DELETING) / ".resume" / "resnet.pt").is_file()
+
+    engine.forget_scratch(second)
+    assert list((tmp_path / engine.SCRATCH_DIR).iterdir()) == [], "a clone, a log or a leftover is still there"

@@ -1,4 +1,5 @@
-"""How a stage process lives: the single-instance lock, and one-line errors that end at a sentence."""
+"""How a stage process lives: the single-instance lock, one-line errors that end at a sentence, and the exit
+status of an interruption, whatever it broke off."""
 
 import subprocess
 import sys
@@ -6,7 +7,7 @@ import sys
 import pytest
 
 from fashion_compare import process
-from fashion_compare.errors import PipelineError, first_line
+from fashion_compare.errors import Interrupted, PipelineError, exit_on_error, first_line
 
 HOLD_LOCK = """
 import sys, time
@@ -44,3 +45,27 @@ def test_long_messages_are_cut_after_a_whole_sentence():
     assert first_line(ValueError("x" * 20 + " " + "y" * 200), 100) == "x" * 20 + " …"
     assert first_line(ValueError("short\nsecond line")) == "short"
     assert first_line(ValueError()) == "ValueError"
+
+
+def test_an_error_raised_while_a_sigterm_unwinds_is_reported_as_the_sigterm(capsys):
+    """A SIGTERM that lands inside cleanup code (CI saw shutil.rmtree, broken off, close a directory twice) ends
+    in the interruption's line and status 143, not the cleanup's traceback; an error of its own still raises."""
+
+    @exit_on_error
+    def broken_off_cleanup():
+        try:
+            raise Interrupted("SIGTERM")
+        finally:
+            raise OSError(9, "Bad file descriptor")
+
+    with pytest.raises(SystemExit) as exit_:
+        broken_off_cleanup()
+    assert exit_.value.code == 143
+    assert capsys.readouterr().err == "error: interrupted (SIGTERM); run the stage again to go on\n"
+
+    @exit_on_error
+    def failing():
+        raise OSError(9, "Bad file descriptor")
+
+    with pytest.raises(OSError):
+        failing()

@@ -208,6 +208,12 @@ def study_processes(clone) -> dict:
     return found
 
 
+def trainings_in(folder) -> list:
+    """The train stage's processes (and their shell parents) working in `folder`."""
+    return [pid for pid, command in study_processes(folder).items()
+            if "stages/train.py" in command and Path(f"/proc/{pid}/cwd").resolve() == Path(folder).resolve()]
+
+
 def signal_all(pids, signum):
     for pid in pids:
         try:
@@ -234,17 +240,24 @@ def test_a_killed_driver_takes_its_workers_with_it_and_the_rerun_resumes_without
     driver = subprocess.Popen([sys.executable, "stages/study.py", "run"], cwd=clone, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     scratch = clone / ".dvc/tmp/study"
-    deadline = time.time() + 300
-    while len(list(scratch.glob("reference-seed-*/.resume/*.pt"))) < 2:  # each seed has an epoch to resume from
+    # Each seed's training is frozen the moment it has an epoch to resume from, and stays frozen while the driver
+    # dies: on a fast machine the few epochs left would otherwise end in the second it takes the kernel to tear
+    # the driver down (or while the other seed catches up), and a training that ended after its DVC died is
+    # rightly run again. Where DVC runs its commands through dash (no SHELL set, as in CI), each training has a
+    # `sh -c` parent: frozen too.
+    frozen, deadline = {}, time.time() + 300  # {seed's scratch clone: its training's processes}
+    while len(frozen) < 2:
         assert driver.poll() is None and time.time() < deadline
-        time.sleep(0.05)
-    # The trainings are frozen while the driver dies: on a fast machine the few epochs left would otherwise end
-    # in the second it takes the kernel to tear the driver down, and nothing would be left to resume. Where DVC
-    # runs its commands through dash (no SHELL set, as in CI), each training has a `sh -c` parent: frozen too.
-    trainings = [pid for pid, command in study_processes(clone).items() if "stages/train.py" in command]
+        for resume_state in scratch.glob("reference-seed-*/.resume/*.pt"):
+            seed_clone = resume_state.parents[1]
+            if seed_clone not in frozen:
+                frozen[seed_clone] = trainings_in(seed_clone)
+                signal_all(frozen[seed_clone], signal.SIGSTOP)
+        time.sleep(0.02)
+    trainings = [pid for pids in frozen.values() for pid in pids]
     shells = [pid for pid in trainings if Path(f"/proc/{pid}/comm").read_text().strip() in SHELLS]
     assert len(trainings) - len(shells) == 2 and len(shells) in (0, 2), study_processes(clone)
-    signal_all(trainings, signal.SIGSTOP)
+    assert all(list(seed_clone.glob(".resume/*.pt")) for seed_clone in frozen), "a training ended before it froze"
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     deadline = time.time() + 60

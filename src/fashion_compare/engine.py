@@ -37,6 +37,7 @@ CONNECT_TIMEOUT = "10s"
 STOP_POLL_SECONDS = 1.0
 NO_WORKER_SECONDS = 120  # a cluster with no worker able to run seeds for this long: the study stops
 SCRATCH_DIR = Path(".dvc/tmp/study")  # local tasks' scratch clones (DVC collects no stage under .dvc/)
+DELETING = ".deleting"  # a collected scratch clone's name while it is deleted
 
 
 def scheduler_address(cli_address=None) -> str | None:
@@ -265,11 +266,17 @@ def local_task_settings(jobs: int) -> dict:
 
 
 def forget_scratch(task: SeedTask):
-    """A local seed collected: its scratch clone and log go."""
+    """A local seed collected: its scratch clone and log go. The clone is first renamed out of the seed's way
+    (atomic), then deleted with whatever an interrupted deletion left before it: a signal mid-way never leaves
+    half a clone under the seed's name for a rerun to resume in."""
     if task.workspace:
         scratch = scratch_path(Path(task.workspace) / SCRATCH_DIR, task)
-        shutil.rmtree(scratch, ignore_errors=True)
         scratch.with_name(scratch.name + ".log").unlink(missing_ok=True)
+        for leftover in scratch.parent.glob(f"*{DELETING}"):  # what an interrupted collection left
+            shutil.rmtree(leftover, ignore_errors=True)
+        if scratch.is_dir():
+            deleting = scratch.rename(scratch.with_name(scratch.name + DELETING))
+            shutil.rmtree(deleting, ignore_errors=True)
 
 
 def seed_workers(client) -> list:

@@ -45,23 +45,35 @@ class Interrupted(KeyboardInterrupt):
         self.signal_name = signal_name
 
 
+def interruption(error):
+    """The Ctrl-C or SIGTERM behind `error`: the error itself, or one it was raised while handling. Code a
+    signal breaks off can fail in its own way as it unwinds (shutil.rmtree, interrupted, closes a directory
+    twice: EBADF); that failure is the interruption's. None when no interruption is in the chain."""
+    while error is not None and not isinstance(error, KeyboardInterrupt):
+        error = error.__context__
+    return error
+
+
 def exit_on_error(main):
-    """Run a stage's main(); a PipelineError becomes `error: <message>` and exit status 1."""
+    """Run a stage's main(); a PipelineError becomes `error: <message>` and exit status 1; an interruption
+    (or an error raised while one unwinds) `error: interrupted (...)` and 130 (SIGINT) or 143 (SIGTERM)."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         try:
             return main(*args, **kwargs)
-        except PipelineError as error:
+        except (KeyboardInterrupt, Exception) as error:
+            if (interrupt := interruption(error)) is not None:
+                name = getattr(interrupt, "signal_name", "SIGINT")
+                print(f"error: interrupted ({name}); run the stage again to go on", file=sys.stderr)
+                sys.exit(143 if name == "SIGTERM" else 130)
+            if not isinstance(error, PipelineError):
+                raise
             hint = ""
             if isinstance(error, ParamsError) and "DVC_STAGE" in os.environ:
                 hint = ("; DVC removed this stage's outputs before running it: fix params.yaml, or bring the "
                         "committed ones back with `git checkout -- metrics plots && dvc checkout`")
             print(f"error: {error}{hint}", file=sys.stderr)
             sys.exit(1)
-        except KeyboardInterrupt as interrupt:
-            name = getattr(interrupt, "signal_name", "SIGINT")
-            print(f"error: interrupted ({name}); run the stage again to go on", file=sys.stderr)
-            sys.exit(143 if name == "SIGTERM" else 130)
 
     return wrapper
