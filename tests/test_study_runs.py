@@ -341,3 +341,37 @@ def test_a_tuned_study_starts_with_its_pilot_then_keeps_its_committed_seeds_and_
     (tmp_path / "metrics" / "study_tuned.json").write_text("{}")
     with pytest.raises(PipelineError, match="study_tuned.json"):
         tuned.study_seeds(params_seeds)
+
+
+def test_an_aggregate_that_changes_no_figure_rewrites_no_byte_and_a_changed_one_names_its_run(fake, monkeypatch):
+    """`make study` on a fresh clone logs its own MLflow run but leaves every committed file as it was: study.json
+    keeps the id of the run that first logged its figures. A study whose figures change names the new run."""
+    from fashion_compare import records, tracking
+    from fashion_compare.params import load_params
+
+    study_workspace()
+    write_seed(1)
+    write_seed(2, cnn=(0, 1, 0, 3))
+    monkeypatch.setattr(study, "ASO_SAMPLES", 100)
+    run_ids, logged = iter(["run-1", "run-2", "run-3"]), []
+
+    @contextlib.contextmanager
+    def stage_run(tracker, stage, title, params):
+        yield next(run_ids)
+
+    monkeypatch.setattr(tracking, "stage_run", stage_run)
+    monkeypatch.setattr(records, "log_study", lambda tracker, run_id, *rest: logged.append(run_id))
+    params = load_params("params.yaml")
+
+    def written():
+        return {path: path.read_bytes() for folder in ("metrics", "plots") for path in Path(folder).rglob("*")
+                if path.is_file() and "seeds" not in path.parts}
+
+    study_runs.write_study(REFERENCE, [1, 2], params, "a tracker")
+    first = written()
+    study_runs.write_study(REFERENCE, [1, 2], params, "a tracker")
+    assert written() == first and json.loads(first[Path("metrics/study.json")])["mlflow_run_id"] == "run-1"
+    assert logged == ["run-1", "run-2"]  # the second aggregate's run is logged all the same
+    write_seed(3, cnn=(0, 1, 2, 3))
+    study_runs.write_study(REFERENCE, [1, 2, 3], params, "a tracker")
+    assert json.loads(Path("metrics/study.json").read_text())["mlflow_run_id"] == "run-3"

@@ -290,7 +290,7 @@ class StudyResult:
     per_cpu_kind: dict[str, CpuKindGain] | None  # CpuKind.label -> its seeds (None: one kind)
     train_time_ratio: CostRatio | None  # None: no seed recorded its times
     verdict: StudyVerdict
-    mlflow_run_id: str | None = None  # the study's MLflow run (None: tracking off)
+    mlflow_run_id: str | None = None  # the MLflow run that first logged these figures (None: tracking off)
 
 
 # ------------------------------------------------------------------ JSON

@@ -205,6 +205,21 @@ def draw_recipes_figure(recipes=("reference", "tuned")):
     plots.close(figure)
 
 
+def first_run_id(path: Path, result) -> str | None:
+    """The MLflow run id `path` names when it holds `result` but for that id: an aggregate that changes no
+    figure leaves the file as it is, naming the run that first logged these figures (`make study` on a fresh
+    clone logs its own run all the same, and the committed file stays clean)."""
+    from . import results
+
+    try:
+        saved = read_json(path) if path.is_file() else None
+    except PipelineError:
+        return None
+    run_id = saved.get("mlflow_run_id") if isinstance(saved, dict) else None
+    same = run_id and results.to_json(results.with_run_id(result, run_id)) == path.read_text(encoding="utf-8")
+    return run_id if same else None
+
+
 def write_study(recipe: Recipe, seeds: list, params, tracker) -> "study.StudyResult":
     """metrics/study.json, plots/study/ and the study's MLflow run (or the tuned recipe's), from the seeds'
     committed results: every output checked writable and every seed folder validated first, then all outputs
@@ -224,6 +239,7 @@ def write_study(recipe: Recipe, seeds: list, params, tracker) -> "study.StudyRes
         print(f"warning: seed {seed} failed and is left out of the study: {why}")
     result = study.aggregate(runs, params.compare, failed, max_seeds=recipe.max_planned_seeds)
     summary = study.study_summary(result)
+    logged_first = first_run_id(recipe.study_file, result)
     figures = {recipe.plots_dir / f"{name}.png": figure(result) for name, figure in draw.items()}
     run_params = records.study_run_params(result, study.comparable_params(runs[0].params), params.compare)
     title = f"Seed study ({result.k} seeds{', tuned recipe' if recipe.name != 'reference' else ''})"
@@ -234,7 +250,7 @@ def write_study(recipe: Recipe, seeds: list, params, tracker) -> "study.StudyRes
             for path, rows, fields in study.plot_rows(result):
                 write_csv(recipe.plots_dir / path, rows, fields)
             write_text(recipe.plots_dir / "SUMMARY.md", summary)
-            results.write(recipe.study_file, results.with_run_id(result, run_id))
+            results.write(recipe.study_file, results.with_run_id(result, logged_first or run_id))
         if run_id:
             records.log_study(tracker, run_id, result, figures, summary)
     for figure in figures.values():
