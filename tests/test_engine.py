@@ -1,9 +1,11 @@
 """The local Dask cluster the study's and the tuning's engine starts (engine.open_cluster), for real: seconds;
-and how a collected seed's scratch clone goes."""
+an interruption while the driver collects a task; how a collected seed's scratch clone goes."""
 
 import contextlib
 import socket
+import time
 import warnings
+from dataclasses import replace
 
 import pytest
 
@@ -27,6 +29,25 @@ def test_the_local_cluster_leaves_dasks_dashboard_port_alone():
             assert client.dashboard_link is None or "8787" not in client.dashboard_link
     assert bound[0] == "127.0.0.1" and bound[1] != 8787, bound
 
+
+
+def test_an_interruption_that_breaks_off_on_done_stops_the_tasks_and_is_raised_as_itself():
+    """A SIGTERM inside on_done (the driver collecting a seed) whose cleanup then fails in its own way: the tasks
+    are told to stop, and the interruption, not the cleanup's error, is what the driver's caller sees."""
+    from distributed import Event
+
+    task = engine.SeedTask(1, Recipe(), "0" * 40, ".", None, None, 1, "fashion-test-stop")
+
+    def on_done(task, outcome):
+        try:
+            raise Interrupted("SIGTERM")
+        finally:
+            raise OSError(9, "Bad file descriptor")
+
+    with engine.open_cluster(None, 1) as client:
+        with pytest.raises(Interrupted):  # time.sleep(task) fails at once on the worker: an outcome to collect
+            engine.run_tasks(client, time.sleep, [task, replace(task, seed=2)], on_done, lambda task: task.seed)
+        assert Event("fashion-test-stop", client=client).is_set()
 
 def scratch_clone(workspace, seed):
     task = engine.SeedTask(seed, Recipe(), "0" * 40, str(workspace), str(workspace), None, 1, "stop")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from .errors import PipelineError, first_line
+from .errors import PipelineError, first_line, interruption
 from .process import available_cores, set_parent_death_signal
 from .seed_folders import DVC, Recipe, code_fingerprint, git, seed_files, stage_error, start_tool, tool_env
 
@@ -287,8 +287,9 @@ def seed_workers(client) -> list:
 def run_tasks(client, function, tasks: list, on_done, key):
     """Submit `function(task)` for each of `tasks` (each has a `stop_event` name; `key(task)` names it), call
     `on_done(task, outcome or exception)` as each ends, and forget each result at once (a worker lost later
-    does not run a finished task again). Ctrl-C or SIGTERM: every running task stops its pipeline, the rest are
-    cancelled. The scheduler gone, or no worker able to run a task for NO_WORKER_SECONDS: one line."""
+    does not run a finished task again). Ctrl-C or SIGTERM (or what an on_done it broke off raised as it unwound):
+    every running task stops its pipeline, the rest are cancelled, the interruption is raised. The scheduler
+    gone, or no worker able to run a task for NO_WORKER_SECONDS: one line."""
     from distributed import Event, wait
 
     futures = {client.submit(function, task, key=f"{key(task)}-{task.stop_event}", resources=RESOURCE,
@@ -313,11 +314,11 @@ def run_tasks(client, function, tasks: list, on_done, key):
                     outcome = error
                 future.release()
                 on_done(task, outcome)
-    except KeyboardInterrupt:
-        Event(tasks[0].stop_event, client=client).set()  # every running task stops its pipeline
-        client.cancel(list(pending), force=True)
-        raise
-    except Exception as error:
+    except (KeyboardInterrupt, Exception) as error:
+        if (interrupt := interruption(error)) is not None:  # or what an on_done broke off raised as it unwound
+            Event(tasks[0].stop_event, client=client).set()  # every running task stops its pipeline
+            client.cancel(list(pending), force=True)
+            raise interrupt from None
         if type(error).__name__ in ("FuturesCancelledError", "CancelledError", "CommClosedError"):
             raise PipelineError(f"the Dask scheduler went away mid-study ({type(error).__name__}); finished work "
                                 "is kept: restart it and run again") from None
