@@ -48,8 +48,9 @@ test:
 
 # The longest tests end to end, one at a time: the seed studies (split over three clones, a killed driver, on a
 # Dask cluster of a scheduler and two workers: minutes, several smoke seeds each), a second clone pulling what
-# the first pushed to the team's DVC remote, a training SIGKILLed mid-epoch then resumed; CI runs them after
-# `make test`, which they would make minutes longer.
+# the first pushed to the team's DVC remote, a training SIGKILLed mid-epoch then resumed, one restarted after
+# its config changed, a queued experiment running its own code; CI runs them after `make test`, which they
+# would make minutes longer.
 test-study: setup data
 	$(BIN)/pytest -q -m "study or cluster or long"
 

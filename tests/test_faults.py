@@ -159,6 +159,7 @@ def test_killing_dvc_alone_stops_the_training_and_the_rerun_resumes_it(tmp_path,
     assert [(r.info.run_id, r.info.status) for r in found] == [(killed[0].info.run_id, "FINISHED")]
 
 
+@pytest.mark.long
 def test_a_changed_config_starts_over_and_marks_the_orphan_killed(tmp_path, repo):
     folder = scratch(tmp_path, repo, cnn__epochs=30, cnn__batch_size=2)  # minutes: stopped long before
     process = start(folder, "stages/train.py", "cnn")

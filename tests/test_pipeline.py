@@ -326,6 +326,7 @@ def test_rerunning_prepare_and_training_gives_the_same_bytes(repo):
     reset_to_head(repo)
 
 
+@pytest.mark.long
 def test_queued_experiment_runs_its_own_code(own_repo):
     """A queued experiment runs in a copy of the repository: it must import that copy's package, not the
     workspace's (which may have changed, or be another branch, by the time the queue runs)."""
