@@ -323,3 +323,12 @@ def load(kind: type[Result], path, made_by="the stage that writes it (dvc repro)
 
 def with_run_id(value: Result, run_id: str | None) -> Result:
     return replace(value, mlflow_run_id=run_id)
+
+
+def with_saved_run_id(path, value: Result) -> tuple[Result, bool]:
+    """`value` with the MLflow run id the result file at `path` holds (None where it holds none), and whether
+    the file holds exactly that already: a recomputation that changes no figure need rewrite nothing. A file
+    missing or not JSON: a PipelineError naming it."""
+    saved = read_json(path)
+    kept = with_run_id(value, saved.get("mlflow_run_id") if isinstance(saved, dict) else None)
+    return kept, to_json(kept) == Path(path).read_text(encoding="utf-8")

@@ -159,9 +159,8 @@ def refresh_comparisons(recipe: Recipe, runs: list, settings) -> list:
                   for m in MODEL_NAMES}
         result = comparison.compare(train, read_json(folder / "evaluate.json"), curves,
                                     run.predictions, settings, seed)
-        old = read_json(folder / "compare.json")  # read as JSON: a file of an older layout is rewritten
-        result = results.with_run_id(result, old.get("mlflow_run_id") if isinstance(old, dict) else None)
-        if results.to_json(result) != (folder / "compare.json").read_text(encoding="utf-8"):
+        result, unchanged = results.with_saved_run_id(folder / "compare.json", result)  # an older layout: changed
+        if not unchanged:
             with together():
                 results.write(folder / "compare.json", result)
                 write_json(folder / "headline.json", comparison.headline(result))
@@ -205,21 +204,6 @@ def draw_recipes_figure(recipes=("reference", "tuned")):
     plots.close(figure)
 
 
-def first_run_id(path: Path, result) -> str | None:
-    """The MLflow run id `path` names when it holds `result` but for that id: an aggregate that changes no
-    figure leaves the file as it is, naming the run that first logged these figures (`make study` on a fresh
-    clone logs its own run all the same, and the committed file stays clean)."""
-    from . import results
-
-    try:
-        saved = read_json(path) if path.is_file() else None
-    except PipelineError:
-        return None
-    run_id = saved.get("mlflow_run_id") if isinstance(saved, dict) else None
-    same = run_id and results.to_json(results.with_run_id(result, run_id)) == path.read_text(encoding="utf-8")
-    return run_id if same else None
-
-
 def write_study(recipe: Recipe, seeds: list, params, tracker) -> "study.StudyResult":
     """metrics/study.json, plots/study/ and the study's MLflow run (or the tuned recipe's), from the seeds'
     committed results: every output checked writable and every seed folder validated first, then all outputs
@@ -239,7 +223,10 @@ def write_study(recipe: Recipe, seeds: list, params, tracker) -> "study.StudyRes
         print(f"warning: seed {seed} failed and is left out of the study: {why}")
     result = study.aggregate(runs, params.compare, failed, max_seeds=recipe.max_planned_seeds)
     summary = study.study_summary(result)
-    logged_first = first_run_id(recipe.study_file, result)
+    try:  # figures that did not change keep the run that first logged them: the committed file stays as it is
+        saved, unchanged = results.with_saved_run_id(recipe.study_file, result)
+    except PipelineError:  # no study yet, or an unreadable one: this aggregate's run
+        saved, unchanged = result, False
     figures = {recipe.plots_dir / f"{name}.png": figure(result) for name, figure in draw.items()}
     run_params = records.study_run_params(result, study.comparable_params(runs[0].params), params.compare)
     title = f"Seed study ({result.k} seeds{', tuned recipe' if recipe.name != 'reference' else ''})"
@@ -250,7 +237,8 @@ def write_study(recipe: Recipe, seeds: list, params, tracker) -> "study.StudyRes
             for path, rows, fields in study.plot_rows(result):
                 write_csv(recipe.plots_dir / path, rows, fields)
             write_text(recipe.plots_dir / "SUMMARY.md", summary)
-            results.write(recipe.study_file, results.with_run_id(result, logged_first or run_id))
+            results.write(recipe.study_file, saved if unchanged and saved.mlflow_run_id else
+                          results.with_run_id(result, run_id))
         if run_id:
             records.log_study(tracker, run_id, result, figures, summary)
     for figure in figures.values():
