@@ -7,7 +7,7 @@ DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 
 OFFLINE_PLOTS := build/dvc_plots_template.html
 
-.PHONY: repro study tune test test-study test-fast bench lint data browser setup mlflow-ui exp-show clean
+.PHONY: repro study tune docs test test-study test-fast bench lint data browser setup mlflow-ui exp-show clean
 
 # params.yaml is checked first: DVC compares params with `==`, so `epochs: true` after `epochs: 1` would
 # pass as "up to date" (see src/fashion_compare/params.py).
@@ -37,6 +37,11 @@ tune: setup data
 	$(BIN)/python -m fashion_compare.params params.yaml
 	$(BIN)/dvc repro prepare
 	$(BIN)/python stages/tune.py $(if $(JOBS),--jobs $(JOBS)) $(if $(CLUSTER),--cluster $(CLUSTER))
+
+# README.md and docs/*.md rendered from docs/templates/ and the committed results: every measured figure there is
+# an expression naming its file and field (src/fashion_compare/docs.py); `make test` fails on a stale one.
+docs: setup
+	$(BIN)/python -m fashion_compare.docs
 
 # Every test, on as many pytest-xdist workers as there are cores (they share the cores: tests/conftest.py).
 # The virtualenv and Debian's packages are set up side by side (a sub-make with jobs: `make -j` for every

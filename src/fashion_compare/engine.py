@@ -13,7 +13,10 @@ With an address, the same task clones the study's commit from the shared git rem
 directory, checks that it can write to the shared DVC remote, runs with `--pull` (DVC's run cache and the
 outputs of the stages it holds come from that remote: a seed somebody already ran is restored, not retrained),
 pushes outputs and run cache, and logs to the shared MLflow server. Workers never push to
-git; the driver never reads their disks. The driver (study_runs.py) writes each seed's folder.
+git; the driver never reads their disks. The driver (study_runs.py) writes each seed's folder. A cluster task
+that fails or is stopped mid-training keeps the train stage's resume states (the clone's .resume/) on the DVC
+remote, under study-resume/<recipe>-seed-<n>/, and the seed's next task, on whichever worker, starts from them:
+as on one machine, at most the epoch in flight is lost.
 """
 
 import contextlib
@@ -38,6 +41,8 @@ STOP_POLL_SECONDS = 1.0
 NO_WORKER_SECONDS = 120  # a cluster with no worker able to run seeds for this long: the study stops
 SCRATCH_DIR = Path(".dvc/tmp/study")  # local tasks' scratch clones (DVC collects no stage under .dvc/)
 DELETING = ".deleting"  # a collected scratch clone's name while it is deleted
+RESUME_DIR = ".resume"  # the train stage's resume states, in the clone (stages/train.py)
+REMOTE_RESUME_DIR = "study-resume"  # a failed cluster task's resume states, on the DVC remote
 
 
 def scheduler_address(cli_address=None) -> str | None:
@@ -138,6 +143,7 @@ def _steps(task: SeedTask, scratch: Path, resuming: bool) -> list:
         steps.append(([dvc, "cache", "dir", "--local", str(Path(task.workspace) / ".dvc" / "cache")], True))
     else:
         steps.append((functools.partial(check_remote_writable, scratch), True))
+        steps.append((functools.partial(restore_resume_state, scratch, task), True))
     # On a cluster, --pull: the DVC remote's run cache first, then each stage found there restored with its
     # outputs pulled (without them DVC's run cache cannot restore a stage, and reruns it); what is not there runs.
     if not (resuming and experiment_ref(scratch, name)):  # else it ran already
@@ -187,6 +193,55 @@ def push_uncached_outputs(scratch: Path) -> str:
     return f"error: {len(failed)} of the run cache's outputs could not be pushed to the DVC remote" if failed else ""
 
 
+def _remote_resume_folder(repo, task: SeedTask):
+    remote = repo.cloud.get_remote(command="push")
+    return remote.fs, remote.fs.join(remote.path, REMOTE_RESUME_DIR, f"{task.recipe.name}-seed-{task.seed}")
+
+
+def keep_resume_state(scratch: Path, task: SeedTask) -> str:
+    """A cluster task that did not finish: the resume states its training left in the clone go to the DVC remote,
+    where the seed's next task finds them (the clone goes with the task). Returns what happened, for the log."""
+    from dvc.repo import Repo
+
+    states = sorted((scratch / RESUME_DIR).glob("*.pt"))
+    if not states:
+        return ""
+    try:
+        with Repo(str(scratch)) as repo:
+            fs, folder = _remote_resume_folder(repo, task)
+            fs.makedirs(folder, exist_ok=True)
+            for state in states:
+                fs.put_file(str(state), fs.join(folder, state.name))
+    except Exception as error:  # noqa: BLE001 - whatever the remote's filesystem raises
+        return f"its resume state could not be kept on the DVC remote ({first_line(error, 120)})"
+    return f"its resume state ({', '.join(state.stem for state in states)}) is kept on the DVC remote"
+
+
+def restore_resume_state(scratch: Path, task: SeedTask) -> str:
+    """Before a cluster task trains: the resume states an earlier task of this seed kept on the DVC remote, into
+    the clone's .resume/ (the train stage resumes from one only when its config, data and code match). Returns
+    "" (a step that cannot fail the task: without them the seed trains from its first epoch)."""
+    from dvc.repo import Repo
+
+    with Repo(str(scratch)) as repo:
+        fs, folder = _remote_resume_folder(repo, task)
+        if fs.exists(folder):
+            (scratch / RESUME_DIR).mkdir(exist_ok=True)
+            for path in fs.ls(folder, detail=False):
+                fs.get_file(path, str(scratch / RESUME_DIR / Path(path).name))
+    return ""
+
+
+def forget_resume_state(scratch: Path, task: SeedTask):
+    """The seed finished: what an earlier task kept on the DVC remote goes."""
+    from dvc.repo import Repo
+
+    with Repo(str(scratch)) as repo:
+        fs, folder = _remote_resume_folder(repo, task)
+        if fs.exists(folder):
+            fs.rm(folder, recursive=True)
+
+
 def experiment_ref(repository: Path, name: str) -> str | None:
     """The ref of the experiment `name` in `repository` (refs/exps/<baseline>/<name>), or None."""
     refs = git("for-each-ref", "--format=%(refname)", "refs/exps", cwd=repository).split()
@@ -227,6 +282,7 @@ def run_seed_task(task: SeedTask) -> SeedOutcome:
     env = tool_env(threads=task.threads or worker.state.nthreads)
     if task.mlflow_uri:
         env["MLFLOW_TRACKING_URI"] = task.mlflow_uri
+    finished = False  # True: the seed's files are collected, or its resume state kept
     try:
         for command, required in _steps(task, scratch, resuming):
             if callable(command):  # a check of the DVC remote
@@ -238,18 +294,25 @@ def run_seed_task(task: SeedTask) -> SeedOutcome:
                 output = log.read_text()
                 if command[0] == "git":
                     raise RuntimeError(f"seed {task.seed}: {' '.join(command[:2])} failed: {output.strip()[-300:]}")
-                gone = "" if task.workspace else (" (on a cluster the task's clone goes with it: the seed's rerun "
-                                                  "trains from its first epoch)")
-                return SeedOutcome(task.seed, worker.address, error=stage_error(output) + gone, log=output)
+                kept = "" if task.workspace else keep_resume_state(scratch, task)
+                finished = True  # what it trained is kept
+                return SeedOutcome(task.seed, worker.address, error=stage_error(output) + (
+                    f" ({kept}: the seed's rerun goes on from its last finished epoch)" if kept else ""), log=output)
         if task.workspace:  # the experiment, for `dvc exp show` in the workspace
             ref = experiment_ref(scratch, task.recipe.experiment_name(task.seed))
             git("push", "--quiet", "--force", "origin", f"{ref}:{ref}", cwd=scratch)
+        else:
+            forget_resume_state(scratch, task)
         source = {"experiment": task.recipe.experiment_name(task.seed), "rev": task.commit, "worker": worker.address}
         fingerprint = code_fingerprint(root=scratch)
         files = seed_files(task.seed, lambda path: (scratch / path).read_text(encoding="utf-8"), fingerprint, source)
+        finished = True
         return SeedOutcome(task.seed, worker.address, fingerprint, files)
     finally:
         if not task.workspace:
+            if not finished:  # stopped, or an error of its own: what it trained is kept for its rerun
+                with contextlib.suppress(Exception):
+                    keep_resume_state(scratch, task)
             shutil.rmtree(scratch, ignore_errors=True)
             log.unlink(missing_ok=True)
 
