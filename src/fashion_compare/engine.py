@@ -38,7 +38,10 @@ RESOURCE = {"seed": 1}  # cluster workers: `dask worker <address> --resources se
 RETRIES = 2  # errors raised by the task itself (a git or DVC remote that hiccups); a dead worker is Dask's
 CONNECT_TIMEOUT = "10s"
 STOP_POLL_SECONDS = 1.0
-NO_WORKER_SECONDS = 120  # a cluster with no worker able to run seeds for this long: the study stops
+NO_WORKER_SECONDS = 20  # a cluster with no worker able to run seeds for this long: the study stops
+# The driver's Dask client logs a lost scheduler with tracebacks at ERROR; the driver says it in one line instead.
+CLIENT_LOGGERS = ("distributed.client", "distributed.core", "distributed.comm", "distributed.batched",
+                  "distributed.utils")
 SCRATCH_DIR = Path(".dvc/tmp/study")  # local tasks' scratch clones (DVC collects no stage under .dvc/)
 DELETING = ".deleting"  # a collected scratch clone's name while it is deleted
 RESUME_DIR = ".resume"  # the train stage's resume states, in the clone (stages/train.py)
@@ -67,10 +70,68 @@ def scheduler_address(cli_address=None) -> str | None:
 
 
 class StopWithDriver(WorkerPlugin):
-    """Dask worker plugin for the local cluster: the worker process dies with the driver that started it."""
+    """Dask worker plugin for the local cluster: the worker process dies with the driver that started it, and
+    ends without a word on Ctrl-C. A Ctrl-C in the terminal reaches the whole foreground process group: the
+    driver says what was kept, each seed's `dvc` stops its stage (the resume state is written atomically), and a
+    worker's own KeyboardInterrupt would only add a traceback per worker."""
 
     def setup(self, worker):
         set_parent_death_signal(signal.SIGKILL)
+        signal.signal(signal.SIGINT, _end_quietly)  # plugins are set up on the worker's main thread
+
+
+def _end_quietly(signum, frame):
+    os._exit(128 + signum)
+
+
+def check_scheduler(address: str):
+    """Before a Client: the peer at `address` answers Dask's handshake and says it is a scheduler, within the
+    connect timeout. (Dask's Client waits without limit for a peer that accepts the connection and never answers
+    in Dask's protocol, an HTTP server for one.)"""
+    import asyncio
+
+    from dask.utils import parse_timedelta
+    from distributed.comm import connect
+
+    seconds = parse_timedelta(CONNECT_TIMEOUT)
+
+    async def identity():
+        comm = await connect(address, timeout=seconds)
+        try:
+            await comm.write({"op": "identity"})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    try:
+        reply = asyncio.run(asyncio.wait_for(identity(), seconds + 5))
+    except TimeoutError:
+        raise PipelineError(f"Dask scheduler at {address}: something listens there but gave no Dask answer within "
+                            f"{seconds + 5:.0f} s (an HTTP server? a dashboard is http://host:8787, a scheduler "
+                            "tcp://host:8786); give the scheduler's address, or unset DASK_SCHEDULER_ADDRESS / CLUSTER "
+                            "to run locally") from None
+    except (OSError, ValueError) as error:
+        raise PipelineError(f"Dask scheduler at {address}: cannot connect ({first_line(error, 160)}); start it "
+                            "(dask scheduler), or unset DASK_SCHEDULER_ADDRESS / CLUSTER to run locally") from None
+    kind = reply.get("type") if isinstance(reply, dict) else type(reply).__name__
+    if kind != "Scheduler":
+        raise PipelineError(f"Dask scheduler at {address}: the peer there is a {kind}, not a scheduler; give the "
+                            "scheduler's address (dask scheduler prints it)")
+
+
+@contextlib.contextmanager
+def quiet_client_logs():
+    import logging
+
+    loggers = [logging.getLogger(name) for name in CLIENT_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 @contextlib.contextmanager
@@ -88,13 +149,15 @@ def open_cluster(address: str | None, jobs: int):
             client.register_plugin(StopWithDriver(), name="stop-with-driver")
             yield client
         return
-    try:
-        client = Client(address, timeout=CONNECT_TIMEOUT)
-    except (OSError, TimeoutError) as error:
-        raise PipelineError(f"Dask scheduler at {address}: cannot connect ({first_line(error, 160)}); start it "
-                            "(dask scheduler), or unset DASK_SCHEDULER_ADDRESS / CLUSTER to run locally") from None
-    with client:
-        yield client
+    check_scheduler(address)
+    with quiet_client_logs():
+        try:
+            client = Client(address, timeout=CONNECT_TIMEOUT)
+        except (OSError, TimeoutError) as error:
+            raise PipelineError(f"Dask scheduler at {address}: cannot connect ({first_line(error, 160)}); start it "
+                                "(dask scheduler), or unset DASK_SCHEDULER_ADDRESS / CLUSTER to run locally") from None
+        with client:
+            yield client
 
 
 @dataclass(frozen=True)

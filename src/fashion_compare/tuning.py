@@ -1,4 +1,4 @@
-"""Tuning each model's recipe with the same budget: a seeded random search (Optuna's RandomSampler) over the
+"""Tuning each model's recipe with the same number of trials: a seeded random search (Optuna's RandomSampler) over the
 one search space of params.yaml's `tune`, the same number of trials per model at the same reduced fidelity.
 
 A trial trains one model with one recipe on a stratified subset of the training split (`tune.subset` images,
