@@ -12,7 +12,18 @@ import threading
 import time
 
 import pytest
-from conftest import VENV_BIN, commit_all, copy_built, free_port, reset_to_head, run, set_params, tool_env
+from conftest import (
+    VENV_BIN,
+    commit_all,
+    copy_built,
+    free_port,
+    reset_to_head,
+    run,
+    set_params,
+    start_mlflow_server,
+    stop,
+    tool_env,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
 SEEDS = ("1", "2", "3")
@@ -152,3 +163,74 @@ def test_a_cluster_task_restores_a_seed_from_the_shared_run_cache_instead_of_tra
     assert "Running stage" not in second[0], second[0][-3000:]  # every stage restored from the run cache
     assert "Stage 'train_resnet' is cached - skipping run, checking out outputs" in second[0], second[0][-3000:]
     assert second[1] == first[1]
+
+
+def trainings_under(folder) -> list:
+    """The train stage's processes whose working directory is inside `folder` (a worker's scratch clones)."""
+    found = []
+    for proc in (path for path in os.scandir("/proc") if path.name.isdigit()):
+        try:
+            command = open(f"/proc/{proc.name}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+            if "stages/train.py" in command and os.path.realpath(f"/proc/{proc.name}/cwd").startswith(str(folder)):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_seed_whose_mlflow_server_stopped_keeps_its_training_on_the_dvc_remote_for_the_rerun(
+        tmp_path, built_pipeline, cluster):
+    """The MLflow server stops while a seed trains on a cluster: the train stage finishes its epochs and fails
+    (N metric points not logged), and the task's clone goes with the task; its resume state goes to the DVC
+    remote first. Once the server is back, the rerun, on whichever worker, restores it and trains no epoch
+    again: it logs the missing epochs into the same MLflow run, which ends FINISHED, one run for the seed."""
+    from mlflow.tracking import MlflowClient
+
+    address, workers = cluster
+    port, store = free_port(), tmp_path / "mlflow"
+    store.mkdir()
+    server, uri = start_mlflow_server(store, port), f"http://127.0.0.1:{port}"
+    env = tool_env(MLFLOW_TRACKING_URI=uri, OMP_NUM_THREADS="1")
+    seed_repo = copy_built(built_pipeline, tmp_path / "seed-repo")
+    reset_to_head(seed_repo)
+    set_params(seed_repo, data__subset=200, epochs=3, resnet__epochs=3, resnet__batch_size=5, study__seeds=[4],
+               study__jobs=1, tracking__log_model=False, tracking__experiment="cluster-outage")
+    run(["dvc", "remote", "add", "-d", "shared", str(tmp_path / "dvc-remote")], seed_repo)
+    commit_all(seed_repo, "a study of seed 4, shared DVC remote")
+    origin = tmp_path / "origin.git"
+    run(["git", "clone", "-q", "--bare", str(seed_repo), str(origin)], tmp_path)
+    driver = tmp_path / "driver"
+    run(["git", "clone", "-q", str(origin), str(driver)], tmp_path)
+    command = [sys.executable, "stages/study.py", "run", "--cluster", address]
+    study = subprocess.Popen(command, cwd=driver, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    deadline = time.time() + 300
+    while not list(tmp_path.glob("worker-*/**/*seed-4/.resume/resnet.pt")):  # its first epoch is done
+        assert study.poll() is None and time.time() < deadline, study.stdout.read()
+        time.sleep(0.02)
+    trainings = trainings_under(tmp_path)
+    for pid in trainings:  # held while the server stops, so that no epoch ends with it up
+        os.kill(pid, signal.SIGSTOP)
+    stop(server)
+    for pid in trainings:
+        os.kill(pid, signal.SIGCONT)
+    output, _ = study.communicate(timeout=600)
+    assert study.returncode == 1, output
+    assert "seed 4: FAILED" in output and "were not logged" in output, output
+    assert "its resume state (resnet) is kept on the DVC remote" in output, output
+    assert list((tmp_path / "dvc-remote/study-resume/reference-seed-4").glob("resnet.pt"))
+
+    server = start_mlflow_server(store, port)  # the same store, back
+    try:
+        again = run(command, driver, env=env)
+        assert "seed 4: finished on" in again.stdout, again.stdout
+        trained = json.loads((driver / "metrics/study/seeds/4/train_resnet.json").read_text())
+        assert trained["resumed_from_epoch"] == trained["epochs"] == 3  # no epoch trained again
+        assert not (tmp_path / "dvc-remote/study-resume/reference-seed-4").exists()  # forgotten once finished
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name("cluster-outage")
+        runs = client.search_runs([experiment.experiment_id], "tags.`dvc.stage` = 'train_resnet'")
+        assert [run_.info.status for run_ in runs] == ["FINISHED"]
+        assert [entry.step for entry in client.get_metric_history(runs[0].info.run_id, "val/accuracy")] == [1, 2, 3]
+    finally:
+        stop(server)
