@@ -30,7 +30,7 @@ class Task:
 def seed_like(task):  # a child process, the stop event polled every second: what engine._run does
     import subprocess
     from distributed import Event
-    child = subprocess.Popen(["sleep", "300"])
+    child = subprocess.Popen(["sleep", "300"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while child.poll() is None and not Event(task.stop_event).is_set():
         time.sleep(1)
     child.kill()
@@ -64,7 +64,8 @@ def ended_in_one_line(driver, within: float) -> str:
         _, stderr = driver.communicate(timeout=within)
     except subprocess.TimeoutExpired:
         os.killpg(driver.pid, signal.SIGKILL)
-        pytest.fail(f"the driver was still waiting {within} s after the fault")
+        _, stderr = driver.communicate(timeout=30)
+        pytest.fail(f"the driver was still waiting {within} s after the fault; it said: {stderr}")
     assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
     return stderr.strip()
 
