@@ -128,11 +128,11 @@ def test_a_study_on_a_dask_cluster_survives_a_dead_worker_and_matches_the_local_
 
 
 def test_a_cluster_task_restores_a_seed_from_the_shared_run_cache_instead_of_training_it(tmp_path, built_pipeline):
-    """engine._steps of a cluster task (clone the commit, probe the DVC remote, `dvc exp run --pull -S seed=N`,
+    """seed_task._steps of a cluster task (clone the commit, probe the DVC remote, `dvc exp run --pull -S seed=N`,
     push outputs, run cache and the run cache's uncached outputs), run twice on fresh clones as two workers
     would: the second restores every stage from what the first pushed, trains nothing, and gives the same
     predictions byte for byte."""
-    from fashion_compare import engine
+    from fashion_compare import seed_task
     from fashion_compare.seed_folders import REFERENCE
 
     seed_repo = copy_built(built_pipeline, tmp_path / "seed-repo")
@@ -143,14 +143,14 @@ def test_a_cluster_task_restores_a_seed_from_the_shared_run_cache_instead_of_tra
     origin = tmp_path / "origin.git"
     run(["git", "clone", "-q", "--bare", str(seed_repo), str(origin)], tmp_path)
     commit = run(["git", "rev-parse", "HEAD"], seed_repo).stdout.strip()
-    task = engine.SeedTask(seed=7, recipe=REFERENCE, commit=commit, origin=str(origin), workspace=None,
+    task = seed_task.SeedTask(seed=7, recipe=REFERENCE, commit=commit, origin=str(origin), workspace=None,
                            mlflow_uri=None, threads=1, stop_event="unused")
     outputs = {}
     for worker in ("first", "second"):
         scratch = tmp_path / worker / "clone"
         scratch.parent.mkdir()
         log = []
-        for command, required in engine._steps(task, scratch, resuming=False):
+        for command, required in seed_task._steps(task, scratch, resuming=False):
             if callable(command):  # the remote's checks: the probe, the push of the uncached outputs
                 assert command() == ""
                 continue

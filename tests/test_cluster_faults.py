@@ -27,7 +27,7 @@ class Task:
     seed: int
     stop_event: str = "stop-driver"
 
-def seed_like(task):  # a child process, the stop event polled every second: what engine._run does
+def seed_like(task):  # a child process, the stop event polled every second: what seed_task._run does
     import subprocess
     from distributed import Event
     child = subprocess.Popen(["sleep", "300"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from fashion_compare import engine
+from fashion_compare import engine, seed_task
 from fashion_compare.errors import Interrupted
 from fashion_compare.seed_folders import Recipe
 
@@ -36,7 +36,7 @@ def test_an_interruption_that_breaks_off_on_done_stops_the_tasks_and_is_raised_a
     are told to stop, and the interruption, not the cleanup's error, is what the driver's caller sees."""
     from distributed import Event
 
-    task = engine.SeedTask(1, Recipe(), "0" * 40, ".", None, None, 1, "fashion-test-stop")
+    task = seed_task.SeedTask(1, Recipe(), "0" * 40, ".", None, None, 1, "fashion-test-stop")
 
     def on_done(task, outcome):
         try:
@@ -50,8 +50,8 @@ def test_an_interruption_that_breaks_off_on_done_stops_the_tasks_and_is_raised_a
         assert Event("fashion-test-stop", client=client).is_set()
 
 def scratch_clone(workspace, seed):
-    task = engine.SeedTask(seed, Recipe(), "0" * 40, str(workspace), str(workspace), None, 1, "stop")
-    scratch = engine.scratch_path(workspace / engine.SCRATCH_DIR, task)
+    task = seed_task.SeedTask(seed, Recipe(), "0" * 40, str(workspace), str(workspace), None, 1, "stop")
+    scratch = seed_task.scratch_path(workspace / seed_task.SCRATCH_DIR, task)
     (scratch / ".git").mkdir(parents=True)
     (scratch / ".resume").mkdir()
     (scratch / ".resume" / "resnet.pt").write_bytes(b"state")
@@ -70,11 +70,11 @@ def test_a_collection_broken_off_leaves_no_half_clone_to_resume_in_and_the_next_
         raise Interrupted("SIGTERM")
 
     with monkeypatch.context() as patched:
-        patched.setattr(engine.shutil, "rmtree", broken_off)
+        patched.setattr(seed_task.shutil, "rmtree", broken_off)
         with pytest.raises(Interrupted):
-            engine.forget_scratch(first)
+            seed_task.forget_scratch(first)
     assert not first_scratch.exists() and not first_scratch.with_name(first_scratch.name + ".log").exists()
-    assert (first_scratch.with_name(first_scratch.name + engine.DELETING) / ".resume" / "resnet.pt").is_file()
+    assert (first_scratch.with_name(first_scratch.name + seed_task.DELETING) / ".resume" / "resnet.pt").is_file()
 
-    engine.forget_scratch(second)
-    assert list((tmp_path / engine.SCRATCH_DIR).iterdir()) == [], "a clone, a log or a leftover is still there"
+    seed_task.forget_scratch(second)
+    assert list((tmp_path / seed_task.SCRATCH_DIR).iterdir()) == [], "a clone, a log or a leftover is still there"

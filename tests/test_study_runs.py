@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fashion_compare import engine, seed_folders, study, study_runs
+from fashion_compare import engine, seed_folders, seed_task, study, study_runs
 from fashion_compare.errors import PipelineError
 from fashion_compare.seed_folders import REFERENCE
 
@@ -62,11 +62,11 @@ class FakeEngine:
             if task.seed in self.raises:
                 on_done(task, RuntimeError(f"seed {task.seed}: git clone failed: fatal: no such repository"))
             elif task.seed in self.fail:
-                on_done(task, engine.SeedOutcome(task.seed, "worker-1", error=STAGE_FAILURE.splitlines()[1],
+                on_done(task, seed_task.SeedOutcome(task.seed, "worker-1", error=STAGE_FAILURE.splitlines()[1],
                                                  log=STAGE_FAILURE))
             else:
                 code = "older-code" if task.seed in self.other_code else "fake-code"
-                on_done(task, engine.SeedOutcome(task.seed, "worker-1", code, seed_files(task.seed)))
+                on_done(task, seed_task.SeedOutcome(task.seed, "worker-1", code, seed_files(task.seed)))
 
 
 @pytest.fixture
@@ -302,7 +302,7 @@ def test_no_address_is_a_local_cluster_and_a_good_one_is_kept(monkeypatch):
 
 
 def test_a_cluster_task_finds_a_remote_it_cannot_write_before_it_trains(tmp_path):
-    """engine.check_remote_writable through DVC's own remote filesystem: a writable remote takes the probe and is
+    """seed_task.check_remote_writable through DVC's own remote filesystem: a writable remote takes the probe and is
     left as it was; one that cannot be written (here: a path under a regular file, since root ignores file
     modes) is one error line naming the cause and the remedy."""
     repo = tmp_path / "clone"
@@ -312,10 +312,10 @@ def test_a_cluster_task_finds_a_remote_it_cannot_write_before_it_trains(tmp_path
     writable, blocked = tmp_path / "remote" / "not-made-yet", tmp_path / "a-file"
     blocked.write_text("not a folder")
     subprocess.run([str(seed_folders.DVC), "remote", "add", "-d", "shared", str(writable)], cwd=repo, check=True)
-    assert engine.check_remote_writable(repo) == "" and list(writable.iterdir()) == []  # made, as a push would
+    assert seed_task.check_remote_writable(repo) == "" and list(writable.iterdir()) == []  # made, as a push would
     subprocess.run([str(seed_folders.DVC), "remote", "modify", "shared", "url", str(blocked / "remote")], cwd=repo,
                    check=True)
-    why = engine.check_remote_writable(repo)
+    why = seed_task.check_remote_writable(repo)
     assert why.startswith("error: the DVC remote cannot be written from this worker (") and "\n" not in why
     assert "give the workers write access" in why
 

@@ -1,51 +1,31 @@
-"""A seed study's engine: every seed is one Dask task, on this machine or on a cluster.
+"""The study's and the tuning's engine: every seed or trial is one Dask task, on this machine or on a cluster.
 
 Without an address (DASK_SCHEDULER_ADDRESS, `--cluster`, `make study CLUSTER=...`) the driver starts a
-LocalCluster here: `jobs` worker processes offering the resource `seed=1`, each seed's pipeline with
-cores / jobs threads; the workers die with the driver (the kernel's parent-death signal). A local task runs
-the seed as a DVC experiment in a scratch clone of the workspace's commit (.dvc/tmp/study/<recipe>-seed-<n>)
-that shares the workspace's DVC cache and MLflow store: a finished stage lands in the run cache at once, a
-rerun restores it, and the experiment's ref is pushed to the workspace (`dvc exp show` lists it). The
-scratch clone is kept until the driver has written the seed's folder: a study killed mid-seed resumes that
-seed from its last finished epoch (the train stage's resume state is in the clone).
-
-With an address, the same task clones the study's commit from the shared git remote into the worker's own
-directory, checks that it can write to the shared DVC remote, runs with `--pull` (DVC's run cache and the
-outputs of the stages it holds come from that remote: a seed somebody already ran is restored, not retrained),
-pushes outputs and run cache, and logs to the shared MLflow server. Workers never push to
-git; the driver never reads their disks. The driver (study_runs.py) writes each seed's folder. A cluster task
-that fails or is stopped mid-training keeps the train stage's resume states (the clone's .resume/) on the DVC
-remote, under study-resume/<recipe>-seed-<n>/, and the seed's next task, on whichever worker, starts from them:
-as on one machine, at most the epoch in flight is lost.
+LocalCluster here: `jobs` worker processes offering the resource `seed=1`, each task with cores / jobs threads;
+the workers die with the driver (the kernel's parent-death signal) and leave Ctrl-C to it. With an address, the
+driver first checks that a Dask scheduler answers there, then submits the same tasks to it. run_tasks hands each
+result to the driver as it comes back and stops every task on an interruption; a lost scheduler, or no worker
+able to run the tasks, ends the run in one line. What a seed's task does is seed_task.py's.
 """
 
 import contextlib
-import functools
 import os
-import shutil
 import signal
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from .errors import PipelineError, first_line, interruption
 from .process import available_cores, set_parent_death_signal
-from .seed_folders import DVC, Recipe, code_fingerprint, git, seed_files, stage_error, start_tool, tool_env
 
 RESOURCE = {"seed": 1}  # cluster workers: `dask worker <address> --resources seed=1`
 RETRIES = 2  # errors raised by the task itself (a git or DVC remote that hiccups); a dead worker is Dask's
 CONNECT_TIMEOUT = "10s"
-STOP_POLL_SECONDS = 1.0
 NO_WORKER_SECONDS = 20  # a cluster with no worker able to run seeds for this long: the study stops
 # The driver's Dask client logs a lost scheduler with tracebacks at ERROR; the driver says it in one line instead.
 CLIENT_LOGGERS = ("distributed.client", "distributed.core", "distributed.comm", "distributed.batched",
                   "distributed.utils")
-SCRATCH_DIR = Path(".dvc/tmp/study")  # local tasks' scratch clones (DVC collects no stage under .dvc/)
-DELETING = ".deleting"  # a collected scratch clone's name while it is deleted
-RESUME_DIR = ".resume"  # the train stage's resume states, in the clone (stages/train.py)
-REMOTE_RESUME_DIR = "study-resume"  # a failed cluster task's resume states, on the DVC remote
 
 
 def scheduler_address(cli_address=None) -> str | None:
@@ -160,226 +140,6 @@ def open_cluster(address: str | None, jobs: int):
             yield client
 
 
-@dataclass(frozen=True)
-class SeedTask:
-    """What a worker needs to run one seed."""
-
-    seed: int
-    recipe: Recipe
-    commit: str
-    origin: str  # the git repository to clone: the workspace (local) or the shared remote (cluster)
-    workspace: str | None  # local: the workspace, whose DVC cache and MLflow store the task shares
-    mlflow_uri: str | None
-    threads: int | None  # the pipeline's threads; None: the worker's
-    stop_event: str
-
-
-@dataclass(frozen=True)
-class SeedOutcome:
-    """What a seed task returns: the seed folder's files, or why it failed (the stage's line, its whole log)."""
-
-    seed: int
-    worker: str
-    fingerprint: str = ""
-    files: dict = field(default_factory=dict)
-    error: str = ""
-    log: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return not self.error
-
-
-def scratch_path(root, task: SeedTask) -> Path:
-    return Path(root) / f"{task.recipe.name}-seed-{task.seed}"
-
-
-def _steps(task: SeedTask, scratch: Path, resuming: bool) -> list:
-    """(step, required): a command to run in `scratch` (the clone's first two run in its parent folder), or a
-    check of the DVC remote, a function returning why it failed ("" when it did not)."""
-    name, dvc = task.recipe.experiment_name(task.seed), str(DVC)
-    steps = [] if resuming else [
-        (["git", "clone", "--quiet", "--no-checkout", *(["--shared"] if task.workspace else []), task.origin,
-          str(scratch)], True),
-        (["git", "-C", str(scratch), "checkout", "--quiet", task.commit], True)]
-    if task.workspace:
-        steps.append(([dvc, "cache", "dir", "--local", str(Path(task.workspace) / ".dvc" / "cache")], True))
-    else:
-        steps.append((functools.partial(check_remote_writable, scratch), True))
-        steps.append((functools.partial(restore_resume_state, scratch, task), True))
-    # On a cluster, --pull: the DVC remote's run cache first, then each stage found there restored with its
-    # outputs pulled (without them DVC's run cache cannot restore a stage, and reruns it); what is not there runs.
-    if not (resuming and experiment_ref(scratch, name)):  # else it ran already
-        steps.append(([dvc, "exp", "run", *([] if task.workspace else ["--pull"]), "-S", f"seed={task.seed}",
-                       *task.recipe.set_options(), "-n", name], True))
-    if not task.workspace:
-        steps.append(([dvc, "push", "--quiet", "--run-cache"], True))
-        steps.append((functools.partial(push_uncached_outputs, scratch), True))
-    return steps
-
-
-def check_remote_writable(scratch: Path) -> str:
-    """Before a cluster task trains: its default DVC remote takes a write (a probe file, then removed), so that a
-    remote the worker cannot write to fails now, not after the training it would have lost. Returns why not
-    ("" when it can)."""
-    import uuid
-
-    from dvc.repo import Repo
-
-    try:
-        with Repo(str(scratch)) as repo:
-            remote = repo.cloud.get_remote(command="push")
-            probe = remote.fs.join(remote.path, f".write-probe-{uuid.uuid4().hex}")
-            remote.fs.makedirs(remote.path, exist_ok=True)  # as a push would (a no-op on object stores)
-            remote.fs.pipe_file(probe, b"")
-            remote.fs.rm_file(probe)
-    except Exception as error:  # noqa: BLE001 - whatever the remote's filesystem raises
-        return (f"error: the DVC remote cannot be written from this worker ({first_line(error, 120)}); a seed's "
-                "outputs and run cache go there: give the workers write access (or another default remote) and "
-                "run again")
-    return ""
-
-
-def push_uncached_outputs(scratch: Path) -> str:
-    """After `dvc push --run-cache`: every object of the clone's cache to the DVC remote, the `cache: false`
-    outputs (metrics, plot data) among them. DVC saves those in the run cache but its push leaves them behind,
-    and without them no other clone can restore a stage from the run cache (it runs the stage again). The
-    clone's cache holds this task's objects only. Returns why not ("" when pushed)."""
-    from dvc.repo import Repo
-    from dvc_data.hashfile.hash_info import HashInfo
-
-    try:
-        with Repo(str(scratch)) as repo:
-            failed = repo.cloud.push({HashInfo("md5", oid) for oid in repo.cache.local.all()}).failed
-    except Exception as error:  # noqa: BLE001 - whatever the remote's filesystem raises
-        return f"error: pushing the run cache's outputs to the DVC remote failed ({first_line(error, 120)})"
-    return f"error: {len(failed)} of the run cache's outputs could not be pushed to the DVC remote" if failed else ""
-
-
-def _remote_resume_folder(repo, task: SeedTask):
-    remote = repo.cloud.get_remote(command="push")
-    return remote.fs, remote.fs.join(remote.path, REMOTE_RESUME_DIR, f"{task.recipe.name}-seed-{task.seed}")
-
-
-def keep_resume_state(scratch: Path, task: SeedTask) -> str:
-    """A cluster task that did not finish: the resume states its training left in the clone go to the DVC remote,
-    where the seed's next task finds them (the clone goes with the task). Returns what happened, for the log."""
-    from dvc.repo import Repo
-
-    states = sorted((scratch / RESUME_DIR).glob("*.pt"))
-    if not states:
-        return ""
-    try:
-        with Repo(str(scratch)) as repo:
-            fs, folder = _remote_resume_folder(repo, task)
-            fs.makedirs(folder, exist_ok=True)
-            for state in states:
-                fs.put_file(str(state), fs.join(folder, state.name))
-    except Exception as error:  # noqa: BLE001 - whatever the remote's filesystem raises
-        return f"its resume state could not be kept on the DVC remote ({first_line(error, 120)})"
-    return f"its resume state ({', '.join(state.stem for state in states)}) is kept on the DVC remote"
-
-
-def restore_resume_state(scratch: Path, task: SeedTask) -> str:
-    """Before a cluster task trains: the resume states an earlier task of this seed kept on the DVC remote, into
-    the clone's .resume/ (the train stage resumes from one only when its config, data and code match). Returns
-    "" (a step that cannot fail the task: without them the seed trains from its first epoch)."""
-    from dvc.repo import Repo
-
-    with Repo(str(scratch)) as repo:
-        fs, folder = _remote_resume_folder(repo, task)
-        if fs.exists(folder):
-            (scratch / RESUME_DIR).mkdir(exist_ok=True)
-            for path in fs.ls(folder, detail=False):
-                fs.get_file(path, str(scratch / RESUME_DIR / Path(path).name))
-    return ""
-
-
-def forget_resume_state(scratch: Path, task: SeedTask):
-    """The seed finished: what an earlier task kept on the DVC remote goes."""
-    from dvc.repo import Repo
-
-    with Repo(str(scratch)) as repo:
-        fs, folder = _remote_resume_folder(repo, task)
-        if fs.exists(folder):
-            fs.rm(folder, recursive=True)
-
-
-def experiment_ref(repository: Path, name: str) -> str | None:
-    """The ref of the experiment `name` in `repository` (refs/exps/<baseline>/<name>), or None."""
-    refs = git("for-each-ref", "--format=%(refname)", "refs/exps", cwd=repository).split()
-    return next((ref for ref in refs if len(ref.split("/")) == 5 and ref.split("/")[4] == name), None)
-
-
-def _run(command, cwd, env, stop, log_path) -> int:
-    """Run `command`, appending its output to the log; stop it when `stop` is set (the driver gave up)."""
-    with open(log_path, "a") as log:
-        log.write(f"$ {' '.join(command)}\n")
-        log.flush()
-        process = start_tool(command, cwd, env, log)
-        while process.poll() is None:
-            if stop.is_set():
-                process.send_signal(signal.SIGTERM)  # dvc stops its stage (the stage stops with its parent)
-                with contextlib.suppress(Exception):
-                    process.wait(timeout=60)
-                process.kill()
-                raise PipelineError("stopped: the study's driver was interrupted")
-            time.sleep(STOP_POLL_SECONDS)
-    return process.returncode
-
-
-def run_seed_task(task: SeedTask) -> SeedOutcome:
-    """On a Dask worker: the seed's pipeline in its scratch clone (see the module's docstring)."""
-    from distributed import Event, get_worker
-
-    worker = get_worker()
-    root = Path(task.workspace) / SCRATCH_DIR if task.workspace else Path(worker.local_directory)
-    scratch = scratch_path(root, task)
-    log = scratch.with_name(scratch.name + ".log")
-    resuming = bool(task.workspace) and (scratch / ".git").is_dir() and \
-        git("rev-parse", "HEAD", cwd=scratch).strip() == task.commit
-    if not resuming:
-        shutil.rmtree(scratch, ignore_errors=True)
-        log.unlink(missing_ok=True)
-    root.mkdir(parents=True, exist_ok=True)
-    env = tool_env(threads=task.threads or worker.state.nthreads)
-    if task.mlflow_uri:
-        env["MLFLOW_TRACKING_URI"] = task.mlflow_uri
-    finished = False  # True: the seed's files are collected, or its resume state kept
-    try:
-        for command, required in _steps(task, scratch, resuming):
-            if callable(command):  # a check of the DVC remote
-                if why := command():
-                    return SeedOutcome(task.seed, worker.address, error=why, log=log.read_text())
-                continue
-            cwd = root if command[:2] in (["git", "clone"], ["git", "-C"]) else scratch
-            if _run(command, cwd, env, Event(task.stop_event), log) != 0 and required:
-                output = log.read_text()
-                if command[0] == "git":
-                    raise RuntimeError(f"seed {task.seed}: {' '.join(command[:2])} failed: {output.strip()[-300:]}")
-                kept = "" if task.workspace else keep_resume_state(scratch, task)
-                finished = True  # what it trained is kept
-                return SeedOutcome(task.seed, worker.address, error=stage_error(output) + (
-                    f" ({kept}: the seed's rerun goes on from its last finished epoch)" if kept else ""), log=output)
-        if task.workspace:  # the experiment, for `dvc exp show` in the workspace
-            ref = experiment_ref(scratch, task.recipe.experiment_name(task.seed))
-            git("push", "--quiet", "--force", "origin", f"{ref}:{ref}", cwd=scratch)
-        else:
-            forget_resume_state(scratch, task)
-        source = {"experiment": task.recipe.experiment_name(task.seed), "rev": task.commit, "worker": worker.address}
-        fingerprint = code_fingerprint(root=scratch)
-        files = seed_files(task.seed, lambda path: (scratch / path).read_text(encoding="utf-8"), fingerprint, source)
-        finished = True
-        return SeedOutcome(task.seed, worker.address, fingerprint, files)
-    finally:
-        if not task.workspace:
-            if not finished:  # stopped, or an error of its own: what it trained is kept for its rerun
-                with contextlib.suppress(Exception):
-                    keep_resume_state(scratch, task)
-            shutil.rmtree(scratch, ignore_errors=True)
-            log.unlink(missing_ok=True)
-
-
 def local_task_settings(jobs: int) -> dict:
     """A local task's origin, workspace, MLflow store (the workspace's, whatever DVC_ROOT a stage sees) and
     threads: the cores shared among the workers, or fewer where OMP_NUM_THREADS asks for fewer."""
@@ -389,20 +149,6 @@ def local_task_settings(jobs: int) -> dict:
     with contextlib.suppress(ValueError):
         threads = min(threads, max(1, int(os.environ.get("OMP_NUM_THREADS", ""))))
     return {"origin": workspace, "workspace": workspace, "mlflow_uri": tracking_uri(), "threads": threads}
-
-
-def forget_scratch(task: SeedTask):
-    """A local seed collected: its scratch clone and log go. The clone is first renamed out of the seed's way
-    (atomic), then deleted with whatever an interrupted deletion left before it: a signal mid-way never leaves
-    half a clone under the seed's name for a rerun to resume in."""
-    if task.workspace:
-        scratch = scratch_path(Path(task.workspace) / SCRATCH_DIR, task)
-        scratch.with_name(scratch.name + ".log").unlink(missing_ok=True)
-        for leftover in scratch.parent.glob(f"*{DELETING}"):  # what an interrupted collection left
-            shutil.rmtree(leftover, ignore_errors=True)
-        if scratch.is_dir():
-            deleting = scratch.rename(scratch.with_name(scratch.name + DELETING))
-            shutil.rmtree(deleting, ignore_errors=True)
 
 
 def seed_workers(client) -> list:

@@ -8,7 +8,7 @@ import os
 import time
 from pathlib import Path
 
-from . import engine, study
+from . import engine, seed_task, study
 from .errors import PipelineError, first_line
 from .files import read_json, together, write_json, write_text
 from .seed_folders import (
@@ -81,7 +81,7 @@ class SeedLedger:
         self.recipe, self.params, self.fingerprint = recipe, params, fingerprint
         self.failed, self.started = {}, time.perf_counter()
 
-    def done(self, task: engine.SeedTask, outcome):
+    def done(self, task: seed_task.SeedTask, outcome):
         seed = task.seed
         if isinstance(outcome, BaseException):
             self.fail(seed, f"error: seed {seed}: {first_line(outcome, 240)}")
@@ -92,7 +92,7 @@ class SeedLedger:
                             f"study's {self.fingerprint}")
         else:
             write_seed_folder(self.recipe.seed_dir(seed), outcome.files)
-            engine.forget_scratch(task)
+            seed_task.forget_scratch(task)
             top = read_json(self.recipe.seed_dir(seed) / "headline.json")
             print(f"seed {seed}: finished on {outcome.worker} after {(time.perf_counter() - self.started) / 60:.1f} "
                   f"min: ResNet18 {top['resnet']['test_accuracy']:.4f}, Small CNN {top['cnn']['test_accuracy']:.4f}, "
@@ -125,11 +125,11 @@ def run_seeds(recipe: Recipe, seeds: list, jobs: int, params: dict, address: str
             remote, uri = check_cluster(client, address, commit, params)
             settings = {"origin": remote, "workspace": None, "mlflow_uri": uri, "threads": None}
         stop = f"fashion-study-stop-{commit[:12]}-{os.getpid()}"
-        tasks = [engine.SeedTask(seed, recipe, commit, stop_event=stop, **settings) for seed in todo]
+        tasks = [seed_task.SeedTask(seed, recipe, commit, stop_event=stop, **settings) for seed in todo]
         print(f"running {seeds_named(todo)[0]}, {min(jobs, len(todo)) if address is None else 'on'} "
               f"{'at a time' if address is None else address}", flush=True)
         try:
-            engine.run_tasks(client, engine.run_seed_task, tasks, ledger.done,
+            engine.run_tasks(client, seed_task.run_seed_task, tasks, ledger.done,
                              key=lambda task: recipe.experiment_name(task.seed))
         except KeyboardInterrupt:
             left = [seed for seed in todo if seed not in ledger.failed and
