@@ -69,22 +69,28 @@ def cluster(tmp_path):
             process.wait()
 
 
+def team_clones(tmp_path, built_pipeline, **params):
+    """The team's bare git remote (origin) of the smoke pipeline with `params` and a shared local DVC remote
+    (tmp_path/dvc-remote), and the driver's clone of it."""
+    seed_repo = copy_built(built_pipeline, tmp_path / "seed-repo")
+    reset_to_head(seed_repo)
+    set_params(seed_repo, **params)
+    run(["dvc", "remote", "add", "-d", "shared", str(tmp_path / "dvc-remote")], seed_repo)
+    commit_all(seed_repo, "a study, a shared DVC remote")
+    origin, driver = tmp_path / "origin.git", tmp_path / "driver"
+    run(["git", "clone", "-q", "--bare", str(seed_repo), str(origin)], tmp_path)
+    run(["git", "clone", "-q", str(origin), str(driver)], tmp_path)
+    return origin, driver
+
+
 def test_a_study_on_a_dask_cluster_survives_a_dead_worker_and_matches_the_local_path(tmp_path, built_pipeline,
                                                                                   team_server, cluster):
     from mlflow.tracking import MlflowClient
 
     address, workers = cluster
     env = tool_env(MLFLOW_TRACKING_URI=team_server, OMP_NUM_THREADS="1")
-    seed_repo = copy_built(built_pipeline, tmp_path / "seed-repo")
-    reset_to_head(seed_repo)
-    set_params(seed_repo, data__subset=200, study__seeds=[1, 2, 3], study__jobs=1, tracking__log_model=False,
-               tracking__experiment="cluster-study")
-    run(["dvc", "remote", "add", "-d", "shared", str(tmp_path / "dvc-remote")], seed_repo)
-    commit_all(seed_repo, "a study of seeds 1-3, shared DVC remote")
-    origin = tmp_path / "origin.git"
-    run(["git", "clone", "-q", "--bare", str(seed_repo), str(origin)], tmp_path)
-    driver = tmp_path / "driver"
-    run(["git", "clone", "-q", str(origin), str(driver)], tmp_path)
+    origin, driver = team_clones(tmp_path, built_pipeline, data__subset=200, study__seeds=[1, 2, 3], study__jobs=1,
+                                 tracking__log_model=False, tracking__experiment="cluster-study")
 
     study = subprocess.Popen([sys.executable, "stages/study.py", "all", "--cluster", address], cwd=driver, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -191,16 +197,9 @@ def test_a_seed_whose_mlflow_server_stopped_keeps_its_training_on_the_dvc_remote
     store.mkdir()
     server, uri = start_mlflow_server(store, port), f"http://127.0.0.1:{port}"
     env = tool_env(MLFLOW_TRACKING_URI=uri, OMP_NUM_THREADS="1")
-    seed_repo = copy_built(built_pipeline, tmp_path / "seed-repo")
-    reset_to_head(seed_repo)
-    set_params(seed_repo, data__subset=200, epochs=3, resnet__epochs=3, resnet__batch_size=5, study__seeds=[4],
-               study__jobs=1, tracking__log_model=False, tracking__experiment="cluster-outage")
-    run(["dvc", "remote", "add", "-d", "shared", str(tmp_path / "dvc-remote")], seed_repo)
-    commit_all(seed_repo, "a study of seed 4, shared DVC remote")
-    origin = tmp_path / "origin.git"
-    run(["git", "clone", "-q", "--bare", str(seed_repo), str(origin)], tmp_path)
-    driver = tmp_path / "driver"
-    run(["git", "clone", "-q", str(origin), str(driver)], tmp_path)
+    _, driver = team_clones(tmp_path, built_pipeline, data__subset=200, epochs=3, resnet__epochs=3,
+                            resnet__batch_size=5, study__seeds=[4], study__jobs=1, tracking__log_model=False,
+                            tracking__experiment="cluster-outage")
     command = [sys.executable, "stages/study.py", "run", "--cluster", address]
     study = subprocess.Popen(command, cwd=driver, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True)
