@@ -19,7 +19,7 @@ pytestmark = pytest.mark.e2e
 DRIVER = '''
 import sys, time
 from dataclasses import dataclass
-from fashion_compare import engine
+from fashion_compare import engine, process
 from fashion_compare.errors import exit_on_error
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ def seed_like(task):  # a child process, the stop event polled every second: wha
     return task.seed
 
 def main():
+    process.raise_on_sigterm()  # as stages/study.py: SIGINT interrupts even where it was inherited ignored
     address = None if sys.argv[1] == "local" else sys.argv[1]
     with engine.open_cluster(address, 2) as client:
         print("running", flush=True)
