@@ -16,7 +16,7 @@ REPORT = REPO / "metrics" / "benchmark.json"
 sys.path.insert(0, str(REPO / "src"))  # this checkout's package, as the stages use it
 
 from fashion_compare.errors import PipelineError, exit_on_error  # noqa: E402, F401  (each script's main: one line)
-from fashion_compare.seed_folders import cpu_kind  # noqa: E402  (what a seed's run.json records too)
+from fashion_compare.tools import cpu_kind  # noqa: E402  (what a seed's run.json records too)
 
 
 def cpu_model() -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fashion_compare import engine, seed_folders, seed_task, study, study_runs
+from fashion_compare import engine, seed_folders, seed_task, study, study_runs, tools
 from fashion_compare.errors import PipelineError
 from fashion_compare.seed_folders import REFERENCE
 
@@ -308,12 +308,12 @@ def test_a_cluster_task_finds_a_remote_it_cannot_write_before_it_trains(tmp_path
     repo = tmp_path / "clone"
     repo.mkdir()
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-    subprocess.run([str(seed_folders.DVC), "init", "-q"], cwd=repo, check=True)
+    subprocess.run([str(tools.DVC), "init", "-q"], cwd=repo, check=True)
     writable, blocked = tmp_path / "remote" / "not-made-yet", tmp_path / "a-file"
     blocked.write_text("not a folder")
-    subprocess.run([str(seed_folders.DVC), "remote", "add", "-d", "shared", str(writable)], cwd=repo, check=True)
+    subprocess.run([str(tools.DVC), "remote", "add", "-d", "shared", str(writable)], cwd=repo, check=True)
     assert seed_task.check_remote_writable(repo) == "" and list(writable.iterdir()) == []  # made, as a push would
-    subprocess.run([str(seed_folders.DVC), "remote", "modify", "shared", "url", str(blocked / "remote")], cwd=repo,
+    subprocess.run([str(tools.DVC), "remote", "modify", "shared", "url", str(blocked / "remote")], cwd=repo,
                    check=True)
     why = seed_task.check_remote_writable(repo)
     assert why.startswith("error: the DVC remote cannot be written from this worker (") and "\n" not in why

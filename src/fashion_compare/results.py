@@ -201,7 +201,7 @@ class ClassDifference:
 
 @result
 class CpuKind:
-    """What a seed's results depend on of the CPU (seed_folders.cpu_kind)."""
+    """What a seed's results depend on of the CPU (tools.cpu_kind)."""
     vendor: str
     family: str
     model: str

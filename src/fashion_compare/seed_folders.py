@@ -1,6 +1,6 @@
 """What every part of a seed study shares, one floor below its engine: where a recipe's study lives, the seed
-folder format (metrics/study/seeds/<seed>/) and its validation, what is current, the failure ledger, and the
-tool environment (dvc and git, the thread variables, stopping with the parent).
+folder format (metrics/study/seeds/<seed>/) and its validation, what is current, and the failure ledger. The
+tools it runs (dvc, git, the code fingerprint, the CPU kind) are tools.py's.
 
 A seed folder is a seed's finished pipeline: its metrics, per-epoch curves, params, per-image predictions and
 run.json (where and on what CPU it ran, the code fingerprint, timings, a checksum of the predictions). It is
@@ -13,9 +13,6 @@ import csv
 import hashlib
 import io
 import json
-import os
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,10 +22,9 @@ import yaml
 from . import MODEL_NAMES, NUM_CLASSES, PREDICTIONS_FILE, results, study
 from .errors import PipelineError
 from .files import read_csv_rows, read_json, together, write_json, write_text
-from .process import set_parent_death_signal
+from .tools import cpu_kind
 
 LOG_DIR = Path("logs/study")  # each seed's whole output, kept when it fails (git-ignored)
-PREDICTION_STAGES = ("prepare", "train_resnet", "train_cnn", "evaluate")  # what a seed's predictions depend on
 SEED_METRICS = ("data", "train_resnet", "train_cnn", "evaluate", "compare", "headline")
 PREDICTION_FIELDS = ["image", "label", *MODEL_NAMES]
 TUNED_RECIPE_FILE = Path("metrics/tuning/recipe.yaml")  # tuning.py writes it: each model's chosen recipe
@@ -122,53 +118,6 @@ def load_recipe(name: str) -> Recipe:
     return Recipe("tuned", {f"{model}.{key}": value for model in MODEL_NAMES for key, value in chosen[model].items()})
 
 
-# ------------------------------------------------------------------------------ the tool environment
-
-DVC = Path(sys.executable).parent / "dvc"  # the virtualenv's dvc (beside this Python), whatever PATH says
-
-
-def tool_env(env=None, threads: int | None = None) -> dict:
-    """The environment for dvc and the stages it runs: this virtualenv's commands first on PATH (a stage's
-    command is `python stages/...`); with `threads`, the stages' thread count (`threads: auto` reads
-    OMP_NUM_THREADS). DVC's own variables of an outer run are left out."""
-    env = {key: value for key, value in (env or os.environ).items() if not key.startswith("DVC_")}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["GIT_TERMINAL_PROMPT"] = "0"  # a remote that asks for a password fails instead of waiting
-    if threads is not None:
-        env["OMP_NUM_THREADS"] = str(threads)
-    return env
-
-
-def dvc(*args, check=True, cwd=None, env=None) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(DVC), *args], capture_output=True, text=True, cwd=cwd, env=env or tool_env())
-    if check and result.returncode != 0:
-        raise PipelineError(f"`dvc {' '.join(args)}` failed: {(result.stderr or result.stdout).strip()[-400:]}")
-    return result
-
-
-def git(*args, cwd=None) -> str:
-    return subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=cwd).stdout
-
-
-def start_tool(command, cwd, env, log) -> subprocess.Popen:
-    """Start a dvc or git command that writes to `log` and dies with the process that started it (Linux)."""
-    return subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            preexec_fn=set_parent_death_signal if sys.platform.startswith("linux") else None)
-
-
-def code_fingerprint(rev=None, root=Path(".")) -> str:
-    """What a seed's predictions depend on besides params: the code the DVC stages up to evaluate list as
-    deps (a change there means DVC would rerun them too), in the workspace at `root` or at git revision `rev`."""
-    read = (lambda path: (Path(root) / path).read_bytes()) if rev is None else (
-        lambda path: subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, check=True).stdout)
-    stages = yaml.safe_load(read("dvc.yaml"))["stages"]
-    files = sorted({dep for name in PREDICTION_STAGES for dep in stages[name].get("deps", []) if dep.endswith(".py")})
-    digest = hashlib.sha256()
-    for name in files:
-        digest.update(name.encode() + b"\0" + read(name))
-    return digest.hexdigest()[:16]
-
-
 # ------------------------------------------------------------------------------ seed folders
 
 def seeds_named(seeds) -> tuple[str, bool]:
@@ -197,27 +146,6 @@ def results_current(folder: Path, params: dict, fingerprint: str) -> bool:
 def results_exist(folder: Path) -> bool:
     """The seed ran, here or on a machine whose results were pulled: it has predictions or a recorded failure."""
     return (folder / "failed.json").is_file() or (folder / "predictions.csv").is_file()
-
-
-VECTOR_ISAS = (("avx512_bf16", "AVX-512 BF16"), ("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"))
-
-
-def cpu_kind() -> dict:
-    """What a seed's results depend on of the CPU (they are bit-identical per CPU kind and thread count, not
-    across kinds): vendor, family and model numbers, the widest vector ISA, and the model name. The name
-    alone is not enough: "AMD EPYC" is what virtual machines of at least three kinds that round
-    differently report."""
-    import platform
-
-    fields = {}
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    for line in text.split("\n\n")[0].splitlines():
-        key, _, value = line.partition(":")
-        fields[key.strip()] = value.strip()
-    flags = set(fields.get("flags", "").split())
-    isa = next((title for flag, title in VECTOR_ISAS if flag in flags), "unknown")
-    return {"vendor": fields.get("vendor_id", platform.machine() or "unknown"), "family": fields.get("cpu family", ""),
-            "model": fields.get("model", ""), "isa": isa, "name": fields.get("model name", "unknown")}
 
 
 def seed_files(seed: int, read, fingerprint: str, source: dict) -> dict:

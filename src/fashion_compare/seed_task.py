@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import PipelineError, first_line
-from .seed_folders import DVC, Recipe, code_fingerprint, git, seed_files, stage_error, start_tool, tool_env
+from .seed_folders import Recipe, seed_files, stage_error
+from .tools import DVC, code_fingerprint, git, start_tool, tool_env
 
 STOP_POLL_SECONDS = 1.0
 SCRATCH_DIR = Path(".dvc/tmp/study")  # local tasks' scratch clones (DVC collects no stage under .dvc/)

@@ -11,16 +11,8 @@ from pathlib import Path
 from . import engine, seed_task, study
 from .errors import PipelineError, first_line
 from .files import read_json, together, write_json, write_text
-from .seed_folders import (
-    Recipe,
-    code_fingerprint,
-    git,
-    load_study,
-    record_failure,
-    results_current,
-    seeds_named,
-    write_seed_folder,
-)
+from .seed_folders import Recipe, load_study, record_failure, results_current, seeds_named, write_seed_folder
+from .tools import code_fingerprint, git
 
 
 def check_repository_root(params_path: str):
@@ -48,7 +40,7 @@ def check_cluster(client, address: str, commit: str, params: dict) -> tuple[str,
     """What a cluster's tasks need, before any of them trains: the commit on the shared git remote, a shared
     MLflow server (not a file of this machine), a default DVC remote, workers offering seed=1. Returns (the git
     remote, the MLflow URI)."""
-    from .seed_folders import dvc
+    from .tools import dvc
 
     try:
         remote = git("remote", "get-url", "origin").strip()

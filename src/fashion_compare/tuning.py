@@ -97,7 +97,7 @@ def run_trial(task: TrialTask) -> TrialOutcome:
 
     from . import data, models, training
     from .params import ModelParams, load_params, train_config
-    from .seed_folders import cpu_kind
+    from .tools import cpu_kind
 
     if task.threads:
         torch.set_num_threads(task.threads)
@@ -281,7 +281,7 @@ def ask(studies: dict, trials: int, tune_seed: int, space) -> list:
 def tune(params, params_file: str, data_dir: str, jobs: int, address: str | None, tracker) -> dict:
     """The search (see the module's docstring); returns tuning.json's per-model summary."""
     from . import engine, tracking
-    from .seed_folders import code_fingerprint
+    from .tools import code_fingerprint
 
     settings = params.tune
     storage = settings.storage or f"sqlite:///{STORAGE_FILE.resolve()}"
