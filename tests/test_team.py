@@ -270,13 +270,15 @@ def test_a_killed_driver_takes_its_workers_with_it_and_the_rerun_resumes_without
         time.sleep(0.5)
     assert study_processes(clone) == {}, "processes of the study outlived its driver"
 
+    states = {str(path.relative_to(scratch)): path.stat().st_size for path in scratch.glob("*/.resume/*.pt")}
+    assert len(states) == 2, states  # what the rerun should resume from
     rerun = study(clone, env, "all").stdout
     assert "seed 5: finished" in rerun and "seed 6: finished" in rerun, rerun
     result = json.loads((clone / "metrics/study.json").read_text())
     assert result["seeds"] == [5, 6] and result["failed_seeds"] == {}
     resumed = [json.loads((clone / f"metrics/study/seeds/{seed}/train_{model}.json").read_text())["resumed_from_epoch"]
                for seed in (5, 6) for model in MODELS]
-    assert max(resumed) >= 1, resumed  # what was killed went on from its epoch
+    assert max(resumed) >= 1, (resumed, states, rerun)  # what was killed went on from its epoch
     assert not list(scratch.glob("reference-seed-*"))  # collected: the scratch clones are gone
     client = MlflowClient(team_server)
     experiment = client.get_experiment_by_name("killed-driver")
