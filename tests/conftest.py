@@ -185,6 +185,18 @@ def free_port():
         return sock.getsockname()[1]
 
 
+def wait_for_workers(address, count, env, seconds=60):
+    code = ("import sys; from distributed import Client; c = Client(sys.argv[1], timeout='10s'); "
+            "print(len(c.scheduler_info()['workers']))")
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        result = subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True, env=env)
+        if result.returncode == 0 and int(result.stdout.strip() or 0) >= count:
+            return
+        time.sleep(1)
+    raise AssertionError(f"{count} workers did not join {address}")
+
+
 def wait_until_up(url, process, seconds=180):
     deadline = time.time() + seconds
     while time.time() < deadline:

@@ -23,6 +23,7 @@ from conftest import (
     start_mlflow_server,
     stop,
     tool_env,
+    wait_for_workers,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
@@ -31,18 +32,6 @@ SEEDS = ("1", "2", "3")
 
 def start(command, **kwargs):
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)
-
-
-def wait_for_workers(address, count, env, seconds=60):
-    code = ("import sys; from distributed import Client; c = Client(sys.argv[1], timeout='10s'); "
-            "print(len(c.scheduler_info()['workers']))")
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        result = subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True, env=env)
-        if result.returncode == 0 and int(result.stdout.strip() or 0) >= count:
-            return
-        time.sleep(1)
-    raise AssertionError(f"{count} workers did not join {address}")
 
 
 @pytest.fixture

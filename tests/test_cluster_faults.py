@@ -12,7 +12,7 @@ import threading
 import time
 
 import pytest
-from conftest import VENV_BIN, free_port, tool_env
+from conftest import VENV_BIN, free_port, tool_env, wait_for_workers
 
 pytestmark = pytest.mark.e2e
 
@@ -81,12 +81,7 @@ def scheduler_and_worker(tmp_path):
                                "--resources", "seed=1", "--no-dashboard", "--local-directory", str(tmp_path / "w")],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        code = ("import sys; from distributed import Client; c = Client(sys.argv[1], timeout='10s'); "
-                "sys.exit(0 if c.scheduler_info()['workers'] else 1)")
-        deadline = time.time() + 60
-        while subprocess.run([sys.executable, "-c", code, address], env=env, capture_output=True).returncode:
-            assert time.time() < deadline, "the worker did not join"
-            time.sleep(1)
+        wait_for_workers(address, 1, env)
         yield address, scheduler, worker
     finally:
         for process in (scheduler, worker):

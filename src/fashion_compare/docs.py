@@ -14,7 +14,6 @@ NOT_MEASURED.
 """
 
 import argparse
-import csv as csv_module
 import functools
 import json as json_module
 import re
@@ -79,20 +78,6 @@ def yaml(path: str):
     return yaml_module.safe_load(_read(path))
 
 
-def csv(path: str) -> list[dict]:
-    """A committed CSV file's rows, numbers as numbers."""
-    def number(text):
-        for kind in (int, float):
-            try:
-                return kind(text)
-            except ValueError:
-                pass
-        return text
-
-    return [{key: number(value) for key, value in row.items()}
-            for row in csv_module.DictReader(_read(path).splitlines())]
-
-
 def f(value, spec: str, scale=1):
     """`value` × `scale` in Python's format `spec` ("+.2f", ".4f", ",d", ".3g")."""
     if value is None:
@@ -101,22 +86,24 @@ def f(value, spec: str, scale=1):
     return format(round(value) if spec.endswith("d") else value, spec)
 
 
+def span(low_high) -> str:
+    """A range of whole numbers: (23.4, 25.1) -> "23–25"."""
+    low, high = low_high
+    return f"{round(low)}–{round(high)}"
+
+
 def study_tables(path: str) -> str:
-    """A seed study's tables, as plots/study*/SUMMARY.md prints them (study.study_summary)."""
+    """A seed study's tables, as plots/study*/SUMMARY.md prints them (study.tables)."""
     from . import results, study
 
-    summary = study.study_summary(results.load(results.StudyResult, path))
-    return "\n".join(line for line in summary.split("## Verdict")[0].splitlines()
-                     if line.startswith("|") or not line.strip()).strip()
+    return "\n".join(study.tables(results.load(results.StudyResult, path)))
 
 
 def one_run_tables(path: str) -> str:
-    """One run's model and per-class tables, as plots/compare/SUMMARY.md prints them."""
+    """One run's model and per-class tables, as plots/compare/SUMMARY.md prints them (comparison.tables)."""
     from . import comparison, results
 
-    summary = comparison.one_run_summary(results.load(results.Comparison, path))
-    tables = [block for block in summary.split("\n\n") if block.startswith("|")]
-    return "\n\n".join(tables)
+    return "\n".join(comparison.tables(results.load(results.Comparison, path)))
 
 
 def seed_groups(path: str) -> list[dict]:
@@ -151,10 +138,10 @@ def environment():
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, autoescape=False,
                              extensions=["jinja2.ext.do"])
-    env.globals.update(json=json, yaml=yaml, csv=csv, study_tables=study_tables, one_run_tables=one_run_tables,
+    env.globals.update(json=json, yaml=yaml, study_tables=study_tables, one_run_tables=one_run_tables,
                        answer_table=answer_table, seed_groups=seed_groups,
                        engine=engine, planning_power=study.PLANNING_POWER, max_planned_seeds=study.MAX_PLANNED_SEEDS)
-    env.filters.update(f=f)
+    env.filters.update(f=f, span=span)
     return env
 
 

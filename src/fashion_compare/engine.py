@@ -64,6 +64,11 @@ def _end_quietly(signum, frame):
     os._exit(128 + signum)
 
 
+def cannot_connect(address: str, error) -> PipelineError:
+    return PipelineError(f"Dask scheduler at {address}: cannot connect ({first_line(error, 160)}); start it (dask "
+                         "scheduler), or unset DASK_SCHEDULER_ADDRESS / CLUSTER to run locally")
+
+
 def check_scheduler(address: str):
     """Before a Client: the peer at `address` answers Dask's handshake and says it is a scheduler, within the
     connect timeout. (Dask's Client waits without limit for a peer that accepts the connection and never answers
@@ -91,8 +96,7 @@ def check_scheduler(address: str):
                             "tcp://host:8786); give the scheduler's address, or unset DASK_SCHEDULER_ADDRESS / CLUSTER "
                             "to run locally") from None
     except (OSError, ValueError) as error:
-        raise PipelineError(f"Dask scheduler at {address}: cannot connect ({first_line(error, 160)}); start it "
-                            "(dask scheduler), or unset DASK_SCHEDULER_ADDRESS / CLUSTER to run locally") from None
+        raise cannot_connect(address, error) from None
     kind = reply.get("type") if isinstance(reply, dict) else type(reply).__name__
     if kind != "Scheduler":
         raise PipelineError(f"Dask scheduler at {address}: the peer there is a {kind}, not a scheduler; give the "
@@ -133,9 +137,8 @@ def open_cluster(address: str | None, jobs: int):
     with quiet_client_logs():
         try:
             client = Client(address, timeout=CONNECT_TIMEOUT)
-        except (OSError, TimeoutError) as error:
-            raise PipelineError(f"Dask scheduler at {address}: cannot connect ({first_line(error, 160)}); start it "
-                                "(dask scheduler), or unset DASK_SCHEDULER_ADDRESS / CLUSTER to run locally") from None
+        except (OSError, TimeoutError) as error:  # the scheduler went between the check and the Client
+            raise cannot_connect(address, error) from None
         with client:
             yield client
 
