@@ -25,10 +25,11 @@ SEEDS ?=
 JOBS ?=
 CLUSTER ?=
 RECIPE ?= reference
+RERUN_STALE ?=
 study: setup data
 	$(BIN)/python -m fashion_compare.params params.yaml
 	$(BIN)/python stages/study.py all --recipe $(RECIPE) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(JOBS),--jobs $(JOBS)) \
-		$(if $(CLUSTER),--cluster $(CLUSTER))
+		$(if $(CLUSTER),--cluster $(CLUSTER)) $(if $(RERUN_STALE),--rerun-stale)
 
 # Tuning: a seeded random search of each model's recipe, tune.trials per model at the same reduced fidelity
 # (params.yaml `tune`), trials JOBS at a time as Dask tasks (or on CLUSTER); run again, it goes on where it
@@ -113,7 +114,7 @@ browser: data
 
 # The headline of every experiment (both models' accuracy and macro F1, the gain with its CI, McNemar's p,
 # the verdict) and the params a grid usually varies; the detail metrics files are left out.
-EXP_SHOW_KEEP := Experiment|^(resnet|cnn)\.(test_accuracy|macro_f1)$$|^accuracy_gain|^mcnemar_p$$|^decision$$|^p_gain_at_least_margin$$|^lr$$|^(resnet|cnn)\.(lr|epochs|batch_size)$$
+EXP_SHOW_KEEP := Experiment|^models\.[a-z0-9_]+\.(test_accuracy|macro_f1)$$|^contenders\.[a-z0-9_]+\.(accuracy_gain|mcnemar_p|decision|p_gain_at_least_margin)$$|^lr$$|^compare\.contenders$$|^models\.[a-z0-9_]+\.recipe\.(lr|epochs|batch_size)$$
 exp-show: setup
 	$(BIN)/dvc exp show --md --drop '.*' --keep '$(EXP_SHOW_KEEP)'
 

@@ -1,4 +1,5 @@
-"""Stage evaluate: both checkpoints on the test set; per-class metrics, confusion matrices, inference cost.
+"""Stage evaluate: every compared model's checkpoint on the test set; per-class metrics, confusion matrices,
+inference cost.
 
 Every input is read and checked, and every result computed, before the first output is written; each output
 is written whole (a temporary file, then a rename), and MLflow is told only after all of them: a stage that
@@ -15,7 +16,7 @@ import torch
 # in a copy of the repository, and each must run its own code.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from fashion_compare import MODEL_NAMES, cpu_speedups, data, evaluation, process, records, tracking, training
+from fashion_compare import cpu_speedups, data, evaluation, process, records, tracking, training
 from fashion_compare.errors import exit_on_error
 from fashion_compare.files import read_json, write_csv, write_json
 from fashion_compare.params import load_params
@@ -34,11 +35,11 @@ def main():
     device = training.select_device(params.device)
     torch.set_num_threads(training.thread_count(params.threads))
     test_set = data.load_split(args.data, "test")
-    checkpoints = {name: training.load_checkpoint(f"models/{name}.pt", expected_model=name)[0]
-                   for name in MODEL_NAMES}
+    compared = params.compare.models  # the baseline, then each contender
+    checkpoints = {name: training.load_checkpoint(f"models/{name}.pt", expected_model=name)[0] for name in compared}
     if device.type == "cpu":  # the convolutions as training's validation ran them (equal up to rounding)
         checkpoints = {name: cpu_speedups.use_small_map_convolutions(model) for name, model in checkpoints.items()}
-    run_ids = {name: read_json(f"metrics/train_{name}.json").get("mlflow_run_id") for name in MODEL_NAMES}
+    run_ids = {name: read_json(f"metrics/train/{name}.json").get("mlflow_run_id") for name in compared}
     tracker = tracking.connect(params.tracking)
 
     y_true = test_set["labels"].numpy()
@@ -51,14 +52,15 @@ def main():
                                                         device, params.evaluate.latency_repeats),
                          "mlflow_run_id": run_ids[name]}
 
-    for name in MODEL_NAMES:
+    for name in compared:
         write_csv(f"plots/evaluate/confusion_{name}.csv",
                   evaluation.confusion_rows(y_true, probabilities[name].argmax(axis=1)), ["actual", "predicted"])
     evaluation.write_predictions(evaluation.PREDICTIONS_FILE, y_true, probabilities)
     write_json("metrics/evaluate.json", results)
 
     for name, run_id in tracking.existing_runs(tracker, run_ids).items():
-        records.log_evaluation(tracker, run_id, name, results[name], y_true, probabilities[name].argmax(axis=1))
+        records.log_evaluation(tracker, run_id, params.title(name), results[name], y_true,
+                               probabilities[name].argmax(axis=1))
 
 if __name__ == "__main__":
     main()

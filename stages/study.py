@@ -14,8 +14,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
-
 # This checkout's package, not whichever one is installed.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -39,12 +37,13 @@ def main():
     parser.add_argument("--jobs", type=int, help="seeds at once (default: study.jobs)")
     parser.add_argument("--cluster", help="a Dask scheduler (default: DASK_SCHEDULER_ADDRESS; none: this machine)")
     parser.add_argument("--recipe", default="reference", help="reference (params.yaml) or tuned (make tune's)")
+    parser.add_argument("--rerun-stale", action="store_true",
+                        help="train again the seeds whose committed results another code made (stale)")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
     process.raise_on_sigterm()
     study_runs.check_repository_root(args.params)
     params = load_params(args.params)
-    raw_params = yaml.safe_load(Path(args.params).read_text())
     recipe, address = load_recipe(args.recipe), scheduler_address(args.cluster)
     study_seeds = recipe.study_seeds(params.study.seeds, args.seeds or ())
     seeds, jobs = args.seeds or study_seeds, args.jobs if args.jobs is not None else params.study.jobs
@@ -52,7 +51,7 @@ def main():
     failed = {}
     with process.exclusive(LOCK, "a seed study"):
         if args.command in ("run", "all"):
-            failed = study_runs.run_seeds(recipe, seeds, jobs, raw_params, address)
+            failed = study_runs.run_seeds(recipe, seeds, jobs, params.model_dump(), address, args.rerun_stale)
         all_seeds = study_seeds if args.command == "all" else seeds
         missing = [seed for seed in all_seeds if not results_exist(recipe.seed_dir(seed))]
         if args.command == "all" and missing:

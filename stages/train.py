@@ -1,4 +1,5 @@
-"""Stages train_resnet and train_cnn: train one model, keep its best-validation checkpoint, log to MLflow.
+"""Stages train_baseline and train@<contender>: train one model of params.yaml's `models`, keep its
+best-validation checkpoint, log to MLflow.
 
 Interrupted (Ctrl-C, SIGTERM, SIGKILL, or the `dvc` that started it killed), the stage goes on from its
 last finished epoch when run again with the same config: the state is kept in .resume/<model>.pt until
@@ -16,7 +17,7 @@ import torch
 # in a copy of the repository, and each must run its own code.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from fashion_compare import MODEL_NAMES, MODEL_TITLES, data, models, process, records, tracking, training
+from fashion_compare import data, models, process, records, tracking, training
 from fashion_compare.errors import exit_on_error
 from fashion_compare.files import check_writable, save_torch, write_csv, write_json
 from fashion_compare.params import load_params, train_config
@@ -24,13 +25,13 @@ from fashion_compare.params import load_params, train_config
 
 def output_paths(name: str) -> dict:
     return {"checkpoint": f"models/{name}.pt", "epochs": f"plots/train/{name}_epochs.csv",
-            "steps": f"plots/train/{name}_steps.csv", "metrics": f"metrics/train_{name}.json"}
+            "steps": f"plots/train/{name}_steps.csv", "metrics": f"metrics/train/{name}.json"}
 
 
 @exit_on_error
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("model", choices=MODEL_NAMES)
+    parser.add_argument("model", help="a model's name in params.yaml's models")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data", default="data/prepared")
     args = parser.parse_args()
@@ -46,7 +47,7 @@ def main():
     training.keep_freed_memory()
     outputs = output_paths(name)
     training.seed_everything(config.seed)
-    model = models.build_model(name)
+    model = models.build_model(config.architecture, config.options)
     parameter_count = models.parameter_count(model)
     resume_path = Path(".resume") / f"{name}.pt"
     check_writable([*outputs.values(), resume_path], free_bytes_needed=4 * 4 * parameter_count + 2**27)
@@ -57,7 +58,7 @@ def main():
         saved = resume.load()
         tracker = tracking.connect(params.tracking)
         run_params = records.training_params(config, device, params.data, len(train_set["labels"]), parameter_count)
-        with tracking.stage_run(tracker, f"train_{name}", MODEL_TITLES[name], run_params,
+        with tracking.stage_run(tracker, f"train_{name}", params.title(name), run_params,
                                 resume_run_id=saved.get("mlflow_run_id") if saved else None) as run_id:
             resume.metadata["mlflow_run_id"] = run_id
             logger = tracking.EpochLogger(tracker, run_id) if run_id else None

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from fashion_compare import process, tracking, tuning  # noqa: E402
 from fashion_compare.engine import scheduler_address  # noqa: E402
-from fashion_compare.errors import ParamsError, PipelineError, exit_on_error  # noqa: E402
+from fashion_compare.errors import PipelineError, exit_on_error  # noqa: E402
 from fashion_compare.params import load_params  # noqa: E402
 
 LOCK = Path(".dvc/tmp/tune.lock")
@@ -32,8 +32,7 @@ def main():
     args = parser.parse_args()
     process.raise_on_sigterm()
     params = load_params(args.params)
-    if params.tune is None:
-        raise ParamsError(f"{args.params}: tune: missing section (the search's trials, subset and space)")
+    tuning.tune_params(params, args.params)  # before any work: the search's settings are right
     jobs = args.jobs if args.jobs is not None else params.study.jobs
     if jobs < 1:
         raise PipelineError(f"--jobs {jobs}: at least 1 trial at a time")

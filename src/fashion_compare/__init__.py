@@ -1,4 +1,4 @@
-"""Fashion-MNIST: ResNet18 versus a small CNN, class by class.
+"""Fashion-MNIST: ResNet18 (either stem) against a small CNN, class by class; the models are params.yaml's.
 
 The package has one module per concern; stages/*.py call them, none imports a stage, and no module imports
 one above it. README.md's "Where things live" is the map of every module (tests/test_readme.py checks that
@@ -18,7 +18,5 @@ CLASS_NAMES = (
     "Ankle boot",
 )
 NUM_CLASSES = len(CLASS_NAMES)
-MODEL_NAMES = ("resnet", "cnn")
-MODEL_TITLES = {"resnet": "ResNet18", "cnn": "Small CNN"}
 PER_CLASS_METRICS = ("precision", "recall", "f1")
 PREDICTIONS_FILE = "data/predictions/test.csv"  # the evaluate stage's output, compare's and a study's input

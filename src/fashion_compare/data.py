@@ -285,14 +285,21 @@ def load_raw(raw_dir, debian_dir=DEBIAN_DIR, fetch=download, required=False):
 
 # ---------------------------------------------------------------- preparing tensors
 
-def stratified_sample(dataset: Dataset, size: int, seed: int) -> Dataset:
+def stratified_indices(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """`size` of the positions 0..len(labels)-1, stratified by label and seeded, in order (all of them for 0 or
+    more than there are)."""
     from sklearn.model_selection import train_test_split  # here: the train stages import this module too
 
+    if not size or size >= len(labels):
+        return np.arange(len(labels))
+    index, _ = train_test_split(np.arange(len(labels)), train_size=size, stratify=labels, random_state=seed)
+    return np.sort(index)
+
+
+def stratified_sample(dataset: Dataset, size: int, seed: int) -> Dataset:
     if size >= len(dataset.labels):
         return dataset
-    index, _ = train_test_split(np.arange(len(dataset.labels)), train_size=size,
-                                stratify=dataset.labels, random_state=seed)
-    index = np.sort(index)
+    index = stratified_indices(dataset.labels, size, seed)
     return Dataset(dataset.images[index], dataset.labels[index])
 
 

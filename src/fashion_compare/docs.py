@@ -92,18 +92,26 @@ def span(low_high) -> str:
     return f"{round(low)}–{round(high)}"
 
 
-def study_tables(path: str) -> str:
-    """A seed study's tables, as plots/study*/SUMMARY.md prints them (study.tables)."""
-    from . import results, study
+@functools.cache
+def titles() -> dict:
+    """Each model's title, params.yaml's."""
+    from .params import load_params
 
-    return "\n".join(study.tables(results.load(results.StudyResult, path)))
+    return {name: spec.title for name, spec in load_params().models.items()}
+
+
+def study_tables(path: str) -> str:
+    """A seed study's tables, as plots/study*/SUMMARY.md prints them (reports.study_tables)."""
+    from . import reports, results
+
+    return "\n".join(reports.study_tables(results.load(results.StudyResult, path), titles()))
 
 
 def one_run_tables(path: str) -> str:
-    """One run's model and per-class tables, as plots/compare/SUMMARY.md prints them (comparison.tables)."""
-    from . import comparison, results
+    """One run's model and per-class tables, as plots/compare/SUMMARY.md prints them (reports.comparison_tables)."""
+    from . import reports, results
 
-    return "\n".join(comparison.tables(results.load(results.Comparison, path)))
+    return "\n".join(reports.comparison_tables(results.load(results.Comparison, path), titles()))
 
 
 def seed_groups(path: str) -> list[dict]:
@@ -123,11 +131,11 @@ def seed_groups(path: str) -> list[dict]:
 
 
 def answer_table(studies: dict) -> str:
-    """The README's answer table: {recipe title: its study's file}."""
-    from . import results, study
+    """The README's answer table: {recipe title: its study's file, or a sentence saying why it has none}."""
+    from . import reports, results
 
-    return study.answer_table({title: results.load(results.StudyResult, path) if Path(path).is_file() else None
-                               for title, path in studies.items()})
+    return reports.answer_table({title: results.load(results.StudyResult, path) if Path(path).is_file() else path
+                                 for title, path in studies.items()}, titles())
 
 
 def environment():
@@ -139,7 +147,7 @@ def environment():
                              keep_trailing_newline=True, autoescape=False,
                              extensions=["jinja2.ext.do"])
     env.globals.update(json=json, yaml=yaml, study_tables=study_tables, one_run_tables=one_run_tables,
-                       answer_table=answer_table, seed_groups=seed_groups,
+                       answer_table=answer_table, seed_groups=seed_groups, titles=titles(),
                        engine=engine, planning_power=study.PLANNING_POWER, max_planned_seeds=study.MAX_PLANNED_SEEDS)
     env.filters.update(f=f, span=span)
     return env

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix
 
-from . import CLASS_NAMES, MODEL_NAMES, PREDICTIONS_FILE
+from . import CLASS_NAMES, PREDICTIONS_FILE
 from .errors import PipelineError
 
 
@@ -40,15 +40,15 @@ def write_predictions(path, y_true, probabilities: dict):
     write_csv(path, rows, list(rows[0]))
 
 
-def read_predictions(path=PREDICTIONS_FILE) -> dict:
-    """What compare needs of the predictions file: the labels and each model's predicted class, as arrays
-    in test-set order ({"label": ..., "resnet": ..., "cnn": ...})."""
+def read_predictions(models, path=PREDICTIONS_FILE) -> dict:
+    """What compare needs of the predictions file: the labels and each of `models`' predicted class, as arrays
+    in test-set order ({"label": ..., <model>: ...})."""
     from .files import read_csv_rows
 
     rows = read_csv_rows(path, "the evaluate stage (dvc repro evaluate)")
     try:
         return {key: np.array([int(row[column]) for row in rows])
-                for key, column in (("label", "label"), *((m, f"{m}_predicted") for m in MODEL_NAMES))}
+                for key, column in (("label", "label"), *((m, f"{m}_predicted") for m in models))}
     except (KeyError, ValueError, TypeError) as error:
         raise PipelineError(f"{path}: not the evaluate stage's predictions ({error}); rerun evaluate") from None
 

@@ -1,6 +1,18 @@
-"""The two contenders: torchvision's ResNet18 for 1-channel input, and the reference experiment's small
-CNN. Plain PyTorch modules; the CPU training speed-ups for ResNet18 are in cpu_speedups.py."""
+"""The architectures a model in params.yaml can name, each a builder with its options, and nothing else:
+params.yaml's `models:` says which model is which architecture with which options and recipe, so that a new
+model is a params entry, and a new architecture a builder here.
 
+- `resnet18`: torchvision's ResNet18 for 1-channel input and 10 classes; its `stem` is `imagenet` (torchvision's:
+  a 7x7 stride-2 convolution and a stride-2 max-pool, 28x28 down to 7x7 before the first residual block) or
+  `small` (a 3x3 stride-1 convolution and no max-pool, the first residual block at 28x28).
+- `fashion_cnn`: the reference experiment's small CNN.
+
+Plain PyTorch modules; the CPU training speed-ups for ResNet18 are in cpu_speedups.py.
+"""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
 from torch import nn
 from torchvision.models import resnet18
 
@@ -8,13 +20,34 @@ from . import NUM_CLASSES
 
 IMAGE_SHAPE = (1, 28, 28)  # channels, height, width
 
+# What params.yaml compared before models were data (no `compare.baseline`): a seed folder collected then.
+LEGACY_BASELINE, LEGACY_CONTENDERS = "cnn", ("resnet",)
 
-def resnet18_grey(num_classes=NUM_CLASSES) -> nn.Module:
-    """torchvision's ResNet18 with conv1 taking one channel (same kernel, stride and padding)."""
+
+class Options(BaseModel):
+    """An architecture's options in params.yaml (`models.<name>.options`): every key known, strictly typed."""
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class ResNet18Options(Options):
+    stem: Literal["imagenet", "small"] = "imagenet"
+
+
+class NoOptions(Options):
+    pass
+
+
+def resnet18_grey(num_classes=NUM_CLASSES, stem="imagenet") -> nn.Module:
+    """torchvision's ResNet18 with conv1 taking one channel: with the `imagenet` stem the same kernel, stride and
+    padding as torchvision's; with the `small` stem a 3x3 stride-1 convolution (padding 1) and no max-pool."""
     model = resnet18(num_classes=num_classes)
     old = model.conv1
-    model.conv1 = nn.Conv2d(1, old.out_channels, kernel_size=old.kernel_size, stride=old.stride,
-                            padding=old.padding, bias=old.bias is not None)
+    if stem == "small":
+        model.conv1 = nn.Conv2d(1, old.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    else:
+        model.conv1 = nn.Conv2d(1, old.out_channels, kernel_size=old.kernel_size, stride=old.stride,
+                                padding=old.padding, bias=old.bias is not None)
     return model
 
 
@@ -49,11 +82,20 @@ class FashionCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-MODEL_BUILDERS = {"resnet": resnet18_grey, "cnn": FashionCNN}
+# architecture name -> (its builder, its options)
+ARCHITECTURES = {"resnet18": (resnet18_grey, ResNet18Options), "fashion_cnn": (FashionCNN, NoOptions)}
 
 
-def build_model(name: str) -> nn.Module:
-    return MODEL_BUILDERS[name]()
+def architecture_options(architecture: str, options: dict) -> dict:
+    """`options` validated against the architecture's, every default spelled out; a ValueError in one line."""
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture '{architecture}' (one of {', '.join(ARCHITECTURES)})")
+    return ARCHITECTURES[architecture][1].model_validate(options).model_dump()
+
+
+def build_model(architecture: str, options: dict | None = None) -> nn.Module:
+    builder, schema = ARCHITECTURES[architecture]
+    return builder(**schema.model_validate(options or {}).model_dump())
 
 
 def parameter_count(model: nn.Module) -> int:

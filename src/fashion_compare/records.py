@@ -18,7 +18,9 @@ def training_params(config, device, data_settings, train_size: int, parameter_co
 
     import torch
 
-    return {**config.model_dump(), "device": str(device), "val_fraction": data_settings.val_fraction,
+    settings = config.model_dump()
+    options = {f"options.{key}": value for key, value in settings.pop("options").items()}
+    return {**settings, **options, "device": str(device), "val_fraction": data_settings.val_fraction,
             "subset": data_settings.subset, "train_size": train_size, "torch_version": torch.__version__,
             "python_version": platform.python_version(), "parameter_count": parameter_count}
 
@@ -60,16 +62,17 @@ def evaluation_metrics(result: dict) -> dict:
     return values
 
 
-def log_evaluation(tracker: Tracker, run_id, model: str, result: dict, y_true, y_pred):
-    """Add a model's test metrics, classification report and confusion matrix to its training run."""
-    from . import MODEL_TITLES, plots
+def log_evaluation(tracker: Tracker, run_id, title: str, result: dict, y_true, y_pred):
+    """Add a model's test metrics, classification report and confusion matrix to its training run (`title`: the
+    model's, params.yaml's)."""
+    from . import plots
     from .evaluation import report_text
 
     tracker.log_metrics(run_id, evaluation_metrics(result))
     tracker.log_text(run_id, report_text(y_true, y_pred), "evaluation/classification_report.txt")
     tracker.log_dict(run_id, {k: v for k, v in result.items() if k != "mlflow_run_id"},
                      "evaluation/classification_report.json")
-    figure = plots.confusion_figure(result["confusion_matrix"], f"{MODEL_TITLES[model]}: test confusion matrix")
+    figure = plots.confusion_figure(result["confusion_matrix"], f"{title}: test confusion matrix")
     tracker.log_figure(run_id, figure, "evaluation/confusion_matrix.png")
     plots.close(figure)
 
@@ -77,19 +80,19 @@ def log_evaluation(tracker: Tracker, run_id, model: str, result: dict, y_true, y
 def comparison_run_params(child_params: dict, compare_settings: dict, seed) -> dict:
     """The params of a comparison's parent run: what shaped the comparison (`compare.*`, the seed) and the
     children's params, once where the models agree and prefixed with the model where they differ
-    (`resnet.batch_size`, `cnn.batch_size`), so that a grid of experiments sorts in the runs list.
-    `child_params`: {model: its run's params}; with a model missing, the children's params are left out."""
-    from . import MODEL_NAMES
-
+    (`<model>.batch_size`), so that a grid of experiments sorts in the runs list. `child_params`: {model: its run's
+    params}, every compared model's; with a model missing, the children's params are left out."""
     merged = {}
-    if set(child_params) == set(MODEL_NAMES):
+    compared = [compare_settings["baseline"], *compare_settings["contenders"]]
+    if set(child_params) == set(compared):
         for key in sorted(set().union(*child_params.values())):
-            values = {name: child_params[name].get(key) for name in MODEL_NAMES}
+            values = {name: child_params[name].get(key) for name in compared}
             if len(set(values.values())) == 1:
-                merged[key] = values[MODEL_NAMES[0]]
+                merged[key] = values[compared[0]]
             else:
                 merged.update({f"{name}.{key}": value for name, value in values.items()})
-    return {**merged, **{f"compare.{k}": v for k, v in compare_settings.items()}, "seed": seed}
+    settings = {**compare_settings, "contenders": " ".join(compare_settings["contenders"])}
+    return {**merged, **{f"compare.{k}": v for k, v in settings.items()}, "seed": seed}
 
 
 def comparison_metrics(verdict) -> dict:
@@ -105,10 +108,12 @@ def comparison_metrics(verdict) -> dict:
 
 
 def log_comparison(tracker: Tracker, run_id, child_run_ids: dict, figures, summary: str, result):
-    """The comparison (results.Comparison): its metrics, figures and summary in its run; the models' runs become
-    its children."""
-    tracker.log_metrics(run_id, comparison_metrics(result.verdict))
-    tracker.set_tags(run_id, {"verdict": result.verdict.decision})
+    """The comparison (results.Comparison): each contender's metrics (prefixed with its name), figures and summary
+    in its run; the models' runs become its children."""
+    for name, contender in result.contenders.items():
+        tracker.log_metrics(run_id, {f"{name}.{key}": value
+                                     for key, value in comparison_metrics(contender.verdict).items()})
+    tracker.set_tags(run_id, {f"verdict.{name}": c.verdict.decision for name, c in result.contenders.items()})
     for path in figures:
         tracker.log_artifact(run_id, path, "comparison")
     tracker.log_text(run_id, summary, "comparison/SUMMARY.md")
@@ -119,14 +124,15 @@ def log_comparison(tracker: Tracker, run_id, child_run_ids: dict, figures, summa
 
 def study_run_params(study, shared_params: dict, compare_settings) -> dict:
     """The params of a study's run: its seeds, the params every seed shares, and the verdict's settings."""
+    settings = {**compare_settings.model_dump(), "baseline": study.baseline, "contenders": " ".join(study.contenders)}
     return {"seeds": " ".join(map(str, study.seeds)), "k": study.k, **shared_params,
-            **{f"compare.{k}": v for k, v in compare_settings.model_dump().items()}}
+            **{f"compare.{k}": v for k, v in settings.items()}}
 
 
-def study_metrics(study) -> dict:
-    """A study's numbers (results.StudyResult) as MLflow metrics."""
-    gain, verdict = study.accuracy_gain, study.verdict
-    values = {"k": study.k, "accuracy_gain_mean": gain.mean, "accuracy_gain_lower": gain.ci[0],
+def contender_metrics(contender) -> dict:
+    """A contender's numbers over the seeds (results.ContenderStudy) as MLflow metrics."""
+    gain, verdict = contender.accuracy_gain, contender.verdict
+    values = {"accuracy_gain_mean": gain.mean, "accuracy_gain_lower": gain.ci[0],
               "accuracy_gain_upper": gain.ci[1], "accuracy_gain_se": gain.se, "accuracy_gain_df": gain.df,
               "accuracy_gain_se_seeds": gain.se_seeds, "accuracy_gain_se_images": gain.se_images,
               "accuracy_gain_se_interaction": gain.se_interaction,
@@ -134,13 +140,22 @@ def study_metrics(study) -> dict:
               "margin_one_sided_lower": verdict.lower, "margin_one_sided_upper": verdict.upper,
               "p_gain_at_least_margin": verdict.p_gain_at_least_margin,
               "p_null_gain_at_most_margin": verdict.p_null_gain_at_most_margin,
-              **({"train_time_ratio_median": study.train_time_ratio.median} if study.train_time_ratio else {}),
-              "p_resnet_better": study.p_resnet_better.value,
-              **({"aso_epsilon_min": study.aso_epsilon_min} if study.aso_epsilon_min is not None else {}),
+              **({"train_time_ratio_median": contender.train_time_ratio.median} if contender.train_time_ratio
+                 else {}),
+              "p_better": contender.p_better.value,
+              **({"aso_epsilon_min": contender.aso_epsilon_min} if contender.aso_epsilon_min is not None else {}),
               **{f"verdict_{d.replace(' ', '_')}": float(verdict.decision == d)
                  for d in ("worth it", "not worth it", "undecided")}}
     if verdict.plan and verdict.plan.planned_k:
         values["planned_k"] = verdict.plan.planned_k
+    return values
+
+
+def study_metrics(study) -> dict:
+    """A study's numbers (results.StudyResult) as MLflow metrics: each contender's prefixed with its name."""
+    values = {"k": study.k}
+    for name, contender in study.contenders.items():
+        values.update({f"{name}.{key}": value for key, value in contender_metrics(contender).items()})
     for model, entry in study.models.items():
         values.update({f"{model}_test_accuracy_{k}": v for k, v in dataclasses.asdict(entry.test_accuracy).items()
                        if isinstance(v, float)})
@@ -150,7 +165,7 @@ def study_metrics(study) -> dict:
 def log_study(tracker: Tracker, run_id, study, figures, summary: str):
     """The study's metrics, figures and summary in its run; every seed's runs tagged with the study and their
     seed (the runs list groups by it), each seed's comparison run a child of the study's run."""
-    tracker.set_tags(run_id, {"verdict": study.verdict.decision})
+    tracker.set_tags(run_id, {f"verdict.{name}": c.verdict.decision for name, c in study.contenders.items()})
     tracker.log_metrics(run_id, study_metrics(study))
     for path in figures:
         tracker.log_artifact(run_id, path, "study")

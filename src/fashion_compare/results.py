@@ -2,13 +2,15 @@
 written from it and read back into it (pydantic validates what is read: a missing, unknown or mistyped field
 is one line naming the file and the field).
 
-- `Comparison`: one run's comparison, metrics/compare.json (comparison.compare makes it);
+- `Comparison`: one run's comparison of each contender with the baseline, metrics/compare.json
+  (comparison.compare makes it);
 - `StudyResult`: a seed study's aggregate, metrics/study.json and metrics/study_tuned.json (study.aggregate);
 - `RunRecord`: what a study keeps of each seed's run.json (where it ran, its timings, its MLflow runs).
 
 The verdict of each (`ComparisonVerdict`, `StudyVerdict`) is uncertainty.Verdict with its context: the rule's
 fields first, as docs/method.md defines them. Dicts keyed by data (a model name, a class name) stay dicts; what
-is keyed by a field name is a dataclass. Fields named `resnet` and `cnn` are the two models (MODEL_NAMES).
+is keyed by a field name is a dataclass: no field is named after a model, every model is a key (its name in
+params.yaml's `models`), and a difference is always contender - baseline.
 """
 
 import json
@@ -18,12 +20,9 @@ from typing import TypeVar
 
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
-from . import MODEL_NAMES
 from .errors import PipelineError
 from .files import read_json, write_json
 from .uncertainty import McNemar, Verdict
-
-assert MODEL_NAMES == ("resnet", "cnn"), "the fields named resnet and cnn below are the two models"
 
 Interval = tuple[float, float]
 Result = TypeVar("Result")
@@ -53,26 +52,13 @@ class ModelResult:
 
 
 @result
-class PairIntervals:
-    resnet: Interval
-    cnn: Interval
-    difference: Interval
-
-
-@result
 class MetricComparison:
-    """One class's metric for both models and their difference (ResNet18 - CNN), each with its interval."""
-    resnet: float
-    cnn: float
+    """One class's metric for the contender and the baseline ({model: value}) and their difference (contender -
+    baseline), each with its interval."""
+    values: dict[str, float]
+    intervals: dict[str, Interval]
     difference: float
-    ci: PairIntervals
-
-    def value(self, side: str) -> float:
-        """`side`: a model name or "difference"."""
-        return getattr(self, side)
-
-    def interval(self, side: str) -> Interval:
-        return getattr(self.ci, side)
+    difference_ci: Interval
 
 
 @result
@@ -91,7 +77,8 @@ class ClassComparison:
 
 @result
 class ComparisonVerdict(Verdict):
-    """The rule's verdict on one run's test images (Verdict's fields), with the gains and costs beside it."""
+    """The rule's verdict on one run's test images (Verdict's fields) for one contender, with the gains and costs
+    beside it (each a ratio contender / baseline)."""
     accuracy_gain: float
     accuracy_gain_ci: Interval
     accuracy_gain_se: float
@@ -110,10 +97,17 @@ class ComparisonVerdict(Verdict):
 
 
 @result
-class Comparison:
-    models: dict[str, ModelResult]
-    per_class: dict[str, ClassComparison]  # in CLASS_NAMES order
+class ContenderComparison:
+    """One contender against the baseline: per class (in CLASS_NAMES order) and its verdict."""
+    per_class: dict[str, ClassComparison]
     verdict: ComparisonVerdict
+
+
+@result
+class Comparison:
+    baseline: str
+    models: dict[str, ModelResult]  # every compared model, the contenders then the baseline
+    contenders: dict[str, ContenderComparison]
     mlflow_run_id: str | None = None  # the compare stage's MLflow run (None: tracking off)
 
 
@@ -160,7 +154,7 @@ class VarianceComponents:
 
 @result
 class GainEstimate:
-    """The paired accuracy gain (ResNet18 - CNN) over seeds and test images (uncertainty.Estimate, stored)."""
+    """The paired accuracy gain (contender - baseline) over seeds and test images (uncertainty.Estimate, stored)."""
     mean: float
     ci: Interval
     se: float
@@ -178,7 +172,7 @@ class GainEstimate:
 
 @result
 class Superiority:
-    """P(ResNet18 > CNN): the share of seeds won, with its exact interval."""
+    """P(contender > baseline): the share of seeds it won, with its exact interval."""
     value: float
     exact_ci: Interval
     seeds_won: int
@@ -195,8 +189,7 @@ class ClassDifference:
     p_value: float
     holm_p_value: float
     winner: str
-    resnet_f1_mean: float
-    cnn_f1_mean: float
+    f1_mean: dict[str, float]  # the contender's and the baseline's
 
 
 @result
@@ -225,21 +218,23 @@ class RunRecord:
 
 
 @result
-class SeedResult:
-    """One seed's run judged alone: its gain over its test images, the one-sided bounds the rule uses, McNemar's
-    p, the rule's single-run verdict, and its run record."""
-    seed: int
-    resnet_test_accuracy: float
-    cnn_test_accuracy: float
+class SeedGain:
+    """One contender's gain in one seed's run judged alone: over its test images, the one-sided bounds the rule
+    uses, McNemar's p, the rule's single-run verdict."""
     accuracy_gain: float
     accuracy_gain_ci: Interval
     accuracy_gain_one_sided: Interval
     mcnemar_p: float
     single_run_decision: str
-    run: RunRecord
 
-    def test_accuracy(self, model: str) -> float:
-        return getattr(self, f"{model}_test_accuracy")
+
+@result
+class SeedResult:
+    """One seed's run: each model's test accuracy, each contender's gain judged alone, and its run record."""
+    seed: int
+    test_accuracy: dict[str, float]
+    contenders: dict[str, SeedGain]
+    run: RunRecord
 
 
 @result
@@ -250,7 +245,7 @@ class CpuKindGain:
 
 @result
 class CostRatio:
-    """ResNet18's training time over the CNN's, over the seeds."""
+    """A contender's training time over the baseline's, over the seeds."""
     median: float
     min: float
     max: float
@@ -276,20 +271,27 @@ class StudyVerdict(Verdict):
 
 
 @result
+class ContenderStudy:
+    """One contender against the baseline over the seeds."""
+    accuracy_gain: GainEstimate
+    p_better: Superiority
+    aso_epsilon_min: float | None
+    per_class: dict[str, ClassDifference]  # in CLASS_NAMES order
+    per_cpu_kind: dict[str, CpuKindGain] | None  # CpuKind.label -> its seeds (None: one kind)
+    train_time_ratio: CostRatio | None  # None: no seed recorded its times
+    verdict: StudyVerdict
+
+
+@result
 class StudyResult:
     seeds: tuple[int, ...]
     k: int
     n_images: int
     failed_seeds: dict[str, str]  # seed -> why
-    models: dict[str, StudyModel]
-    accuracy_gain: GainEstimate
-    p_resnet_better: Superiority
-    aso_epsilon_min: float | None
-    per_class: dict[str, ClassDifference]  # in CLASS_NAMES order
+    baseline: str
+    models: dict[str, StudyModel]  # every compared model, the contenders then the baseline
+    contenders: dict[str, ContenderStudy]
     per_seed: tuple[SeedResult, ...]
-    per_cpu_kind: dict[str, CpuKindGain] | None  # CpuKind.label -> its seeds (None: one kind)
-    train_time_ratio: CostRatio | None  # None: no seed recorded its times
-    verdict: StudyVerdict
     mlflow_run_id: str | None = None  # the MLflow run that first logged these figures (None: tracking off)
 
 

@@ -19,14 +19,13 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from . import MODEL_NAMES, NUM_CLASSES, PREDICTIONS_FILE, results, study
+from . import NUM_CLASSES, PREDICTIONS_FILE, results, study
 from .errors import PipelineError
 from .files import read_csv_rows, read_json, together, write_json, write_text
 from .tools import cpu_kind
 
 LOG_DIR = Path("logs/study")  # each seed's whole output, kept when it fails (git-ignored)
-SEED_METRICS = ("data", "train_resnet", "train_cnn", "evaluate", "compare", "headline")
-PREDICTION_FIELDS = ["image", "label", *MODEL_NAMES]
+SEED_METRICS = ("data", "evaluate", "compare", "headline")  # and each compared model's train_<model>.json
 TUNED_RECIPE_FILE = Path("metrics/tuning/recipe.yaml")  # tuning.py writes it: each model's chosen recipe
 PILOT_SEEDS = 5  # a tuned study's first stage: the first five of study.seeds, then the planned k (study.plan)
 TUNED_MAX_SEEDS = 10  # a tuned study's plan stops there (a tuned seed costs more; the reference's cap is study's)
@@ -38,7 +37,7 @@ class Recipe:
     tuned one (each model's section overridden by TUNED_RECIPE_FILE)."""
 
     name: str = "reference"
-    overrides: dict = field(default_factory=dict)  # {"resnet.lr": 0.002, ...}: set for every seed
+    overrides: dict = field(default_factory=dict)  # {"models.<name>.recipe.lr": 0.002, ...}: set for every seed
 
     @property
     def suffix(self) -> str:
@@ -112,10 +111,10 @@ def load_recipe(name: str) -> Recipe:
     if not TUNED_RECIPE_FILE.is_file():
         raise PipelineError(f"{TUNED_RECIPE_FILE}: not found; run `make tune` first (it chooses each model's recipe)")
     chosen = yaml.safe_load(TUNED_RECIPE_FILE.read_text(encoding="utf-8"))
-    if not isinstance(chosen, dict) or set(chosen) != set(MODEL_NAMES):
-        raise PipelineError(f"{TUNED_RECIPE_FILE}: expected a recipe for each of {', '.join(MODEL_NAMES)}; "
-                            "run `make tune` again")
-    return Recipe("tuned", {f"{model}.{key}": value for model in MODEL_NAMES for key, value in chosen[model].items()})
+    if not isinstance(chosen, dict) or not chosen or not all(isinstance(recipe, dict) for recipe in chosen.values()):
+        raise PipelineError(f"{TUNED_RECIPE_FILE}: expected a recipe for each tuned model; run `make tune` again")
+    return Recipe("tuned", {f"models.{model}.recipe.{key}": value
+                            for model, recipe in chosen.items() for key, value in recipe.items()})
 
 
 # ------------------------------------------------------------------------------ seed folders
@@ -152,24 +151,33 @@ def seed_files(seed: int, read, fingerprint: str, source: dict) -> dict:
     """The files of a seed's result folder, {name: text}, from a finished run of its pipeline: `read(path)` gives
     a file of that run's workspace as text; run.json records `source` (where it ran), the code fingerprint, the
     CPU kind, threads and timings, and a checksum of the predictions kept (checked at every aggregate)."""
-    rows = [{"image": row["image"], "label": row["label"], **{m: row[f"{m}_predicted"] for m in MODEL_NAMES}}
+    baseline, contenders = study.compared_models(yaml.safe_load(read("params.yaml")))
+    compared = (*contenders, baseline)
+    rows = [{"image": row["image"], "label": row["label"], **{m: row[f"{m}_predicted"] for m in compared}}
             for row in csv.DictReader(io.StringIO(read(PREDICTIONS_FILE)))]
     predictions = io.StringIO(newline="")
-    writer = csv.DictWriter(predictions, fieldnames=PREDICTION_FIELDS)  # as files.write_csv writes it
+    writer = csv.DictWriter(predictions, fieldnames=prediction_fields(compared))  # as files.write_csv writes it
     writer.writeheader()
     writer.writerows(rows)
-    train = {m: json.loads(read(f"metrics/train_{m}.json")) for m in MODEL_NAMES}
+    train = {m: json.loads(read(f"metrics/train/{m}.json")) for m in compared}
     files = {f"{metric}.json": read(f"metrics/{metric}.json") for metric in SEED_METRICS}
-    files.update({f"{model}_epochs.csv": read(f"plots/train/{model}_epochs.csv") for model in MODEL_NAMES})
+    files.update({f"train_{m}.json": read(f"metrics/train/{m}.json") for m in compared})
+    files.update({f"{model}_epochs.csv": read(f"plots/train/{model}_epochs.csv") for model in compared})
     files.update({"predictions.csv": predictions.getvalue(), "params.yaml": read("params.yaml")})
     files["run.json"] = json.dumps({
         "seed": seed, **source, "code": fingerprint, "cpu": cpu_kind()["name"], "cpu_kind": cpu_kind(),
-        "threads": {m: train[m]["threads"] for m in MODEL_NAMES},
-        "train_seconds": {m: train[m]["train_seconds"] for m in MODEL_NAMES},
+        "threads": {m: train[m]["threads"] for m in compared},
+        "train_seconds": {m: train[m]["train_seconds"] for m in compared},
         "predictions_sha256": hashlib.sha256(predictions.getvalue().encode("utf-8")).hexdigest(),
-        "mlflow_run_ids": {**{m: train[m]["mlflow_run_id"] for m in MODEL_NAMES},
+        "mlflow_run_ids": {**{m: train[m]["mlflow_run_id"] for m in compared},
                            "compare": json.loads(read("metrics/compare.json")).get("mlflow_run_id")}}, indent=2) + "\n"
     return files
+
+
+def prediction_fields(compared) -> list:
+    """A seed folder's predictions.csv header: the image, its label, each compared model's class (the contenders,
+    then the baseline)."""
+    return ["image", "label", *compared]
 
 
 def write_seed_folder(folder: Path, files: dict):
@@ -205,13 +213,13 @@ def _refuse(path, what, remedy) -> PipelineError:
     return study.StudyError(f"{path}: {what}; {remedy}")
 
 
-def _prediction_columns(path, rows, remedy) -> list:
-    columns = [[] for _ in PREDICTION_FIELDS]
+def _prediction_columns(path, rows, fields, remedy) -> list:
+    columns = [[] for _ in fields]
     for row_number, row in enumerate(rows, start=2):
         values = [int(value) if isinstance(value, str) and value.strip().lstrip("-").isdigit() else None
                   for value in row.values()]
-        if len(values) != len(PREDICTION_FIELDS) or None in values:
-            raise _refuse(path, f"row {row_number}: {list(row.values())} is not {len(PREDICTION_FIELDS)} integers",
+        if len(values) != len(fields) or None in values:
+            raise _refuse(path, f"row {row_number}: {list(row.values())} is not {len(fields)} integers",
                           remedy)
         image, *classes = values
         if image != row_number - 2:
@@ -224,9 +232,9 @@ def _prediction_columns(path, rows, remedy) -> list:
     return columns
 
 
-def load_predictions(folder: Path, seed: int, info: dict) -> dict:
-    """A seed's predictions.csv, validated: its checksum as collected, the header, image ids 0..n-1 in order,
-    labels and predictions classes 0-9. {"label", "resnet", "cnn": arrays}."""
+def load_predictions(folder: Path, seed: int, info: dict, compared) -> dict:
+    """A seed's predictions.csv, validated: its checksum as collected, the header (`compared`: its models, the
+    contenders then the baseline), image ids 0..n-1 in order, labels and predictions classes 0-9. {"label", <model>: arrays}."""
     path = folder / "predictions.csv"
     remedy = f"restore it (git checkout -- {path}) or run seed {seed} again (remove {folder}, make study)"
     if info.get("predictions_sha256") != sha256(path):
@@ -236,10 +244,11 @@ def load_predictions(folder: Path, seed: int, info: dict) -> dict:
     rows = read_csv_rows(path, f"seed {seed} again (remove {folder}, make study)")
     if not rows:
         raise _refuse(path, "holds no predictions", remedy)
-    if list(rows[0]) != PREDICTION_FIELDS:
-        raise _refuse(path, f"header is {list(rows[0])}, expected {PREDICTION_FIELDS}", remedy)
-    columns = _prediction_columns(path, rows, remedy)
-    return {name: np.array(column) for name, column in zip(PREDICTION_FIELDS[1:], columns[1:])}
+    fields = prediction_fields(compared)
+    if list(rows[0]) != fields:
+        raise _refuse(path, f"header is {list(rows[0])}, expected {fields}", remedy)
+    columns = _prediction_columns(path, rows, fields, remedy)
+    return {name: np.array(column) for name, column in zip(fields[1:], columns[1:])}
 
 
 def load_seed(folder: Path, seed: int) -> study.SeedRun:
@@ -259,7 +268,8 @@ def load_seed(folder: Path, seed: int) -> study.SeedRun:
                                    "name": info.get("cpu", "unknown CPU")}  # collected before kinds were recorded
     record = results.parse(results.RunRecord, {"cpu_kind": cpu, "train_seconds": info["train_seconds"],
                                                "mlflow_run_ids": info["mlflow_run_ids"]}, folder / "run.json")
-    return study.SeedRun(seed, params, load_predictions(folder, seed, info), record)
+    baseline, contenders = study.compared_models(params)
+    return study.SeedRun(seed, params, load_predictions(folder, seed, info, (*contenders, baseline)), record)
 
 
 def load_study(recipe: Recipe, seeds: list):

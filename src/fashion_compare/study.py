@@ -1,23 +1,25 @@
-"""A seed study: is ResNet18 worth its cost over the CNN on this data, over k paired training runs?
+"""A seed study: is each contender worth its cost over the baseline on this data, over k paired training runs?
 
 One training run per model answers "do these two checkpoints differ on these 10,000 test images": its
 interval covers test-set sampling only. Training randomness (initialisation, batch order, dropout, the
-validation split) moves the answer too (Bouthillier et al., MLSys 2021). A study trains both models once per
-seed, with everything else equal, and every number below covers both sources of noise: per image and seed,
+validation split) moves the answer too (Bouthillier et al., MLSys 2021). A study trains every compared model once
+per seed, with everything else equal, and every number below covers both sources of noise: per image and seed,
 the correctness difference (or a metric's per-image contribution) is decomposed over seeds x test images
 (uncertainty.two_way: a two-way random-effects model, the interaction counted once, Satterthwaite's degrees
 of freedom). What comes out:
-- each model's test accuracy and the paired gain (ResNet18 - CNN): mean, interval, and the standard error
-  each source gives alone; the seeds-only t-interval beside it, labelled as what it covers;
+- each model's test accuracy and each contender's paired gain (contender - baseline): mean, interval, and the
+  standard error each source gives alone; the seeds-only t-interval beside it, labelled as what it covers;
 - the verdict against the margin (compare.min_accuracy_gain, compare.alpha): "worth it" when the one-sided
   (1 - alpha) lower bound of the gain reaches the margin, "not worth it" when the upper bound stays below it,
-  else "undecided", with P(gain >= margin) and, when undecided, how many seeds would likely decide (`plan`);
+  else "undecided" (Holm's across several contenders), with P(gain >= margin) and, when undecided, how many
+  seeds would likely decide (`plan`);
 - per class: the F1 difference with its interval, Holm-adjusted p-values across the classes (a class is won
   only after adjustment) and Bonferroni-adjusted intervals for the figure;
-- P(ResNet18 > CNN), the share of seeds won, with its exact interval; Almost Stochastic Order's eps_min
+- P(contender > baseline), the share of seeds won, with its exact interval; Almost Stochastic Order's eps_min
   (Dror et al. 2019; deepsig) on the per-seed accuracies, reported beside the verdict, not part of it;
 - each seed's own single-run verdict, by the same rule on its test images alone.
 Everything is computed from each seed's per-image test predictions (numpy, scipy, statsmodels; seconds).
+reports.py writes it in words, tables and plot rows.
 """
 
 from dataclasses import asdict, dataclass
@@ -25,16 +27,18 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import stats
 
-from . import CLASS_NAMES, MODEL_NAMES, MODEL_TITLES
+from . import CLASS_NAMES
 from .errors import PipelineError
 from .results import (
     AccuracyEstimate,
     ClassDifference,
+    ContenderStudy,
     CostRatio,
     CpuKindGain,
     GainEstimate,
     Plan,
     RunRecord,
+    SeedGain,
     SeedResult,
     Spread,
     StudyModel,
@@ -43,9 +47,8 @@ from .results import (
     Superiority,
     VarianceComponents,
 )
-from .uncertainty import NO_WINNER, Estimate, decide, mcnemar_exact, pseudo_values, scores, two_way, winner
+from .uncertainty import NO_WINNER, Estimate, decide_each, mcnemar_exact, pseudo_values, scores, two_way
 
-DEEP, SMALL = MODEL_NAMES
 MIN_SEEDS = 2
 MAX_PLANNED_SEEDS = 20  # the two-stage plan's cap: a study that needs more says so instead of running on
 PLANNING_POWER = 0.8  # the chance, at the planned k, that the interval clears the margin if the estimate holds
@@ -62,8 +65,24 @@ class SeedRun:
     its run record (None where none was kept: a made-up run)."""
     seed: int
     params: dict
-    predictions: dict  # {"label": array, "resnet": array, "cnn": array}
+    predictions: dict  # {"label": array, <model>: array, ...}
     record: RunRecord | None = None
+
+    @property
+    def compared(self) -> tuple[str, tuple[str, ...]]:
+        """(the baseline, the contenders) its params compared."""
+        return compared_models(self.params)
+
+
+def compared_models(params: dict) -> tuple[str, tuple[str, ...]]:
+    """(baseline, contenders) of a seed's params.yaml; one written before models were data compared the pair
+    models.LEGACY_BASELINE and LEGACY_CONTENDERS."""
+    from .models import LEGACY_BASELINE, LEGACY_CONTENDERS
+
+    section = params.get("compare") or {}
+    if "baseline" not in section:
+        return LEGACY_BASELINE, LEGACY_CONTENDERS
+    return section["baseline"], tuple(section["contenders"])
 
 
 def flatten(params: dict, prefix="") -> dict:
@@ -81,6 +100,7 @@ def flatten(params: dict, prefix="") -> dict:
 # its statistics (the aggregate applies today's `compare` to every seed alike), the study's own settings.
 IGNORED_PARAMS = {"seed", "threads", "evaluate.latency_repeats"}
 IGNORED_SECTIONS = ("study.", "compare.", "tracking.", "tune.")
+COMPARED_PARAMS = {"compare.baseline", "compare.contenders"}  # in compare, but they choose what is trained
 
 
 # The recipe knobs a model section gained after seeds were committed, with the values that trained as before:
@@ -89,9 +109,17 @@ RECIPE_DEFAULTS = {"weight_decay": 0.0, "augment": "none"}
 
 
 def with_recipe_defaults(params: dict) -> dict:
-    """`params` with each model section's recipe knobs spelled out, as params.yaml has them today."""
+    """`params` with each model's recipe knobs spelled out: today's params.yaml through its validation (every
+    default), one written before models were data by RECIPE_DEFAULTS."""
+    if "models" in params:
+        from .params import Params
+
+        try:
+            return Params.model_validate({**params, "tune": None}).model_dump(exclude={"tune"})
+        except Exception:  # noqa: BLE001 - not valid today: compared as written
+            return params
     params = {**params}
-    for model in MODEL_NAMES:
+    for model in (*compared_models(params)[1], compared_models(params)[0]):
         if isinstance(params.get(model), dict) and "schedule" not in params[model]:
             section = {**RECIPE_DEFAULTS, **params[model]}
             section["schedule"] = "step" if section.get("step_size") else "constant"
@@ -103,7 +131,7 @@ def comparable_params(params: dict) -> dict:
     """The params that must agree across a study's seeds: all but those that may differ (above), the recipe
     knobs spelled out (with_recipe_defaults)."""
     return {key: value for key, value in flatten(with_recipe_defaults(params)).items()
-            if key not in IGNORED_PARAMS and not key.startswith(IGNORED_SECTIONS)}
+            if key not in IGNORED_PARAMS and (key in COMPARED_PARAMS or not key.startswith(IGNORED_SECTIONS))}
 
 
 def check_distinct(seeds, where="study.seeds"):
@@ -189,38 +217,43 @@ def plan(gain: Estimate, margin: float, alpha: float, power=PLANNING_POWER, cap=
     return Plan(power, cap, float(np.sqrt(floor)), needed, needed <= cap)
 
 
-def per_seed_results(runs, accuracy, correct, settings) -> tuple[SeedResult, ...]:
-    """Each seed's single run judged alone: its gain, that gain's interval and the one-sided bounds the rule
-    uses, over its test images only, McNemar's test, the verdict the same rule gives on those images, and the
-    run's record (CPU kind, training times, MLflow runs, as its run.json holds them)."""
+def per_seed_results(runs, accuracy, correct, baseline, settings) -> tuple[SeedResult, ...]:
+    """Each seed's single run: each model's accuracy and each contender judged alone: its gain, that gain's interval
+    and the one-sided bounds the rule uses, over its test images only, McNemar's test, the verdict the same rule
+    gives on those images (Holm's across several contenders), and the run's record (CPU kind, training times,
+    MLflow runs, as its run.json holds them)."""
     rows = []
+    contenders = [m for m in correct if m != baseline]
     for index, run in enumerate(runs):
-        single = two_way(correct[DEEP][index] - correct[SMALL][index])
-        mcnemar = mcnemar_exact(run.predictions["label"], run.predictions[DEEP], run.predictions[SMALL])
-        verdict = decide(single, settings.min_accuracy_gain, settings.alpha)
-        rows.append(SeedResult(run.seed, float(accuracy[DEEP][index]), float(accuracy[SMALL][index]), single.mean,
-                               single.interval(settings.confidence), (verdict.lower, verdict.upper),
-                               mcnemar.p_value, verdict.decision, run.record))
+        singles = {c: two_way(correct[c][index] - correct[baseline][index]) for c in contenders}
+        verdicts = decide_each(singles, settings.min_accuracy_gain, settings.alpha)
+        gains = {c: SeedGain(singles[c].mean, singles[c].interval(settings.confidence),
+                             (verdicts[c].lower, verdicts[c].upper),
+                             mcnemar_exact(run.predictions["label"], run.predictions[c],
+                                           run.predictions[baseline]).p_value, verdicts[c].decision)
+                 for c in contenders}
+        rows.append(SeedResult(run.seed, {m: float(accuracy[m][index]) for m in correct}, gains, run.record))
     return tuple(rows)
 
 
-def training_cost(runs) -> CostRatio | None:
-    """ResNet18's training time over the small CNN's, per seed (from each seed's run.json): median and range
+def training_cost(runs, contender: str, baseline: str) -> CostRatio | None:
+    """A contender's training time over the baseline's, per seed (from each seed's run.json): median and range
     (None when no seed recorded its times)."""
-    ratios = [run.record.train_seconds[DEEP] / run.record.train_seconds[SMALL] for run in runs if run.record]
+    ratios = [run.record.train_seconds[contender] / run.record.train_seconds[baseline] for run in runs if run.record]
     if not ratios:
         return None
     return CostRatio(float(np.median(ratios)), float(min(ratios)), float(max(ratios)))
 
 
-def class_differences(runs, settings) -> dict[str, ClassDifference]:
-    """Per class, the F1 difference over seeds with its interval from both sources, its Holm-adjusted p-value
-    across the classes (checked against statsmodels), and a Bonferroni-adjusted interval."""
+def class_differences(runs, contender: str, baseline: str, settings) -> dict[str, ClassDifference]:
+    """Per class, a contender's F1 difference over seeds with its interval from both sources, its Holm-adjusted
+    p-value across the classes (statsmodels), and a Bonferroni-adjusted interval."""
     from statsmodels.stats.multitest import multipletests
 
     contributions = {m: np.stack([pseudo_values(run.predictions["label"], run.predictions[m])["f1"] for run in runs])
-                     for m in MODEL_NAMES}  # seeds x classes x images
-    estimates = [two_way(contributions[DEEP][:, c] - contributions[SMALL][:, c]) for c in range(len(CLASS_NAMES))]
+                     for m in (contender, baseline)}  # seeds x classes x images
+    estimates = [two_way(contributions[contender][:, c] - contributions[baseline][:, c])
+                 for c in range(len(CLASS_NAMES))]
     p_values = [estimate.p_value() for estimate in estimates]
     adjusted = multipletests(p_values, alpha=1 - settings.confidence, method="holm")[1]
     simultaneous = 1 - (1 - settings.confidence) / len(CLASS_NAMES)
@@ -229,8 +262,9 @@ def class_differences(runs, settings) -> dict[str, ClassDifference]:
         significant = adjusted[c] < 1 - settings.confidence
         differences[name] = ClassDifference(
             estimate.mean, estimate.interval(settings.confidence), estimate.interval(simultaneous), estimate.se,
-            p_values[c], float(adjusted[c]), (DEEP if estimate.mean > 0 else SMALL) if significant else NO_WINNER,
-            *(float(contributions[m][:, c].mean()) for m in (DEEP, SMALL)))
+            p_values[c], float(adjusted[c]),
+            (contender if estimate.mean > 0 else baseline) if significant else NO_WINNER,
+            {m: float(contributions[m][:, c].mean()) for m in (contender, baseline)})
     return differences
 
 
@@ -263,190 +297,66 @@ def gain_estimate(gain: Estimate, gains: np.ndarray, confidence: float) -> GainE
 
 def aggregate(runs: list[SeedRun], settings, failed: dict | None = None,
               max_seeds: int = MAX_PLANNED_SEEDS) -> StudyResult:
-    """The study's numbers (see the module's docstring). `settings`: params.yaml's compare section (margin,
-    alpha, confidence); `failed`: {seed: why} of seeds that did not finish, reported; `max_seeds`: the plan's cap."""
+    """The study's numbers (see the module's docstring). The baseline and contenders are those the seeds compared;
+    `settings`: params.yaml's compare section (margin, alpha, confidence); `failed`: {seed: why} of seeds that did
+    not finish, reported; `max_seeds`: the plan's cap."""
     check_runs(runs)
     runs = sorted(runs, key=lambda run: run.seed)
     seeds = [run.seed for run in runs]
+    baseline, contenders = runs[0].compared
+    compared = (*contenders, baseline)
     confidence, margin, alpha = settings.confidence, settings.min_accuracy_gain, settings.alpha
     correct = {m: np.stack([pseudo_values(run.predictions["label"], run.predictions[m])["accuracy"] for run in runs])
-               for m in MODEL_NAMES}  # seeds x images, 0/1
-    accuracy = {m: correct[m].mean(axis=1) for m in MODEL_NAMES}
+               for m in compared}  # seeds x images, 0/1
+    accuracy = {m: correct[m].mean(axis=1) for m in compared}
     macro_f1 = {m: np.array([scores(run.predictions["label"], run.predictions[m])["macro_f1"] for run in runs])
-                for m in MODEL_NAMES}
-    gains = accuracy[DEEP] - accuracy[SMALL]
-    gain = two_way(correct[DEEP] - correct[SMALL])
-    verdict = decide(gain, margin, alpha)
-    per_seed = per_seed_results(runs, accuracy, correct, settings)
-    undecided = verdict.decision == "undecided"
-    decided = StudyVerdict(**asdict(verdict), confidence=confidence,
-                           plan=plan(gain, margin, alpha, cap=max_seeds) if undecided else None,
-                           single_runs_saying_otherwise=sum(row.single_run_decision != verdict.decision
-                                                            for row in per_seed))
+                for m in compared}
+    gain = {c: two_way(correct[c] - correct[baseline]) for c in contenders}
+    verdicts = decide_each(gain, margin, alpha)
+    per_seed = per_seed_results(runs, accuracy, correct, baseline, settings)
+    results = {}
+    for c in contenders:
+        gains, verdict = accuracy[c] - accuracy[baseline], verdicts[c]
+        decided = StudyVerdict(
+            **asdict(verdict), confidence=confidence,
+            plan=plan(gain[c], margin, alpha, cap=max_seeds) if verdict.decision == "undecided" else None,
+            single_runs_saying_otherwise=sum(row.contenders[c].single_run_decision != verdict.decision
+                                             for row in per_seed))
+        results[c] = ContenderStudy(
+            accuracy_gain=gain_estimate(gain[c], gains, confidence),
+            p_better=probability_of_superiority(gains, confidence),
+            aso_epsilon_min=almost_stochastic_order(accuracy[c], accuracy[baseline], confidence, seeds[0]),
+            per_class=class_differences(runs, c, baseline, settings), per_cpu_kind=per_cpu_kind(runs, gains),
+            train_time_ratio=training_cost(runs, c, baseline), verdict=decided)
     return StudyResult(
-        seeds=tuple(seeds), k=len(runs), n_images=gain.n,
-        failed_seeds={str(seed): why for seed, why in sorted((failed or {}).items())},
+        seeds=tuple(seeds), k=len(runs), n_images=correct[baseline].shape[1],
+        failed_seeds={str(seed): why for seed, why in sorted((failed or {}).items())}, baseline=baseline,
         models={m: StudyModel(accuracy_estimate(correct[m], confidence), seeds_only_interval(accuracy[m], confidence),
-                              spread(macro_f1[m])) for m in MODEL_NAMES},
-        accuracy_gain=gain_estimate(gain, gains, confidence),
-        p_resnet_better=probability_of_superiority(gains, confidence),
-        aso_epsilon_min=almost_stochastic_order(accuracy[DEEP], accuracy[SMALL], confidence, seeds[0]),
-        per_class=class_differences(runs, settings), per_seed=per_seed, per_cpu_kind=per_cpu_kind(runs, gains),
-        train_time_ratio=training_cost(runs), verdict=decided)
-
-
-PLOT_TABLES = ("accuracy_per_seed.csv", "gain_per_seed.csv", "noise_sources.csv", "f1_difference.csv")
-
-
-def plot_rows(study: StudyResult):
-    """DVC plot data: (file name, rows, fields) for plots/study/, one per PLOT_TABLES."""
-    title = lambda key: MODEL_TITLES.get(key, key)  # noqa: E731
-    accuracy = []
-    for model in MODEL_NAMES:
-        entry = study.models[model].test_accuracy
-        accuracy += [{"model": MODEL_TITLES[model], "seed": row.seed, "test_accuracy": row.test_accuracy(model),
-                      "mean": entry.mean, "mean_lower": entry.ci[0], "mean_upper": entry.ci[1]}
-                     for row in study.per_seed]
-    margin, gain = study.verdict.margin, study.accuracy_gain
-    gains = [{"run": f"seed {row.seed}", "gain": row.accuracy_gain, "lower": row.accuracy_gain_ci[0],
-              "upper": row.accuracy_gain_ci[1], "winner": title(winner(*row.accuracy_gain_ci)), "margin": margin}
-             for row in study.per_seed]
-    gains.append({"run": f"mean of {study.k} seeds", "gain": gain.mean, "lower": gain.ci[0], "upper": gain.ci[1],
-                  "winner": title(winner(*gain.ci)), "margin": margin})
-    components = [{"source": source, "se_points": 100 * se} for source, se in (
-        ("seeds (training randomness)", gain.se_seeds), ("test images (test-set sampling)", gain.se_images),
-        ("seed x image interaction (in both above)", gain.se_interaction), ("both sources, combined", gain.se))]
-    classes = [{"class": name, "difference": entry.f1_difference_mean, "lower": entry.f1_difference_adjusted_ci[0],
-                "upper": entry.f1_difference_adjusted_ci[1], "winner": title(entry.winner),
-                "holm_p_value": entry.holm_p_value} for name, entry in study.per_class.items()]
-    return list(zip(PLOT_TABLES, (accuracy, gains, components, classes), (
-        ["model", "seed", "test_accuracy", "mean", "mean_lower", "mean_upper"],
-        ["run", "gain", "lower", "upper", "winner", "margin"], ["source", "se_points"],
-        ["class", "difference", "lower", "upper", "winner", "holm_p_value"])))
+                              spread(macro_f1[m])) for m in compared},
+        contenders=results, per_seed=per_seed)
 
 
 def next_step(study: StudyResult, study_seeds: list, recipe="reference") -> str | None:
-    """What to run next when the study is undecided: the planned seeds (the reference's in params.yaml's
-    study.seeds, another recipe's named to `make study`), or why more seeds cannot decide."""
-    planned = study.verdict.plan
-    if study.verdict.decision != "undecided" or planned is None:
+    """What to run next when a contender is undecided: the planned seeds (the most any undecided contender plans;
+    the reference's in params.yaml's study.seeds, another recipe's named to `make study`), or why more seeds
+    cannot decide."""
+    plans = [c.verdict.plan for c in study.contenders.values() if c.verdict.decision == "undecided" and c.verdict.plan]
+    if not plans:
         return None
-    if not planned.more_seeds_can_decide:
+    decidable = [p for p in plans if p.more_seeds_can_decide]
+    if not decidable:
+        planned = plans[0]
         if planned.planned_k is None:
             return ("more seeds cannot decide: the test set alone (standard error "
                     f"{100 * planned.test_set_floor_se:.2f} points) is too wide for the margin; the answer "
                     "stays undecided on these 10,000 test images")
         return (f"about {planned.planned_k} seeds would be needed, beyond this project's cap of {planned.cap}; "
                 "the answer stays undecided")
-    extra = list(range(max(study_seeds) + 1, max(study_seeds) + 1 + planned.planned_k - study.k))
+    planned_k = max(p.planned_k for p in decidable)
+    extra = list(range(max(study_seeds) + 1, max(study_seeds) + 1 + planned_k - study.k))
     if recipe != "reference":
-        return (f"the plan's second stage: k = {planned.planned_k}; run `make study RECIPE={recipe} "
+        return (f"the plan's second stage: k = {planned_k}; run `make study RECIPE={recipe} "
                 f"SEEDS=\"{' '.join(map(str, extra))}\"` (then decide once, at that k)")
     seeds = ", ".join(map(str, [*study_seeds, *extra]))
-    return (f"the plan's second stage: k = {planned.planned_k}; set `study.seeds: [{seeds}]` in params.yaml, "
+    return (f"the plan's second stage: k = {planned_k}; set `study.seeds: [{seeds}]` in params.yaml, "
             "commit, and run `make study` (then decide once, at that k)")
-
-
-def _pp(value) -> str:
-    return f"{100 * value:+.2f}"
-
-
-def _points(interval) -> str:
-    return f"[{_pp(interval[0])}, {_pp(interval[1])}]"
-
-
-def tables(study: StudyResult) -> list:
-    """The study's tables (models, standard errors, seeds, classes), markdown lines, as SUMMARY.md prints them."""
-    level, one_sided = f"{study.verdict.confidence:.0%}", f"{1 - study.verdict.alpha:.0%}"
-    deep, small, gain = MODEL_TITLES[DEEP], MODEL_TITLES[SMALL], study.accuracy_gain
-    lines = [f"| model | test accuracy, mean ({level} interval, both sources) | sd over seeds | min | max | "
-             "macro F1, mean |", "|---|---|---|---|---|---|"]
-    for model, title in ((DEEP, deep), (SMALL, small)):
-        acc, f1 = study.models[model].test_accuracy, study.models[model].macro_f1
-        lines.append(f"| {title} | {acc.mean:.4f} [{acc.ci[0]:.4f}, {acc.ci[1]:.4f}] | {acc.sd:.4f} | "
-                     f"{acc.min:.4f} | {acc.max:.4f} | {f1.mean:.4f} |")
-    lines += ["", "| accuracy gain, points | standard error, points |", "|---|---|",
-              f"| seeds alone (training randomness) | {100 * gain.se_seeds:.3f} |",
-              f"| test images alone (test-set sampling) | {100 * gain.se_images:.3f} |",
-              f"| seed x image interaction (in both rows above) | {100 * gain.se_interaction:.3f} |",
-              f"| both sources, interaction once (df {gain.df:.1f}) | {100 * gain.se:.3f} |"]
-    lines += ["", f"| seed | {deep} | {small} | gain, points (one-sided {one_sided} bounds over its test images) | "
-              "McNemar p | single run says |", "|---|---|---|---|---|---|"]
-    for row in study.per_seed:
-        lines.append(f"| {row.seed} | {row.resnet_test_accuracy:.4f} | {row.cnn_test_accuracy:.4f} | "
-                     f"{_pp(row.accuracy_gain)} {_points(row.accuracy_gain_one_sided)} | "
-                     f"{row.mcnemar_p:.3g} | {row.single_run_decision} |")
-    lines += ["", f"| class | mean F1 difference ({level} interval) | Holm-adjusted p | winner |", "|---|---|---|---|"]
-    for name, entry in study.per_class.items():
-        lower, upper = entry.f1_difference_ci
-        lines.append(f"| {name} | {entry.f1_difference_mean:+.4f} [{lower:+.4f}, {upper:+.4f}] | "
-                     f"{entry.holm_p_value:.3g} | {MODEL_TITLES.get(entry.winner, entry.winner)} |")
-    return lines
-
-
-def _verdict_paragraphs(study: StudyResult, level: str) -> list:
-    deep, small = MODEL_TITLES[DEEP], MODEL_TITLES[SMALL]
-    verdict, gain, superiority, cost = study.verdict, study.accuracy_gain, study.p_resnet_better, \
-        study.train_time_ratio
-    return [f"Over {study.k} seeds, {deep}'s test accuracy gain over {small} is {_pp(gain.mean)} points "
-            f"({level} interval {_points(gain.ci)}, both sources; seeds only {_points(gain.seeds_only_ci)}; "
-            f"per seed from {_pp(gain.min)} to {_pp(gain.max)})"
-            + (f", for {cost.median:.1f}x its training time (median over seeds; {cost.min:.1f}-"
-               f"{cost.max:.1f}x)" if cost else "") + ". P(gain >= margin) = "
-            f"{verdict.p_gain_at_least_margin:.2g}. P({deep} > {small}) = {superiority.value:.2f}, the share "
-            f"of seeds won (exact {level} interval [{superiority.exact_ci[0]:.2f}, "
-            f"{superiority.exact_ci[1]:.2f}]); Almost Stochastic Order eps_min = {study.aso_epsilon_min:.2f} "
-            "(below 0.5: ResNet18 tends to dominate; reported, not part of the verdict).", "",
-            f"Is the deep model worth its cost on this data? **{verdict.decision}**: tested against the margin "
-            f"of {100 * verdict.margin:.2f} points (params.yaml `compare.min_accuracy_gain`), "
-            f"{verdict.bounds_sentence()} the margin (alpha {verdict.alpha}).", "",
-            f"{verdict.single_runs_saying_otherwise} of the {study.k} single runs, judged alone by the same "
-            "rule on their test images, would have said otherwise."]
-
-
-def study_summary(study: StudyResult) -> str:
-    """plots/study/SUMMARY.md: the study's tables, then its verdict in words."""
-    verdict = study.verdict
-    level = f"{verdict.confidence:.0%}"
-    lines = ["# Seed study: ResNet18 vs small CNN on Fashion-MNIST", "",
-             f"Generated by `make study` from the per-image test predictions of {study.k} paired runs "
-             f"(seeds {', '.join(map(str, study.seeds))}); do not edit by hand. Intervals cover training "
-             "randomness and test-set sampling (seed x image variance decomposition, Satterthwaite df) unless "
-             "they say otherwise.", "", *tables(study), "", "## Verdict", "",
-             *_verdict_paragraphs(study, level)]
-    if study.per_cpu_kind:
-        lines += ["", "Seeds ran on more than one CPU kind (each rounds differently): " + "; ".join(
-            f"{label}: seeds {', '.join(map(str, entry.seeds))}, mean gain {_pp(entry.accuracy_gain_mean)}"
-            for label, entry in study.per_cpu_kind.items()) + "."]
-    if verdict.plan:
-        planned = verdict.plan
-        lines += ["", f"Plan: {planned.planned_k or 'no number of'} seeds would clear the margin with "
-                  f"{planned.power:.0%} probability if the estimates hold (the test-set part alone: standard "
-                  f"error {100 * planned.test_set_floor_se:.2f} points)."]
-    if study.failed_seeds:
-        lines += ["", "Left out, failed: " + "; ".join(f"seed {s}: {why}" for s, why in study.failed_seeds.items())]
-    return "\n".join(lines) + "\n"
-
-
-def answer_table(studies: dict) -> str:
-    """The README's answer table: per recipe ({title: its StudyResult, or None: not run yet}), both models'
-    accuracy, the gain with its interval, the bound that decides, the verdict and the training-cost ratio (the
-    median over seeds, with its range)."""
-    ran = [study for study in studies.values() if study]
-    level = f"{ran[0].verdict.confidence:.0%}" if ran else "95%"
-    one_sided = f"{1 - ran[0].verdict.alpha:.0%}" if ran else "95%"
-    lines = [f"| recipe | ResNet18 accuracy | Small CNN accuracy | gain, points [{level} interval] | one-sided "
-             f"{one_sided} bound | verdict | training time, ResNet18 ÷ CNN (median over seeds) |",
-             "|---|---|---|---|---|---|---|"]
-    for recipe, study in studies.items():
-        if study is None:
-            lines.append(f"| {recipe} | not run yet | | | | | |")
-            continue
-        verdict, gain, cost = study.verdict, study.accuracy_gain, study.train_time_ratio
-        bound = {"lower": f"lower {_pp(verdict.lower)}", "upper": f"upper {_pp(verdict.upper)}"}.get(
-            verdict.deciding_bound, f"{_pp(verdict.lower)} to {_pp(verdict.upper)}")
-        cost_text = f"{cost.median:.1f}× ({cost.min:.1f}–{cost.max:.1f}×)" if cost else "not recorded"
-        lines.append(f"| {recipe} | {study.models[DEEP].test_accuracy.mean:.4f} | "
-                     f"{study.models[SMALL].test_accuracy.mean:.4f} | {_pp(gain.mean)} {_points(gain.ci)} | {bound} | "
-                     f"{verdict.decision} (k = {study.k}) | {cost_text} |")
-    return "\n".join(lines)

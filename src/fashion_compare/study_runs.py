@@ -86,9 +86,10 @@ class SeedLedger:
             write_seed_folder(self.recipe.seed_dir(seed), outcome.files)
             seed_task.forget_scratch(task)
             top = read_json(self.recipe.seed_dir(seed) / "headline.json")
+            accuracy = ", ".join(f"{m} {v['test_accuracy']:.4f}" for m, v in top["models"].items())
+            gains = ", ".join(f"{m} {100 * v['accuracy_gain']:+.2f}" for m, v in top["contenders"].items())
             print(f"seed {seed}: finished on {outcome.worker} after {(time.perf_counter() - self.started) / 60:.1f} "
-                  f"min: ResNet18 {top['resnet']['test_accuracy']:.4f}, Small CNN {top['cnn']['test_accuracy']:.4f}, "
-                  f"gain {100 * top['accuracy_gain']:+.2f} points", flush=True)
+                  f"min: test accuracy {accuracy}; gain over {top['baseline']}, points: {gains}", flush=True)
 
     def fail(self, seed: int, output: str):
         current = results_current(self.recipe.seed_dir(seed), self.params, self.fingerprint)
@@ -96,12 +97,33 @@ class SeedLedger:
         print(f"seed {seed}: FAILED: {self.failed[seed]}", flush=True)
 
 
-def run_seeds(recipe: Recipe, seeds: list, jobs: int, params: dict, address: str | None = None) -> dict:
+def stale_seeds(recipe: Recipe, seeds: list, fingerprint: str) -> dict:
+    """{seed: the code it ran} of the seeds whose committed results another code made (the code fingerprint)."""
+    stale = {}
+    for seed in seeds:
+        run = recipe.seed_dir(seed) / "run.json"
+        if run.is_file() and (recipe.seed_dir(seed) / "predictions.csv").is_file():
+            code = read_json(run).get("code")
+            if code != fingerprint:
+                stale[seed] = code
+    return stale
+
+
+def run_seeds(recipe: Recipe, seeds: list, jobs: int, params: dict, address: str | None = None,
+              rerun_stale=False) -> dict:
     """Run the seeds that have no current results as Dask tasks (a LocalCluster of `jobs` workers, or the
-    cluster at `address`); returns {seed: why} for those that failed."""
+    cluster at `address`); returns {seed: why} for those that failed. Seeds whose results another code made
+    are stale: said in one line and left as they are, unless `rerun_stale`."""
     check_arguments(seeds, jobs)
     fingerprint, applied = code_fingerprint(), recipe.apply(params)
-    todo = [seed for seed in seeds if not results_current(recipe.seed_dir(seed), applied, fingerprint)]
+    stale = stale_seeds(recipe, seeds, fingerprint)
+    if stale and not rerun_stale:
+        codes = ", ".join(sorted(set(map(str, stale.values()))))
+        print(f"{recipe.study_file}: stale: {seeds_named(stale)[0]} ran code {codes}, this checkout's is "
+              f"{fingerprint}; its figures stay those of that code until `make study RECIPE={recipe.name} "
+              "RERUN_STALE=1` trains them again", flush=True)
+    todo = [seed for seed in seeds if not results_current(recipe.seed_dir(seed), applied, fingerprint)
+            and (rerun_stale or seed not in stale)]
     for seed in sorted(set(seeds) - set(todo)):
         (recipe.seed_dir(seed) / "failed.json").unlink(missing_ok=True)
         print(f"seed {seed}: done already ({recipe.seed_dir(seed)})")
@@ -138,7 +160,7 @@ def refresh_comparisons(recipe: Recipe, runs: list, settings) -> list:
     seeds load_study gave, with their predictions; the folder's metrics and curves) by today's comparison code
     and `settings` (params.yaml's compare section): a seed collected before a change of the rule says what the
     rule says now, without training. Returns the seeds rewritten."""
-    from . import MODEL_NAMES, comparison, results
+    from . import comparison, results
     from .files import read_csv_rows
 
     rewritten = []
@@ -146,11 +168,14 @@ def refresh_comparisons(recipe: Recipe, runs: list, settings) -> list:
         seed, folder = run.seed, recipe.seed_dir(run.seed)
         if not (folder / "compare.json").is_file():
             continue  # a folder without a comparison to recompute
-        train = {m: read_json(folder / f"train_{m}.json") for m in MODEL_NAMES}
+        baseline, contenders = run.compared
+        compared = (*contenders, baseline)
+        train = {m: read_json(folder / f"train_{m}.json") for m in compared}
         curves = {m: [float(row["val_accuracy"]) for row in read_csv_rows(folder / f"{m}_epochs.csv")]
-                  for m in MODEL_NAMES}
+                  for m in compared}
+        seed_settings = settings.model_copy(update={"baseline": baseline, "contenders": list(contenders)})
         result = comparison.compare(train, read_json(folder / "evaluate.json"), curves,
-                                    run.predictions, settings, seed)
+                                    run.predictions, seed_settings, seed)
         result, unchanged = results.with_saved_run_id(folder / "compare.json", result)  # an older layout: changed
         if not unchanged:
             with together():
@@ -163,13 +188,13 @@ def refresh_comparisons(recipe: Recipe, runs: list, settings) -> list:
 RECIPES_FIGURE = Path("plots/recipes/accuracy_vs_cost.png")
 
 
-def draw_recipes_figure(recipes=("reference", "tuned")):
+def draw_recipes_figure(titles: dict, recipes=("reference", "tuned")):
     """plots/recipes/accuracy_vs_cost.png from every recipe's committed study: each model's accuracy and
     interval against its training CPU-seconds, the median over the study's seeds (a seed trained before
     CPU-seconds were recorded counts its wall seconds times its threads)."""
     import numpy as np
 
-    from . import MODEL_NAMES, plots, results
+    from . import plots, results
     from .files import save_figure
 
     points = []
@@ -178,7 +203,7 @@ def draw_recipes_figure(recipes=("reference", "tuned")):
         if not recipe.study_file.is_file():
             continue
         result = results.load(results.StudyResult, recipe.study_file, "make study")
-        for model in MODEL_NAMES:
+        for model in result.models:
             seconds = []
             for path in (recipe.seed_dir(seed) / f"train_{model}.json" for seed in result.seeds):
                 if path.is_file():  # a seed folder holds it (a made-up one in a test may not)
@@ -191,7 +216,7 @@ def draw_recipes_figure(recipes=("reference", "tuned")):
                            "upper": accuracy.ci[1], "seconds": float(np.median(seconds))})
     if not points:
         return
-    figure = plots.accuracy_against_cost(points)
+    figure = plots.accuracy_against_cost(points, titles)
     save_figure(RECIPES_FIGURE, figure)
     plots.close(figure)
 
@@ -200,12 +225,13 @@ def write_study(recipe: Recipe, seeds: list, params, tracker) -> "study.StudyRes
     """metrics/study.json, plots/study/ and the study's MLflow run (or the tuned recipe's), from the seeds'
     committed results: every output checked writable and every seed folder validated first, then all outputs
     written or none."""
-    from . import plots, records, results, tracking
+    from . import plots, records, reports, results, tracking
     from .files import check_writable, save_figure, write_csv
 
+    titles = {name: spec.title for name, spec in params.models.items()}
     draw = {"accuracy_per_seed": plots.seed_accuracy, "f1_difference": plots.seed_forest,
             "gain_per_seed": plots.seed_gains, "noise_sources": plots.noise_sources}
-    outputs = [*(f"{name}.png" for name in draw), *study.PLOT_TABLES, "SUMMARY.md"]
+    outputs = [*(f"{name}.png" for name in draw), *reports.PLOT_TABLES, "SUMMARY.md"]
     check_writable([*(recipe.plots_dir / name for name in outputs), recipe.study_file])
     runs, failed = load_study(recipe, seeds)
     refreshed = refresh_comparisons(recipe, runs, params.compare)
@@ -214,19 +240,19 @@ def write_study(recipe: Recipe, seeds: list, params, tracker) -> "study.StudyRes
     for seed, why in failed.items():
         print(f"warning: seed {seed} failed and is left out of the study: {why}")
     result = study.aggregate(runs, params.compare, failed, max_seeds=recipe.max_planned_seeds)
-    summary = study.study_summary(result)
+    summary = reports.study_summary(result, titles)
     try:  # figures that did not change keep the run that first logged them: the committed file stays as it is
         saved, unchanged = results.with_saved_run_id(recipe.study_file, result)
     except PipelineError:  # no study yet, or an unreadable one: this aggregate's run
         saved, unchanged = result, False
-    figures = {recipe.plots_dir / f"{name}.png": figure(result) for name, figure in draw.items()}
+    figures = {recipe.plots_dir / f"{name}.png": figure(result, titles) for name, figure in draw.items()}
     run_params = records.study_run_params(result, study.comparable_params(runs[0].params), params.compare)
     title = f"Seed study ({result.k} seeds{', tuned recipe' if recipe.name != 'reference' else ''})"
     with tracking.stage_run(tracker, "study", title, run_params) as run_id:
         with together():
             for path, figure in figures.items():
                 save_figure(path, figure)
-            for path, rows, fields in study.plot_rows(result):
+            for path, rows, fields in reports.plot_rows(result, titles):
                 write_csv(recipe.plots_dir / path, rows, fields)
             write_text(recipe.plots_dir / "SUMMARY.md", summary)
             results.write(recipe.study_file, saved if unchanged and saved.mlflow_run_id else
@@ -235,6 +261,6 @@ def write_study(recipe: Recipe, seeds: list, params, tracker) -> "study.StudyRes
             records.log_study(tracker, run_id, result, figures, summary)
     for figure in figures.values():
         plots.close(figure)
-    draw_recipes_figure()
-    print(summary.split("## Verdict")[1].strip())
+    draw_recipes_figure(titles)
+    print("\n".join(reports.study_verdicts(result, titles)).strip())
     return result

@@ -1,5 +1,6 @@
-"""One training loop for both models: seeded batches straight from tensors, Adam (AdamW with weight decay),
-a constant, step or cosine learning rate, and optional augmentation of the training batches.
+"""One training loop for every model: seeded batches straight from tensors, Adam, AdamW or SGD with Nesterov
+momentum, a constant, step, cosine or one-cycle learning rate, optional augmentation of the training batches,
+label smoothing, and bfloat16 autocast where the recipe asks for it (`precision: bf16`).
 
 Training can be interrupted at any point and resumed: after every epoch the loop saves, atomically,
 everything it needs to go on (model, optimizer, scheduler, every RNG, the records so far, the best
@@ -152,14 +153,20 @@ class TrainingState:
     result: TrainResult = field(default_factory=TrainResult)
 
     @classmethod
-    def start(cls, model: nn.Module, parameters, config: TrainConfig, device: torch.device) -> "TrainingState":
+    def start(cls, model: nn.Module, parameters, config: TrainConfig, device: torch.device,
+              steps_per_epoch: int) -> "TrainingState":
         """A fresh state; the optimizer updates `parameters` (those of `model`, or the part of them
         cpu_speedups.prepare_for_cpu_training hands over)."""
         optimizer = make_optimizer(parameters, config, device)
         augment_generator = (torch.Generator().manual_seed(config.seed + AUGMENT_SEED_OFFSET)
                              if config.augment != "none" else None)
-        return cls(model, optimizer, make_scheduler(optimizer, config), torch.Generator().manual_seed(config.seed),
-                   augment_generator)
+        return cls(model, optimizer, make_scheduler(optimizer, config, steps_per_epoch),
+                   torch.Generator().manual_seed(config.seed), augment_generator)
+
+    @property
+    def steps_each_batch(self) -> bool:
+        """The one-cycle schedule moves the learning rate after every batch; the others after every epoch."""
+        return isinstance(self.scheduler, torch.optim.lr_scheduler.OneCycleLR)
 
     def state_dict(self) -> dict:
         saved = {name: getattr(self.result, name) for name in TrainResult.RESUMED}
@@ -265,23 +272,41 @@ def _restore_rng_states(states, generator, augment_generator=None):
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+SGD_MOMENTUM = 0.9  # the recipe's `optimizer: sgd`, with Nesterov momentum
+
+
 def make_optimizer(parameters, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """Adam over `parameters` (on `device`), or AdamW when the recipe has weight decay; the fused kernel (one
-    pass over all of them) where PyTorch has one for the device."""
+    """The recipe's optimizer over `parameters` (on `device`): Adam, AdamW (decoupled weight decay) or SGD with
+    Nesterov momentum (L2 weight decay); the fused kernel (one pass over all of them) where PyTorch has one for
+    the device."""
     fused = device.type in ("cpu", "cuda")
-    if config.weight_decay > 0:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=config.lr, momentum=SGD_MOMENTUM, nesterov=True,
+                               weight_decay=config.weight_decay, fused=fused)
+    if config.optimizer == "adamw":
         return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
     return torch.optim.Adam(parameters, lr=config.lr, fused=fused)
 
 
-def make_scheduler(optimizer, config: TrainConfig):
-    """The learning rate per epoch (stepped after each): StepLR, cosine annealing to 0 over the epochs, or
-    None for a constant rate."""
+def make_scheduler(optimizer, config: TrainConfig, steps_per_epoch: int):
+    """The learning rate over the recipe's epochs: StepLR or cosine annealing to 0 (stepped after each epoch),
+    one-cycle (stepped after each batch: warm-up to the recipe's lr, then annealing), or None for a constant
+    rate. A run stopped early (train's `until_epoch`) follows the same schedule as far as it went."""
     if config.schedule == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
     if config.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    if config.schedule == "one_cycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, epochs=config.epochs,
+                                                   steps_per_epoch=steps_per_epoch)
     return None
+
+
+def autocast(config: TrainConfig, device: torch.device):
+    """bfloat16 autocast on the device when the recipe says `precision: bf16`; else nothing."""
+    if config.precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def augment_batch(images: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
@@ -316,8 +341,6 @@ def train_one_epoch(state: TrainingState, images, labels, config: TrainConfig, e
     """One pass over the training set in a seeded random order. Returns the per-step losses and the
     training accuracy; stops at the first step whose loss is not finite (or huge)."""
     model, optimizer, device = state.model, state.optimizer, images.device
-    use_amp = config.mixed_precision and device.type == "cuda"
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
     model.train()
     batches = shuffled_batches(len(labels), config.batch_size, state.batch_generator)
     step_losses, correct = [], torch.zeros((), device=device, dtype=torch.long)
@@ -329,13 +352,15 @@ def train_one_epoch(state: TrainingState, images, labels, config: TrainConfig, e
             x = augment_batch(x, config.augment, state.augment_generator)
         x = x.contiguous(memory_format=memory_format)
         optimizer.zero_grad(set_to_none=True)
-        with autocast():
+        with autocast(config, device):
             logits = model(x)
-            loss = nn.functional.cross_entropy(logits, y)
+            loss = nn.functional.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
         _check_finite(loss.item(), config, f"training loss is {loss.item()} at epoch {epoch}, step "
                                            f"{len(state.result.steps) + len(step_losses) + 1}")
         loss.backward()
         optimizer.step()
+        if state.steps_each_batch:
+            state.scheduler.step()
         step_losses.append(loss.detach())
         correct += (logits.argmax(dim=1) == y).sum()
         if len(step_losses) % 50 == 0 and not step_bar.disable:
@@ -344,7 +369,7 @@ def train_one_epoch(state: TrainingState, images, labels, config: TrainConfig, e
 
 
 def train(model: nn.Module, train_set: dict, val_set: dict, config: TrainConfig, device: torch.device,
-          observers=(), quiet=None, resume: ResumeFile = None, state=None) -> TrainResult:
+          observers=(), quiet=None, resume: ResumeFile = None, state=None, until_epoch=None) -> TrainResult:
     """Train `model` on `device` (select_device(config.device)); keep the state with the best validation
     accuracy.
 
@@ -355,21 +380,23 @@ def train(model: nn.Module, train_set: dict, val_set: dict, config: TrainConfig,
     `observers` get `on_epoch(record, steps)` after every epoch with that epoch's (global step, epoch,
     loss) tuples; on a resumed run, `on_resume(records, steps)` first, with what earlier attempts trained.
     `resume`: where to save the state after every epoch; `state`: a state loaded from it, to go on from.
-    `quiet=None` shows progress bars only on a terminal.
+    `quiet=None` shows progress bars only on a terminal. `until_epoch`: stop after that epoch (a rung of a
+    search), on the schedule of all of config.epochs; a later call with the saved state goes on from there.
     """
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
     images, labels = train_set["images"].to(device), train_set["labels"].to(device)
     validation = (val_set["images"].to(device), val_set["labels"].to(device))
     parameters = prepare_for_cpu_training(model) if device.type == "cpu" else list(model.parameters())
-    training = TrainingState.start(model, parameters, config, device)
+    training = TrainingState.start(model, parameters, config, device, math.ceil(len(labels) / config.batch_size))
     result = training.result
     if state is not None:
         _go_on_from(training, state, config, observers)
 
     started = time.perf_counter() - result.train_seconds
     cpu_started = time.process_time() - result.train_cpu_seconds
-    epoch_bar = tqdm(range(result.resumed_from_epoch + 1, config.epochs + 1), desc=config.model, unit="epoch",
+    last_epoch = min(config.epochs, until_epoch or config.epochs)
+    epoch_bar = tqdm(range(result.resumed_from_epoch + 1, last_epoch + 1), desc=config.model, unit="epoch",
                      disable=quiet, initial=result.resumed_from_epoch, total=config.epochs)
     for epoch in epoch_bar:
         record, steps = _train_and_validate(training, images, labels, validation, config, epoch, memory_format,
@@ -408,7 +435,7 @@ def _train_and_validate(training: TrainingState, images, labels, validation, con
                                                images.device, memory_format)
     _check_finite(val_loss, config, f"validation loss is {val_loss} after epoch {epoch}")
     lr = training.optimizer.param_groups[0]["lr"]
-    if training.scheduler:
+    if training.scheduler and not training.steps_each_batch:
         training.scheduler.step()
     record = EpochRecord(epoch=epoch, train_loss=sum(losses) / len(losses), train_accuracy=train_accuracy,
                          val_loss=val_loss, val_accuracy=val_accuracy, lr=lr,
@@ -417,8 +444,9 @@ def _train_and_validate(training: TrainingState, images, labels, validation, con
 
 
 def summary(result: TrainResult, config: TrainConfig, parameter_count: int, device: torch.device) -> dict:
-    """What metrics/train_<model>.json holds of a finished run."""
+    """What metrics/train/<model>.json holds of a finished run."""
     return {"model": config.model, "parameter_count": parameter_count, "epochs": config.epochs,
+            "precision": config.precision,
             "best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
             "final_val_accuracy": result.epochs[-1].val_accuracy, "final_train_loss": result.epochs[-1].train_loss,
             "train_seconds": result.train_seconds, "train_cpu_seconds": result.train_cpu_seconds,
@@ -436,7 +464,7 @@ def checkpoint(result: TrainResult, config: TrainConfig, parameter_count: int) -
 
 def load_checkpoint(path, map_location="cpu", expected_model=None):
     """The model in a checkpoint written by `checkpoint`, in eval mode, and the checkpoint's contents."""
-    from .models import MODEL_BUILDERS, build_model
+    from .models import ARCHITECTURES, build_model
 
     try:
         saved = torch.load(path, map_location=map_location, weights_only=True)
@@ -446,13 +474,13 @@ def load_checkpoint(path, map_location="cpu", expected_model=None):
         raise DataError(f"{path}: not a readable checkpoint ({first_line(error, 160)}); "
                         "rerun its train stage") from None
     if not isinstance(saved, dict) or not {"state_dict", "config"} <= set(saved) or \
-            saved["config"].get("model") not in MODEL_BUILDERS:
+            saved["config"].get("architecture") not in ARCHITECTURES:
         raise DataError(f"{path}: not a checkpoint of this project (no state_dict and config); "
                         "rerun its train stage")
     if expected_model is not None and saved["config"]["model"] != expected_model:
         raise DataError(f"{path}: holds a '{saved['config']['model']}' model, expected '{expected_model}'; "
                         "rerun its train stage")
-    model = build_model(saved["config"]["model"])
+    model = build_model(saved["config"]["architecture"], saved["config"]["options"])
     try:
         model.load_state_dict(saved["state_dict"])
     except RuntimeError as error:

@@ -21,11 +21,13 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+from pydantic import Field, ValidationError, model_validator
 
-from . import MODEL_NAMES, MODEL_TITLES
-from .errors import first_line
+from .errors import ParamsError, first_line
+from .params import MAX_EPOCHS, Augment, Bool, Float, Int, Schedule, Strict, Subset, format_error
 
 TUNING_DIR = Path("metrics/tuning")
 PLOTS_DIR = Path("plots/tuning")
@@ -33,6 +35,53 @@ STORAGE_FILE = TUNING_DIR / "optuna.db"
 INTERRUPTED = "interrupted (the driver stopped); its params are asked again first"
 TRIAL_FIELDS = ["number", "state", "val_accuracy", "best_epoch", "lr", "weight_decay", "batch_size", "epochs",
                 "schedule", "augment", "train_seconds", "train_cpu_seconds", "code", "cpu", "fail_reason"]
+
+
+class FloatRange(Strict):
+    """A search range of a float knob, drawn uniformly (on a log scale with `log`)."""
+
+    low: Float = Field(gt=0)
+    high: Float = Field(gt=0)
+    log: Bool = False
+
+    @model_validator(mode="after")
+    def _not_empty(self):
+        if not self.low < self.high:
+            raise ValueError(f"empty or inverted range: low {self.low:g} must be below high {self.high:g}")
+        return self
+
+
+class SearchSpace(Strict):
+    """The recipe knobs a tuning draws, the same space for every model."""
+
+    lr: FloatRange
+    weight_decay: list[Annotated[Float, Field(ge=0, lt=1)]] = Field(min_length=1)
+    batch_size: list[Annotated[Int, Field(gt=0)]] = Field(min_length=1)
+    epochs: list[Annotated[Int, Field(gt=0, le=MAX_EPOCHS)]] = Field(min_length=1)
+    schedule: list[Schedule] = Field(min_length=1)
+    augment: list[Augment] = Field(min_length=1)
+
+
+class TuneParams(Strict):
+    """params.yaml's `tune`: a seeded random search of each compared model's recipe, the same number of trials
+    for each, each model drawing its own configurations."""
+
+    trials: Int = Field(12, ge=1, description="trials per model")
+    seed: Int = Field(0, ge=0, description="seeds the sampler; each trial trains with the top-level seed")
+    subset: Subset = Field(9000, description="training images per trial, stratified from the training split;"
+                                             " 0 = all of it")
+    storage: str | None = Field(None, min_length=1, description="Optuna storage URL; null = the SQLite file")
+    space: SearchSpace
+
+
+def tune_params(params, path="params.yaml") -> TuneParams:
+    """params.yaml's `tune` section, validated (one line naming the key when it is not right)."""
+    if params.tune is None:
+        raise ParamsError(f"{path}: tune: missing section (the search's trials, subset and space)")
+    try:
+        return TuneParams.model_validate(params.tune)
+    except ValidationError as error:
+        raise ParamsError(format_error(path, error, prefix="tune")) from None
 
 
 @dataclass(frozen=True)
@@ -64,8 +113,9 @@ class TrialOutcome:
 
 
 def recipe_from(sampled: dict) -> dict:
-    """A ModelParams section from a trial's params: the step schedule decays once, half way (StepLR)."""
-    recipe = dict(sampled)
+    """A recipe (params.RecipeParams) from a trial's params: AdamW when it has weight decay, else Adam; the step
+    schedule decays once, half way (StepLR)."""
+    recipe = {"optimizer": "adamw" if sampled["weight_decay"] > 0 else "adam", **sampled}
     if recipe["schedule"] == "step":
         recipe["step_size"] = max(1, recipe["epochs"] // 2)
     return recipe
@@ -79,24 +129,12 @@ def suggest(trial, space) -> dict:
     return sampled
 
 
-def training_subset(train_set: dict, size: int, seed: int) -> dict:
-    """A stratified, seeded subset of the training split's tensors (all of it for 0 or more than it has)."""
-    from sklearn.model_selection import train_test_split
-
-    labels = train_set["labels"].numpy()
-    if not size or size >= len(labels):
-        return train_set
-    index, _ = train_test_split(np.arange(len(labels)), train_size=size, stratify=labels, random_state=seed)
-    index = np.sort(index)
-    return {"images": train_set["images"][index], "labels": train_set["labels"][index]}
-
-
 def run_trial(task: TrialTask) -> TrialOutcome:
     """On a worker: train the model with the trial's recipe; the validation split scores it."""
     import torch
 
     from . import data, models, training
-    from .params import ModelParams, load_params, train_config
+    from .params import RecipeParams, load_params, train_config
     from .tools import cpu_kind
 
     if task.threads:
@@ -104,12 +142,16 @@ def run_trial(task: TrialTask) -> TrialOutcome:
     training.keep_freed_memory()
     try:
         params = load_params(task.params_file)
-        section = ModelParams.model_validate({**getattr(params, task.model).model_dump(), **task.recipe})
-        config = train_config(params.model_copy(update={task.model: section}), task.model)
-        train_set = training_subset(data.load_split(task.data_dir, "train"), task.subset, task.subset_seed)
+        spec = params.models[task.model]
+        recipe = RecipeParams.model_validate({**spec.recipe.model_dump(), **task.recipe})
+        models_now = {**params.models, task.model: spec.model_copy(update={"recipe": recipe})}
+        config = train_config(params.model_copy(update={"models": models_now}), task.model)
+        train_set = data.load_split(task.data_dir, "train")
+        index = data.stratified_indices(train_set["labels"].numpy(), task.subset, task.subset_seed)
+        train_set = {key: tensor[index] for key, tensor in train_set.items()}
         val_set = data.load_split(task.data_dir, "val")
         training.seed_everything(config.seed)
-        model = models.build_model(task.model)
+        model = models.build_model(config.architecture, config.options)
         result = training.train(model, train_set, val_set, config, training.select_device(config.device), quiet=True)
     except Exception as error:  # noqa: BLE001 - diverged, out of memory, a bad recipe: the trial fails, the search goes on
         return TrialOutcome(error=first_line(error, 240), cpu=cpu_kind()["name"])
@@ -127,8 +169,8 @@ def expected_best(values, trials: int) -> tuple[float, float]:
     return mean, float(np.sqrt(max(0.0, np.sum(below * ordered ** 2) - mean ** 2)))
 
 
-def sampler_seed(tune_seed: int, model: str, number: int) -> int:
-    return int(np.random.SeedSequence([tune_seed, MODEL_NAMES.index(model), number]).generate_state(1)[0])
+def sampler_seed(tune_seed: int, model_index: int, number: int) -> int:
+    return int(np.random.SeedSequence([tune_seed, model_index, number]).generate_state(1)[0])
 
 
 def trial_row(trial) -> dict:
@@ -166,7 +208,7 @@ def search_summary(studies: dict, trials: int) -> dict:
     return result
 
 
-def write_results(studies: dict, trials: int, settings: dict):
+def write_results(studies: dict, trials: int, settings: dict, titles: dict):
     """The committed files of the search so far (each write atomic)."""
     from .files import write_csv, write_json, write_text
 
@@ -175,16 +217,16 @@ def write_results(studies: dict, trials: int, settings: dict):
         write_csv(TUNING_DIR / f"{model}_trials.csv", rows, TRIAL_FIELDS)
     result = search_summary(studies, trials)
     write_json(TUNING_DIR / "tuning.json", {"settings": settings, "models": result})
-    if all(result[m]["trials"] >= trials and result[m]["chosen_recipe"] for m in MODEL_NAMES):
+    if all(result[m]["trials"] >= trials and result[m]["chosen_recipe"] for m in studies):
         import yaml
 
         write_text(TUNING_DIR / "recipe.yaml", "# make tune's choice per model (metrics/tuning/tuning.json): the "
                    "recipe make study RECIPE=tuned trains\n" + yaml.safe_dump(
-                       {m: result[m]["chosen_recipe"] for m in MODEL_NAMES}, sort_keys=True))
+                       {m: result[m]["chosen_recipe"] for m in studies}, sort_keys=True))
         from . import plots
         from .files import save_figure
 
-        figure = plots.expected_best_figure(result)
+        figure = plots.expected_best_figure(result, titles)
         save_figure(PLOTS_DIR / "expected_best.png", figure)
         plots.close(figure)
     return result
@@ -193,8 +235,9 @@ def write_results(studies: dict, trials: int, settings: dict):
 class TrialLogger:
     """Tells Optuna each trial's end, logs it to MLflow as a child of the tuning run, rewrites the results."""
 
-    def __init__(self, studies, asked, tracker, parent_run_id, trials, settings, code):
+    def __init__(self, studies, asked, tracker, parent_run_id, trials, settings, code, titles):
         self.studies, self.asked, self.tracker, self.parent = studies, asked, tracker, parent_run_id
+        self.titles = titles
         self.trials, self.settings, self.code = trials, settings, code
 
     def done(self, task: TrialTask, outcome):
@@ -208,20 +251,20 @@ class TrialLogger:
             trial.set_user_attr(key, value)
         if outcome.error:
             study.tell(trial, state=_state("FAIL"))
-            print(f"{MODEL_TITLES[task.model]} trial {task.number}: FAILED: {outcome.error}", flush=True)
+            print(f"{self.titles[task.model]} trial {task.number}: FAILED: {outcome.error}", flush=True)
         else:
             study.tell(trial, outcome.val_accuracy)
-            print(f"{MODEL_TITLES[task.model]} trial {task.number}: validation accuracy {outcome.val_accuracy:.4f} "
+            print(f"{self.titles[task.model]} trial {task.number}: validation accuracy {outcome.val_accuracy:.4f} "
                   f"({outcome.train_cpu_seconds / 60:.1f} CPU-min) {task.recipe}", flush=True)
         self.log(task, outcome)
-        write_results(self.studies, self.trials, self.settings)
+        write_results(self.studies, self.trials, self.settings, self.titles)
 
     def log(self, task: TrialTask, outcome: TrialOutcome):
         if self.tracker is None:
             return
         from .tracking import run_tags
 
-        run_id = self.tracker.start_run(f"{MODEL_TITLES[task.model]} trial {task.number}", task.recipe, {
+        run_id = self.tracker.start_run(f"{self.titles[task.model]} trial {task.number}", task.recipe, {
             **run_tags("tune"), "mlflow.parentRunId": self.parent, "model": task.model, "trial": str(task.number)})
         self.tracker.log_metric_series(run_id, [("val/accuracy", value, epoch)
                                                 for epoch, value in enumerate(outcome.curve, start=1)])
@@ -238,7 +281,7 @@ def _state(name):
     return TrialState[name]
 
 
-def open_studies(storage: str, space_json: str) -> dict:
+def open_studies(storage: str, space_json: str, models) -> dict:
     """Each model's Optuna study in `storage` (made, or loaded to go on); one of another search space is refused."""
     import optuna
 
@@ -246,7 +289,7 @@ def open_studies(storage: str, space_json: str) -> dict:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     studies = {}
-    for model in MODEL_NAMES:
+    for model in models:
         study = optuna.create_study(study_name=f"{model}-recipe", storage=storage, direction="maximize",
                                     load_if_exists=True)
         saved = study.user_attrs.get("space")
@@ -268,10 +311,10 @@ def ask(studies: dict, trials: int, tune_seed: int, space) -> list:
     """The trials still to run, as (model, Trial, sampled params), the two models taking turns."""
     from optuna.samplers import RandomSampler
 
-    asked = {model: [] for model in MODEL_NAMES}
-    for model, study in studies.items():
+    asked = {model: [] for model in studies}
+    for index, (model, study) in enumerate(studies.items()):
         for _ in range(trials - len(finished(study))):
-            study.sampler = RandomSampler(seed=sampler_seed(tune_seed, model, len(study.get_trials(deepcopy=False))))
+            study.sampler = RandomSampler(seed=sampler_seed(tune_seed, index, len(study.get_trials(deepcopy=False))))
             trial = study.ask()
             asked[model].append((model, trial, suggest(trial, space)))
     longest = max(map(len, asked.values()))
@@ -283,22 +326,23 @@ def tune(params, params_file: str, data_dir: str, jobs: int, address: str | None
     from . import engine, tracking
     from .tools import code_fingerprint
 
-    settings = params.tune
+    settings = tune_params(params, params_file)
+    models, titles = params.compare.models, {m: params.title(m) for m in params.compare.models}
     storage = settings.storage or f"sqlite:///{STORAGE_FILE.resolve()}"
     STORAGE_FILE.parent.mkdir(parents=True, exist_ok=True)
-    studies = open_studies(storage, settings.space.model_dump_json())
+    studies = open_studies(storage, settings.space.model_dump_json(), models)
     todo = ask(studies, settings.trials, settings.seed, settings.space)
     record = {"trials": settings.trials, "subset": settings.subset, "seed": settings.seed, "train_seed": params.seed,
               "space": settings.space.model_dump(), "storage": settings.storage or str(STORAGE_FILE)}
     if not todo:
         print(f"tuning: {settings.trials} trials per model done already ({TUNING_DIR})")
-        return write_results(studies, settings.trials, record)
+        return write_results(studies, settings.trials, record, titles)
     threads = engine.local_task_settings(jobs)["threads"] if address is None else None
     stop = f"fashion-tune-stop-{os.getpid()}"
     tasks = [TrialTask(model, trial.number, recipe_from(sampled), str(Path(params_file).resolve()),
                        str(Path(data_dir).resolve()), settings.subset, settings.seed, threads, stop)
              for model, trial, sampled in todo]
-    counts = ", ".join(f"{MODEL_TITLES[m]} {sum(t.model == m for t in tasks)}" for m in MODEL_NAMES)
+    counts = ", ".join(f"{titles[m]} {sum(t.model == m for t in tasks)}" for m in models)
     print(f"tuning: {len(tasks)} trials to run ({counts}), "
           f"{f'{jobs} at a time' if address is None else 'on ' + address}", flush=True)
     run_params = {"trials_per_model": settings.trials, "subset": settings.subset, "sampler_seed": settings.seed,
@@ -306,7 +350,7 @@ def tune(params, params_file: str, data_dir: str, jobs: int, address: str | None
     with tracking.stage_run(tracker, "tune", f"Tuning ({settings.trials} trials per model)", run_params) as run_id:
         asked = {(model, trial.number): trial for model, trial, _ in todo}
         code = code_fingerprint(root=Path(__file__).resolve().parents[2])  # the checkout of this package
-        logger = TrialLogger(studies, asked, tracker, run_id, settings.trials, record, code)
+        logger = TrialLogger(studies, asked, tracker, run_id, settings.trials, record, code, titles)
         with engine.open_cluster(address, jobs) as client:
             engine.run_tasks(client, run_trial, tasks, logger.done, key=lambda t: f"tune-{t.model}-{t.number}")
-    return write_results(studies, settings.trials, record)
+    return write_results(studies, settings.trials, record, titles)

@@ -18,9 +18,8 @@ import numpy as np
 from scipy import stats
 from scipy.stats import binomtest
 
-from . import MODEL_NAMES, NUM_CLASSES
+from . import NUM_CLASSES
 
-DEEP, SMALL = MODEL_NAMES
 NO_WINNER = "no significant difference"
 
 
@@ -50,9 +49,9 @@ def _scores(tp, predicted, actual):
     return {"precision": precision, "recall": recall, "f1": f1}
 
 
-def winner(lower: float, upper: float) -> str:
-    """Which model an interval of a difference (DEEP - SMALL) favours: DEEP, SMALL, or NO_WINNER."""
-    return DEEP if lower > 0 else SMALL if upper < 0 else NO_WINNER
+def winner(lower: float, upper: float, contender: str, baseline: str) -> str:
+    """Which model an interval of a difference (contender - baseline) favours: its name, or NO_WINNER."""
+    return contender if lower > 0 else baseline if upper < 0 else NO_WINNER
 
 
 def scores(y_true, y_pred) -> dict:
@@ -214,6 +213,8 @@ class Verdict:
     p_gain_at_least_margin: the t model's probability of a true gain at least the margin given the estimate
         (flat prior); also the p-value of H0 "gain >= margin", below alpha exactly when "not worth it"
     p_null_gain_at_most_margin: the p-value of H0 "gain <= margin", below alpha exactly when "worth it"
+    family: the contenders judged against the same baseline at once; with more than one, each decision is Holm's
+        step-down across them (decide_each), for "worth it" and for "not worth it" alike; the bounds stay at alpha
     """
 
     decision: str
@@ -224,6 +225,7 @@ class Verdict:
     alpha: float
     p_gain_at_least_margin: float
     p_null_gain_at_most_margin: float
+    family: int
 
     def bounds_sentence(self) -> str:
         """How the bounds meet the margin, in words: "its one-sided 95% upper bound, +0.84 points, stays below"."""
@@ -233,6 +235,14 @@ class Verdict:
         if self.deciding_bound == "upper":
             return f"{one_sided} upper bound, {100 * self.upper:+.2f} points, stays below"
         return f"{one_sided} bounds, {100 * self.lower:+.2f} to {100 * self.upper:+.2f} points, straddle"
+
+    def holm_sentence(self) -> str:
+        """'' for one contender; else how the decision was adjusted."""
+        if self.family == 1:
+            return ""
+        return (f" With {self.family} contenders, the decision is Holm's across them (each one-sided test's p-value "
+                f"adjusted: {self.p_null_gain_at_most_margin:.3g} unadjusted against the margin from below, "
+                f"{self.p_gain_at_least_margin:.3g} from above).")
 
 
 def decide(estimate: Estimate, margin: float, alpha: float) -> Verdict:
@@ -246,4 +256,26 @@ def decide(estimate: Estimate, margin: float, alpha: float) -> Verdict:
         decision, bound = "undecided", None
     distance = (estimate.mean - margin) / estimate.se if estimate.se > 0 else np.sign(estimate.mean - margin) * np.inf
     return Verdict(decision, bound, float(lower), float(upper), margin, alpha,
-                   float(stats.t.cdf(distance, estimate.df)), float(stats.t.sf(distance, estimate.df)))
+                   float(stats.t.cdf(distance, estimate.df)), float(stats.t.sf(distance, estimate.df)), 1)
+
+
+def decide_each(estimates: dict, margin: float, alpha: float) -> dict:
+    """The Verdict of each contender's gain ({name: Estimate}) against the margin. One contender: `decide`. Several:
+    Holm's step-down across them at family-wise level `alpha`, separately for "worth it" (H0: gain <= margin) and
+    "not worth it" (H0: gain >= margin); a contender is decided only where its adjusted p-value is at most alpha
+    (statsmodels' multipletests)."""
+    from dataclasses import replace
+
+    from statsmodels.stats.multitest import multipletests
+
+    verdicts = {name: decide(estimate, margin, alpha) for name, estimate in estimates.items()}
+    if len(verdicts) == 1:
+        return verdicts
+    names = list(verdicts)
+    worth = multipletests([verdicts[n].p_null_gain_at_most_margin for n in names], alpha=alpha, method="holm")[0]
+    not_worth = multipletests([verdicts[n].p_gain_at_least_margin for n in names], alpha=alpha, method="holm")[0]
+    adjusted = {}
+    for name, up, down in zip(names, worth, not_worth):
+        decision, bound = ("worth it", "lower") if up else ("not worth it", "upper") if down else ("undecided", None)
+        adjusted[name] = replace(verdicts[name], decision=decision, deciding_bound=bound, family=len(names))
+    return adjusted
