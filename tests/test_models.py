@@ -30,6 +30,33 @@ def test_resnet18_takes_one_channel_and_predicts_ten_classes():
     assert parameter_count(model) == 11_175_370
 
 
+def test_the_small_stem_keeps_28x28_into_the_first_residual_block():
+    """ResNet18 with the small-image stem: a 3x3 stride-1 first convolution, no max-pool, torchvision's blocks."""
+    model = build_model("resnet18", {"stem": "small"}).eval()
+    assert (model.conv1.in_channels, model.conv1.kernel_size, model.conv1.stride, model.conv1.padding) == \
+        (1, (3, 3), (1, 1), (1, 1))
+    assert isinstance(model.maxpool, nn.Identity)
+    seen = {}
+    model.layer1.register_forward_hook(lambda module, args, output: seen.update(layer1=output.shape))
+    model.layer4.register_forward_hook(lambda module, args, output: seen.update(layer4=output.shape))
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    assert seen == {"layer1": (2, 64, 28, 28), "layer4": (2, 512, 4, 4)}
+    # the ImageNet stem's parameters less its 7x7 conv1 (64 x 49) plus a 3x3 one (64 x 9)
+    assert parameter_count(model) == 11_175_370 - 64 * 49 + 64 * 9
+
+
+def test_an_architectures_options_are_checked():
+    from pydantic import ValidationError
+
+    from fashion_compare.models import architecture_options
+
+    assert architecture_options("resnet18", {}) == {"stem": "imagenet"}
+    with pytest.raises(ValidationError):
+        architecture_options("resnet18", {"stem": "tiny"})
+    with pytest.raises(ValueError, match="unknown architecture 'vgg'"):
+        architecture_options("vgg", {})
+
+
 def test_cnn_blocks_have_the_design_notes_shapes():
     model = FashionCNN().eval()
     x = torch.rand(4, 1, 28, 28)
@@ -44,7 +71,7 @@ def test_cnn_blocks_have_the_design_notes_shapes():
     assert parameter_count(model) == 1_475_338
 
 
-@pytest.mark.parametrize("name", ["resnet", "cnn"])
+@pytest.mark.parametrize("name", ["resnet18", "fashion_cnn"])
 def test_a_built_model_is_initialised_from_torchs_seed(name):
     """The seed drives initialisation: the same seed builds the same weights, another seed others."""
     torch.manual_seed(3)

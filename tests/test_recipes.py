@@ -12,13 +12,15 @@ from fashion_compare import models, training
 from fashion_compare.params import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
-# The last commit before the recipe knobs: its training of the reference recipe is the one to keep.
-BEFORE_RECIPES = "b7144d1"
+# The last commits before the recipe knobs and before models were data: their training of the reference recipe
+# is the one to keep.
+BEFORE_RECIPES, BEFORE_CONTENDERS = "b7144d1", "5f599bc"
 
 
 def config(**changes):
-    values = dict(model="cnn", lr=0.001, epochs=4, batch_size=50, weight_decay=0.0, schedule="constant",
-                  step_size=None, gamma=0.1, augment="none", seed=3, device="cpu", mixed_precision=False,
+    values = dict(model="cnn", architecture="fashion_cnn", options={}, optimizer="adam", label_smoothing=0.0,
+                  precision="fp32", lr=0.001, epochs=4, batch_size=50, weight_decay=0.0, schedule="constant",
+                  step_size=None, gamma=0.1, augment="none", seed=3, device="cpu",
                   channels_last=False, eval_batch_size=100)
     values.update(changes)
     return TrainConfig(**values)
@@ -28,13 +30,17 @@ def test_optimizer_and_schedule_follow_the_recipe():
     parameters = [torch.nn.Parameter(torch.zeros(3))]
     cpu = torch.device("cpu")
     assert type(training.make_optimizer(parameters, config(), cpu)) is torch.optim.Adam
-    adamw = training.make_optimizer(parameters, config(weight_decay=0.01), cpu)
+    adamw = training.make_optimizer(parameters, config(optimizer="adamw", weight_decay=0.01), cpu)
     assert type(adamw) is torch.optim.AdamW and adamw.param_groups[0]["weight_decay"] == 0.01
-    assert training.make_scheduler(adamw, config()) is None
+    sgd = training.make_optimizer(parameters, config(optimizer="sgd", weight_decay=0.0005), cpu)
+    group = sgd.param_groups[0]
+    assert type(sgd) is torch.optim.SGD and (group["momentum"], group["nesterov"], group["weight_decay"]) == \
+        (0.9, True, 0.0005)
+    assert training.make_scheduler(adamw, config(), 10) is None
     rates = []
     for schedule, extra in (("step", {"step_size": 2}), ("cosine", {})):
         optimizer = training.make_optimizer([torch.nn.Parameter(torch.zeros(3))], config(), cpu)
-        scheduler = training.make_scheduler(optimizer, config(schedule=schedule, **extra))
+        scheduler = training.make_scheduler(optimizer, config(schedule=schedule, **extra), 10)
         lrs = []
         for _ in range(4):
             lrs.append(optimizer.param_groups[0]["lr"])
@@ -78,7 +84,7 @@ def test_augmented_training_repeats_and_resumes_bit_for_bit(real_raw, tmp_path):
 
     def weights(resume=None, state=None, observers=()):
         training.seed_everything(cfg.seed)
-        model = models.build_model("cnn")
+        model = models.build_model("fashion_cnn")
         result = training.train(model, splits["train"], splits["val"], cfg, torch.device("cpu"), quiet=True,
                                 resume=resume, state=state, observers=observers)
         return {k: v.clone() for k, v in model.state_dict().items()}, result
@@ -92,7 +98,7 @@ def test_augmented_training_repeats_and_resumes_bit_for_bit(real_raw, tmp_path):
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
     plain = config(epochs=2, weight_decay=0.01, schedule="cosine")
     training.seed_everything(plain.seed)
-    model = models.build_model("cnn")
+    model = models.build_model("fashion_cnn")
     training.train(model, splits["train"], splits["val"], plain, torch.device("cpu"), quiet=True)
     assert not torch.equal(model.state_dict()["features.0.weight"], whole["features.0.weight"])  # augmented
 
@@ -112,7 +118,8 @@ for name in ("resnet", "cnn"):
     if name == "resnet":
         config = config.model_copy(update={"step_size": 1})
     training.seed_everything(config.seed)
-    model = models.build_model(name)
+    model = (models.build_model(config.architecture, config.options) if hasattr(config, "architecture")
+             else models.build_model(name))  # the code before models were data built by name
     result = training.train(model, splits["train"], splits["val"], config, torch.device("cpu"), quiet=True)
     model.load_state_dict(result.best_state)
     with torch.inference_mode():
@@ -131,17 +138,70 @@ def reference_digests(src: Path, params: Path) -> dict:
 
 
 @pytest.mark.e2e
-def test_reference_recipe_trains_as_before_the_recipe_knobs(real_raw, tmp_path):
+@pytest.mark.parametrize("commit", [BEFORE_RECIPES, BEFORE_CONTENDERS])
+def test_reference_recipe_trains_as_before_the_recipe_knobs(real_raw, tmp_path, commit):
     """The default recipe (Adam, StepLR for ResNet18, no augmentation) gives the same weights and predictions,
-    bit for bit, as the code of the commit before the knobs, on this machine: ResNet18 with its StepLR firing,
-    and the CNN."""
-    if subprocess.run(["git", "cat-file", "-e", f"{BEFORE_RECIPES}^{{commit}}"], cwd=REPO).returncode != 0:
-        pytest.skip(f"this clone lacks commit {BEFORE_RECIPES} (a shallow clone)")
+    bit for bit, as the code of the commit before the knobs, and of the one before models were data, on this
+    machine: ResNet18 with its StepLR firing, and the CNN."""
+    if subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=REPO).returncode != 0:
+        pytest.skip(f"this clone lacks commit {commit} (a shallow clone)")
     old = tmp_path / "before"
-    archive = subprocess.run(["git", "archive", BEFORE_RECIPES, "src", "params.yaml"], cwd=REPO, capture_output=True,
+    archive = subprocess.run(["git", "archive", commit, "src", "params.yaml"], cwd=REPO, capture_output=True,
                              check=True).stdout
     old.mkdir()
     subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
     before = reference_digests(old / "src", old / "params.yaml")
     now = reference_digests(REPO / "src", REPO / "params.yaml")
     assert now == before
+
+
+def test_one_cycle_warms_up_then_anneals_every_batch_and_stopping_early_follows_the_same_schedule():
+    optimizer = training.make_optimizer([torch.nn.Parameter(torch.zeros(3))], config(), torch.device("cpu"))
+    scheduler = training.make_scheduler(optimizer, config(schedule="one_cycle", epochs=4), steps_per_epoch=5)
+    rates = []
+    for _ in range(20):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    peak = rates.index(max(rates))
+    assert max(rates) == pytest.approx(1e-3) and 0 < peak < 19
+    assert rates[:peak + 1] == sorted(rates[:peak + 1]) and rates[peak:] == sorted(rates[peak:], reverse=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_splits(real_raw):
+    from fashion_compare import data
+
+    return data.prepare(*real_raw, 0.25, 400, seed=0)
+
+
+def train_cnn(splits, cfg, **kwargs):
+    training.seed_everything(cfg.seed)
+    model = models.build_model(cfg.architecture, cfg.options)
+    return model, training.train(model, splits["train"], splits["val"], cfg, torch.device("cpu"), quiet=True,
+                                 **kwargs)
+
+
+def test_label_smoothing_and_bf16_change_the_training_and_repeat_with_the_seed(tiny_splits):
+    _, plain = train_cnn(tiny_splits, config(epochs=1))
+    _, smoothed = train_cnn(tiny_splits, config(epochs=1, label_smoothing=0.1))
+    _, bf16 = train_cnn(tiny_splits, config(epochs=1, precision="bf16"))
+    _, bf16_again = train_cnn(tiny_splits, config(epochs=1, precision="bf16"))
+    losses = lambda result: [step[2] for step in result.steps]  # noqa: E731
+    assert losses(smoothed) != losses(plain) and losses(bf16) != losses(plain)
+    assert losses(bf16) == losses(bf16_again)
+
+
+def test_a_run_stopped_at_a_rung_goes_on_to_the_same_weights(tiny_splits, tmp_path):
+    """until_epoch (a search's rung): stopped after 2 of 4 epochs of a one-cycle SGD recipe, then resumed from
+    its saved state, it ends where a run of all 4 epochs ends, bit for bit."""
+    cfg = config(epochs=4, schedule="one_cycle", optimizer="sgd", weight_decay=0.0005, lr=0.05)
+    _, whole = train_cnn(tiny_splits, cfg)
+    resume = training.ResumeFile(tmp_path / "state.pt", "fingerprint")
+    _, first = train_cnn(tiny_splits, cfg, resume=resume, until_epoch=2)
+    assert len(first.epochs) == 2
+    _, rest = train_cnn(tiny_splits, cfg, resume=resume, state=resume.load())
+    assert rest.resumed_from_epoch == 2 and len(rest.epochs) == 4
+    assert [r.val_accuracy for r in rest.epochs] == [r.val_accuracy for r in whole.epochs]
+    for key, tensor in whole.best_state.items():
+        assert torch.equal(tensor, rest.best_state[key]), key

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fashion_compare import comparison, results, study
+from fashion_compare import comparison, reports, results
 from fashion_compare.errors import PipelineError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,17 +33,21 @@ def test_results_are_frozen_and_consumers_read_attributes():
     with pytest.raises(AttributeError):
         study_result.k = 3  # frozen: a result is what was computed
     assert study_result.per_seed[0].run.cpu_kind.label().endswith(study_result.per_seed[0].run.cpu_kind.isa)
-    assert study_result.verdict.bounds_sentence().startswith("its one-sided 95%")
-    assert study.study_summary(study_result).startswith("# Seed study")
+    assert study_result.contenders["resnet"].verdict.bounds_sentence().startswith("its one-sided 95%")
+    assert reports.study_summary(study_result, {}).startswith("# Seed study")
     one_run = results.load(results.Comparison, REPO / "metrics/compare.json")
-    assert comparison.headline(one_run)["decision"] == one_run.verdict.decision
+    assert comparison.headline(one_run)["contenders"]["resnet"]["decision"] == \
+        one_run.contenders["resnet"].verdict.decision
 
 
 @pytest.mark.parametrize("edit, field", [
-    (lambda data: data["verdict"].pop("decision"), "verdict.decision: field required"),
+    (lambda data: data["contenders"]["resnet"]["verdict"].pop("decision"),
+     "contenders.resnet.verdict.decision: field required"),
     (lambda data: data.update(k="ten"), "k: input should be a valid integer"),
-    (lambda data: data["verdict"].update(p_worth_it=0.5), "verdict.p_worth_it: unexpected keyword argument"),
-    (lambda data: data["accuracy_gain"].update(ci=[0.1]), "accuracy_gain.ci"),
+    (lambda data: data["contenders"]["resnet"]["verdict"].update(p_worth_it=0.5),
+     "contenders.resnet.verdict.p_worth_it: unexpected keyword argument"),
+    (lambda data: data["contenders"]["resnet"]["accuracy_gain"].update(ci=[0.1]), "contenders.resnet.accuracy_gain.ci"),
+    (lambda data: data.update(resnet_test_accuracy=0.9), "resnet_test_accuracy: unexpected keyword argument"),
 ])
 def test_a_file_that_is_not_its_dataclass_is_refused_in_one_line(tmp_path, edit, field):
     data = json.loads((REPO / "metrics/study.json").read_text())
@@ -54,3 +58,20 @@ def test_a_file_that_is_not_its_dataclass_is_refused_in_one_line(tmp_path, edit,
         results.load(results.StudyResult, path)
     message = str(error.value)
     assert message.startswith(f"{path}: not a StudyResult (") and field in message and "\n" not in message
+
+
+@pytest.mark.parametrize("name", ["reference", "tuned"])
+def test_each_committed_study_is_what_its_committed_predictions_give(name, monkeypatch):
+    """The study recomputed from its seed folders (predictions, run records) by today's code is its committed
+    file, figure for figure (its MLflow run id kept): the layout of contenders changed no figure."""
+    from fashion_compare import study
+    from fashion_compare.params import load_params
+    from fashion_compare.seed_folders import Recipe, load_study
+
+    monkeypatch.chdir(REPO)
+    recipe = Recipe(name)
+    committed = results.load(results.StudyResult, recipe.study_file)
+    runs, failed = load_study(recipe, list(committed.seeds))
+    result = study.aggregate(runs, load_params().compare, failed, max_seeds=recipe.max_planned_seeds)
+    assert results.to_json(results.with_run_id(result, committed.mlflow_run_id)) == \
+        recipe.study_file.read_text(encoding="utf-8")

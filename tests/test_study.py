@@ -7,11 +7,12 @@ import pytest
 from scipy import stats
 from sklearn.metrics import f1_score
 
-from fashion_compare import study
+from fashion_compare import reports, study
 from fashion_compare.params import CompareParams
 from fashion_compare.results import CostRatio, CpuKind, CpuKindGain, RunRecord
 
 N = 1000
+TITLES = {"resnet": "ResNet18", "cnn": "Small CNN"}
 LABELS = np.arange(N) % 10
 PARAMS = {"seed": 0, "lr": 0.001, "epochs": 10, "threads": "auto", "cnn": {"batch_size": 100},
           "study": {"seeds": [1, 2, 3], "jobs": 1}}
@@ -37,7 +38,7 @@ def quick_aso(monkeypatch):
     monkeypatch.setattr(study, "ASO_SAMPLES", 100)
 
 
-SETTINGS = CompareParams(min_accuracy_gain=0.01, alpha=0.05, bootstrap_samples=200, confidence=0.95)
+SETTINGS = CompareParams(baseline="cnn", contenders=["resnet"], min_accuracy_gain=0.01, alpha=0.05, bootstrap_samples=200, confidence=0.95)
 
 
 def test_the_numbers_over_seeds_are_the_textbook_ones():
@@ -48,30 +49,30 @@ def test_the_numbers_over_seeds_are_the_textbook_ones():
     gains = np.array(resnet) - np.array(cnn)  # 0.010, 0.020, 0.005
     sd = np.sqrt(((gains - gains.mean()) ** 2).sum() / 2)
     half = 4.302652729911275 * sd / np.sqrt(3)  # t(0.975, 2 degrees of freedom), from a table
-    assert result.accuracy_gain.mean == pytest.approx(0.011666666666666667)
-    assert result.accuracy_gain.sd_over_seeds == pytest.approx(sd)
-    assert result.accuracy_gain.seeds_only_ci == pytest.approx([gains.mean() - half, gains.mean() + half])
+    assert result.contenders["resnet"].accuracy_gain.mean == pytest.approx(0.011666666666666667)
+    assert result.contenders["resnet"].accuracy_gain.sd_over_seeds == pytest.approx(sd)
+    assert result.contenders["resnet"].accuracy_gain.seeds_only_ci == pytest.approx([gains.mean() - half, gains.mean() + half])
     # MS_seed over the 3 x 1000 table of correctness differences is n times the variance of the seeds' gains
-    assert result.accuracy_gain.se_seeds == pytest.approx(sd / np.sqrt(3))
-    lower, upper = result.accuracy_gain.ci
+    assert result.contenders["resnet"].accuracy_gain.se_seeds == pytest.approx(sd / np.sqrt(3))
+    lower, upper = result.contenders["resnet"].accuracy_gain.ci
     assert lower < gains.mean() < upper
     assert result.models["resnet"].test_accuracy.mean == pytest.approx(0.91)
     assert result.models["resnet"].test_accuracy.sd == pytest.approx(0.01)
     # 3 of 3 seeds won: Clopper-Pearson's 95 % interval is [(0.025)^(1/3), 1] = [0.292, 1]
-    assert result.p_resnet_better.value == 1.0
-    assert result.p_resnet_better.exact_ci == pytest.approx([0.025 ** (1 / 3), 1.0])
-    assert 0 <= result.aso_epsilon_min <= 0.5
+    assert result.contenders["resnet"].p_better.value == 1.0
+    assert result.contenders["resnet"].p_better.exact_ci == pytest.approx([0.025 ** (1 / 3), 1.0])
+    assert 0 <= result.contenders["resnet"].aso_epsilon_min <= 0.5
 
     deep_f1 = [f1_score(LABELS, run.predictions["resnet"], average=None) for run in runs]
     small_f1 = [f1_score(LABELS, run.predictions["cnn"], average=None) for run in runs]
     differences = np.array(deep_f1) - np.array(small_f1)
     for index, name in enumerate(study.CLASS_NAMES):
-        entry = result.per_class[name]
+        entry = result.contenders["resnet"].per_class[name]
         assert entry.f1_difference_mean == pytest.approx(differences[:, index].mean())
         lower, upper = entry.f1_difference_ci
         adjusted_lower, adjusted_upper = entry.f1_difference_adjusted_ci
         assert adjusted_lower <= lower <= differences[:, index].mean() <= upper <= adjusted_upper
-    assert [row.accuracy_gain for row in result.per_seed] == pytest.approx(list(gains))
+    assert [row.contenders["resnet"].accuracy_gain for row in result.per_seed] == pytest.approx(list(gains))
 
 
 def test_holm_adjusts_the_per_class_p_values_and_a_class_is_won_only_after_it():
@@ -79,16 +80,16 @@ def test_holm_adjusts_the_per_class_p_values_and_a_class_is_won_only_after_it():
     adjustment computed here by hand."""
     runs = [seed_run(seed, r, c) for seed, r, c in zip((1, 2, 3, 4), [0.93, 0.935, 0.93, 0.94], [0.9, 0.9, 0.905, 0.9])]
     result = study.aggregate(runs, SETTINGS)
-    raw = np.array([entry.p_value for entry in result.per_class.values()])
+    raw = np.array([entry.p_value for entry in result.contenders["resnet"].per_class.values()])
     order = np.argsort(raw)
     holm = np.minimum(1, np.maximum.accumulate((len(raw) - np.arange(len(raw))) * raw[order]))
     by_hand = np.empty_like(holm)
     by_hand[order] = holm
-    assert [entry.holm_p_value for entry in result.per_class.values()] == pytest.approx(by_hand)
+    assert [entry.holm_p_value for entry in result.contenders["resnet"].per_class.values()] == pytest.approx(by_hand)
     from statsmodels.stats.multitest import multipletests
 
     assert by_hand == pytest.approx(multipletests(raw, method="holm")[1])
-    for entry in result.per_class.values():
+    for entry in result.contenders["resnet"].per_class.values():
         assert (entry.winner != study.NO_WINNER) == (entry.holm_p_value < 0.05)
         if entry.p_value < 0.05 <= entry.holm_p_value:
             assert entry.winner == study.NO_WINNER  # significant alone, not after adjustment
@@ -98,7 +99,7 @@ def test_probability_of_superiority_leaves_ties_out_of_value_and_interval_alike(
     resnet = [0.90, 0.91, 0.92, 0.90, 0.93, 0.91]
     cnn = [0.91, 0.91, 0.90, 0.88, 0.90, 0.89]  # one loss, one tie, four wins
     runs = [seed_run(seed, r, c) for seed, r, c in zip(range(1, 7), resnet, cnn)]
-    superiority = study.aggregate(runs, SETTINGS).p_resnet_better
+    superiority = study.aggregate(runs, SETTINGS).contenders["resnet"].p_better
     assert superiority.value == pytest.approx(4 / 5) and superiority.seeds_tied == 1
     assert superiority.exact_ci == pytest.approx(list(stats.binomtest(4, 5).proportion_ci(0.95, "exact")))
 
@@ -111,10 +112,10 @@ def test_probability_of_superiority_leaves_ties_out_of_value_and_interval_alike(
 def test_the_study_verdict_against_the_margin(resnet, cnn, decision):
     runs = [seed_run(seed, r, c) for seed, r, c in zip((1, 2, 3, 4), resnet, cnn)]
     result = study.aggregate(runs, SETTINGS)
-    verdict = result.verdict
+    verdict = result.contenders["resnet"].verdict
     assert verdict.decision == decision
     assert (verdict.plan is not None) == (decision == "undecided")
-    summary = study.study_summary(result)
+    summary = reports.study_summary(result, TITLES)
     assert f"**{decision}**" in summary
     if decision == "undecided":
         assert verdict.plan.planned_k is None or verdict.plan.planned_k > 4
@@ -131,7 +132,7 @@ def test_a_tuned_studys_plan_stops_at_ten_seeds():
     runs = [seed_run(seed, r, c) for seed, r, c in zip((1, 2, 3, 4), [0.91, 0.912, 0.908, 0.91], [0.90] * 4)]
     for recipe, cap in (("reference", study.MAX_PLANNED_SEEDS), ("tuned", 10)):
         result = study.aggregate(runs, SETTINGS, max_seeds=Recipe(recipe).max_planned_seeds)
-        assert result.verdict.decision == "undecided" and result.verdict.plan.cap == cap
+        assert result.contenders["resnet"].verdict.decision == "undecided" and result.contenders["resnet"].verdict.plan.cap == cap
     ms = np.sqrt  # as in the planner's test: variances of the mean at k = 10
     reference, tuned = (planned(0.005, ms(4e-6 + 1e-6), ms(1e-6 + 1e-6), ms(1e-6), cap=cap)
                         for cap in (study.MAX_PLANNED_SEEDS, 10))
@@ -148,7 +149,9 @@ def test_the_next_step_names_the_planned_seeds_where_each_recipe_declares_them()
 
     runs = [seed_run(seed, r, c) for seed, r, c in zip((1, 2, 3, 4), [0.91, 0.912, 0.908, 0.91], [0.90] * 4)]
     result = study.aggregate(runs, SETTINGS)
-    result = replace(result, verdict=replace(result.verdict, plan=Plan(0.8, 20, 0.001, 7, True)))
+    contender = result.contenders["resnet"]
+    contender = replace(contender, verdict=replace(contender.verdict, plan=Plan(0.8, 20, 0.001, 7, True)))
+    result = replace(result, contenders={"resnet": contender})
     assert "set `study.seeds: [1, 2, 3, 4, 5, 6, 7]` in params.yaml" in study.next_step(result, [1, 2, 3, 4])
     assert 'run `make study RECIPE=tuned SEEDS="5 6 7"`' in study.next_step(result, [1, 2, 3, 4], "tuned")
 
@@ -183,11 +186,11 @@ def test_seeds_from_two_cpu_kinds_get_the_gain_per_kind():
     runs = [seed_run(seed, 0.9 + seed / 100, 0.9, record=RunRecord(kind, {"resnet": 60.0, "cnn": 10.0 * seed}, {}))
             for seed, kind in zip((1, 2, 3), (epyc, epyc, xeon))]
     result = study.aggregate(runs, SETTINGS)
-    assert result.per_cpu_kind == {
+    assert result.contenders["resnet"].per_cpu_kind == {
         "AuthenticAMD family 25 model 17, AVX-512 BF16": CpuKindGain((1, 2), pytest.approx(0.015)),
         "GenuineIntel family 6 model 143, AVX-512": CpuKindGain((3,), pytest.approx(0.03))}
-    assert study.aggregate(runs[:2], SETTINGS).per_cpu_kind is None
-    assert result.train_time_ratio == CostRatio(3.0, 2.0, 6.0)  # 60 s over 10, 20 and 30 s: median, min, max
+    assert study.aggregate(runs[:2], SETTINGS).contenders["resnet"].per_cpu_kind is None
+    assert result.contenders["resnet"].train_time_ratio == CostRatio(3.0, 2.0, 6.0)  # 60 s over 10, 20 and 30 s: median, min, max
     assert [row.run for row in result.per_seed] == [run.record for run in runs]
 
 
@@ -213,7 +216,7 @@ def test_failed_seeds_are_named_not_dropped_silently():
     runs = [seed_run(1, 0.9, 0.9), seed_run(2, 0.91, 0.9)]
     result = study.aggregate(runs, SETTINGS, failed={3: "train_resnet: out of memory"})
     assert result.failed_seeds == {"3": "train_resnet: out of memory"}
-    assert "seed 3: train_resnet: out of memory" in study.study_summary(result)
+    assert "seed 3: train_resnet: out of memory" in reports.study_summary(result, TITLES)
 
 
 def test_the_committed_study_is_what_its_seeds_predictions_give():
@@ -241,12 +244,12 @@ def test_the_committed_study_is_what_its_seeds_predictions_give():
     combined = ms_seed + ms_image - ms_error
     df = combined ** 2 / (ms_seed ** 2 / (k - 1) + ms_image ** 2 / (n - 1) + ms_error ** 2 / ((k - 1) * (n - 1)))
     se = np.sqrt(combined / (k * n))
-    gain = result.accuracy_gain
+    gain = result.contenders["resnet"].accuracy_gain
     assert gain.mean == pytest.approx(grand) and gain.se == pytest.approx(se) and gain.df == pytest.approx(df)
     half = stats.t.ppf(0.975, df) * se
     assert gain.ci == pytest.approx([grand - half, grand + half])
     one_sided = stats.t.ppf(0.95, df) * se
-    verdict = result.verdict
+    verdict = result.contenders["resnet"].verdict
     assert (verdict.lower, verdict.upper) == pytest.approx((grand - one_sided, grand + one_sided))
     expected = ("worth it" if grand - one_sided >= 0.01 else "not worth it" if grand + one_sided < 0.01
                 else "undecided")
@@ -254,12 +257,16 @@ def test_the_committed_study_is_what_its_seeds_predictions_give():
 
 
 def test_seeds_from_before_the_recipe_knobs_compare_with_todays_reference_recipe():
+    import subprocess
+
     """A seed folder's params.yaml written before weight_decay, schedule and augment existed ran the reference
     recipe (Adam, no augmentation, StepLR exactly where a step_size was set): it agrees with today's params."""
     import yaml
 
-    today = yaml.safe_load(open("params.yaml"))
-    before = yaml.safe_load(open("params.yaml"))
+    legacy = subprocess.run(["git", "show", "5f599bc:params.yaml"], capture_output=True, text=True)
+    if legacy.returncode != 0:
+        pytest.skip("this clone lacks commit 5f599bc (a shallow clone)")
+    today, before = yaml.safe_load(legacy.stdout), yaml.safe_load(legacy.stdout)  # the pair's layout
     for model in ("resnet", "cnn"):
         for knob in ("weight_decay", "schedule", "augment"):
             before[model].pop(knob)
@@ -268,3 +275,45 @@ def test_seeds_from_before_the_recipe_knobs_compare_with_todays_reference_recipe
     before["resnet"]["step_size"] = None  # that was a constant rate: not today's StepLR
     assert study.comparable_params(before)["resnet.schedule"] == "constant" != \
         study.comparable_params(today)["resnet.schedule"]
+
+
+def test_params_in_todays_layout_compare_with_every_default_spelled_out_and_name_what_they_compare():
+    """A seed folder's params.yaml of models as data: compared through today's validation (a knob left out is its
+    default), its baseline and contenders among what must agree; one of the pair's layout compares the pair."""
+    import yaml
+
+    today = yaml.safe_load(open("params.yaml"))
+    terse = yaml.safe_load(open("params.yaml"))
+    terse["models"]["cnn"]["recipe"].pop("label_smoothing")
+    assert study.comparable_params(terse) == study.comparable_params(today)
+    assert study.comparable_params(today)["compare.contenders"] == ["resnet"]
+    assert study.compared_models(today) == ("cnn", ("resnet",))
+    assert study.compared_models(PARAMS) == ("cnn", ("resnet",))  # the pair's layout
+    wider = {**today, "compare": {**today["compare"], "contenders": ["resnet", "resnet_small"]}}
+    assert study.comparable_params(wider) != study.comparable_params(today)
+
+
+def test_a_study_of_two_contenders_decides_each_with_holm_across_them():
+    """Three models per seed: each contender against the baseline, Holm's across the two."""
+    from statsmodels.stats.multitest import multipletests
+
+    settings = SETTINGS.model_copy(update={"contenders": ["resnet", "wide"]})
+    runs = []
+    for seed, (r, w, c) in enumerate([(0.91, 0.95, 0.90), (0.912, 0.952, 0.90), (0.908, 0.951, 0.90),
+                                      (0.91, 0.953, 0.90)], start=1):
+        run = seed_run(seed, r, c, compare={"baseline": "cnn", "contenders": ["resnet", "wide"]})
+        run.predictions["wide"] = predictions_with_accuracy(w, 5 * seed)
+        runs.append(run)
+    result = study.aggregate(runs, settings)
+    assert result.baseline == "cnn" and list(result.contenders) == ["resnet", "wide"]
+    assert list(result.models) == ["resnet", "wide", "cnn"]
+    assert result.contenders["wide"].verdict.decision == "worth it"
+    assert result.contenders["resnet"].verdict.decision == "undecided"
+    verdicts = [c.verdict for c in result.contenders.values()]
+    assert all(v.family == 2 for v in verdicts)
+    worth = multipletests([v.p_null_gain_at_most_margin for v in verdicts], alpha=0.05, method="holm")[0]
+    assert [v.decision == "worth it" for v in verdicts] == list(worth)
+    assert set(result.per_seed[0].test_accuracy) == {"resnet", "wide", "cnn"}
+    assert set(result.per_seed[0].contenders) == {"resnet", "wide"}
+    summary = reports.study_summary(result, {**TITLES, "wide": "Wide"})
+    assert "### Wide against Small CNN" in summary and "Holm's" in summary

@@ -26,8 +26,9 @@ def seed_files(seed, labels=(0, 1, 2, 3), resnet=(0, 1, 2, 3), cnn=(0, 1, 2, 0))
     import hashlib
 
     return {"predictions.csv": predictions, "params.yaml": json.dumps({**PARAMS, "seed": seed}),
-            "headline.json": json.dumps({"resnet": {"test_accuracy": 1.0}, "cnn": {"test_accuracy": 0.75},
-                                         "accuracy_gain": 0.25}),
+            "headline.json": json.dumps({"baseline": "cnn", "models": {"resnet": {"test_accuracy": 1.0},
+                                                                       "cnn": {"test_accuracy": 0.75}},
+                                         "contenders": {"resnet": {"accuracy_gain": 0.25}}}),
             "run.json": json.dumps({"seed": seed, "code": "fake-code", "train_seconds": {"resnet": 1, "cnn": 1},
                                     "mlflow_run_ids": {},
                                     "predictions_sha256": hashlib.sha256(predictions.encode()).hexdigest()})}
@@ -92,7 +93,7 @@ def test_each_missing_seed_runs_once_and_a_rerun_runs_none(fake, capsys):
     assert study_runs.run_seeds(REFERENCE, [1, 2, 3], 2, PARAMS) == {}
     assert fake.ran == [1, 3] and fake.clusters == [(None, 2)]
     out = capsys.readouterr().out
-    assert "seed 2: done already" in out and "seed 1: finished on worker-1" in out and "gain +25.00 points" in out
+    assert "seed 2: done already" in out and "seed 1: finished on worker-1" in out and "gain over cnn, points: resnet +25.00" in out
     assert study_runs.run_seeds(REFERENCE, [1, 2, 3], 2, PARAMS) == {} and fake.ran == [1, 3]
     assert len(fake.clusters) == 1  # nothing to run: no cluster started
 
@@ -131,8 +132,9 @@ def test_the_tuned_recipe_has_its_own_seed_folders_and_sets_each_models_recipe(f
     seed_folders.TUNED_RECIPE_FILE.write_text("resnet: {lr: 0.002, augment: flip}\ncnn: {batch_size: 64}\n")
     tuned = seed_folders.load_recipe("tuned")
     assert tuned.seeds_dir == Path("metrics/study_tuned/seeds") and tuned.study_file == Path("metrics/study_tuned.json")
-    assert tuned.set_options() == ["-S", "cnn.batch_size=64", "-S", 'resnet.augment="flip"', "-S", "resnet.lr=0.002"]
-    assert tuned.apply(PARAMS)["resnet"] == {"lr": 0.002, "augment": "flip"}
+    assert tuned.set_options() == ["-S", "models.cnn.recipe.batch_size=64", "-S", 'models.resnet.recipe.augment="flip"',
+                                   "-S", "models.resnet.recipe.lr=0.002"]
+    assert tuned.apply(PARAMS)["models"]["resnet"] == {"recipe": {"lr": 0.002, "augment": "flip"}}
     assert tuned.experiment_name(4) == "study-tuned-seed-4" and REFERENCE.experiment_name(4) == "study-seed-4"
     with pytest.raises(PipelineError, match="--recipe best: unknown; use reference or tuned"):
         seed_folders.load_recipe("best")

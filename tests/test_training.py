@@ -11,8 +11,9 @@ from fashion_compare.params import TrainConfig
 
 
 def config(**changes):
-    values = dict(model="cnn", lr=0.001, epochs=2, batch_size=50, weight_decay=0.0, schedule="step", step_size=1,
-                  gamma=0.5, augment="none", seed=3, device="cpu", mixed_precision=False, channels_last=False,
+    values = dict(model="cnn", architecture="fashion_cnn", options={}, optimizer="adam", label_smoothing=0.0,
+                  precision="fp32", lr=0.001, epochs=2, batch_size=50, weight_decay=0.0, schedule="step", step_size=1,
+                  gamma=0.5, augment="none", seed=3, device="cpu", channels_last=False,
                   eval_batch_size=100)
     values.update(changes)
     return TrainConfig(**values)
@@ -25,7 +26,7 @@ def small_splits(real_raw):
 
 def run(splits, cfg, observers=()):
     training.seed_everything(cfg.seed)
-    model = models.build_model(cfg.model)
+    model = models.build_model(cfg.architecture, cfg.options)
     result = training.train(model, splits["train"], splits["val"], cfg, torch.device("cpu"), observers=observers,
                             quiet=True)
     return model, result
@@ -53,7 +54,9 @@ def test_training_learns_and_records_curves(small_splits):
                          [("cnn", False, 50), ("cnn", True, 50), ("resnet", False, 20)])
 def test_training_is_deterministic_for_a_seed(small_splits, model, channels_last, batch_size):
     """ResNet18 with its CPU paths (single-output convolutions, Adam on the live taps) included."""
-    cfg = config(model=model, epochs=1, channels_last=channels_last, batch_size=batch_size)
+    architecture = {"cnn": ("fashion_cnn", {}), "resnet": ("resnet18", {"stem": "imagenet"})}[model]
+    cfg = config(model=model, architecture=architecture[0], options=architecture[1], epochs=1,
+                 channels_last=channels_last, batch_size=batch_size)
     _, first = run(small_splits, cfg)
     _, second = run(small_splits, cfg)
     _, other_seed = run(small_splits, cfg.model_copy(update={"seed": 4}))
@@ -100,11 +103,11 @@ def test_checkpoints_that_are_not_ours_are_one_line_errors(tmp_path):
     from fashion_compare.files import save_torch
 
     pickled = tmp_path / "pickled.pt"
-    torch.save(models.build_model("cnn"), pickled)  # a whole pickled module: refused by weights_only loading
+    torch.save(models.build_model("fashion_cnn"), pickled)  # a whole pickled module: refused by weights_only loading
     with pytest.raises(DataError, match=f"{pickled}: not a readable checkpoint"):
         training.load_checkpoint(pickled)
     bare = tmp_path / "bare.pt"
-    save_torch(bare, models.build_model("cnn").state_dict())
+    save_torch(bare, models.build_model("fashion_cnn").state_dict())
     with pytest.raises(DataError, match=f"{bare}: not a checkpoint of this project"):
         training.load_checkpoint(bare)
     truncated = tmp_path / "truncated.pt"
@@ -118,7 +121,7 @@ import resource, sys, torch
 sys.path.insert(0, sys.argv[1])
 from fashion_compare import models, training
 training.seed_everything(0)
-model = models.build_model("cnn").train().to(memory_format=torch.channels_last)
+model = models.build_model("fashion_cnn").train().to(memory_format=torch.channels_last)
 optimizer = torch.optim.Adam(list(model.parameters()), lr=0.001, fused=True)
 x = torch.rand(100, 1, 28, 28).contiguous(memory_format=torch.channels_last)
 y = torch.randint(0, 10, (100,))

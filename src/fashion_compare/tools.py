@@ -16,7 +16,8 @@ import yaml
 from .errors import PipelineError
 from .process import set_parent_death_signal
 
-PREDICTION_STAGES = ("prepare", "train_resnet", "train_cnn", "evaluate")  # what a seed's predictions depend on
+# What a seed's predictions depend on; train_resnet and train_cnn are the pair's layout (a fingerprint of an older rev)
+PREDICTION_STAGES = ("prepare", "train_baseline", "train", "evaluate", "train_resnet", "train_cnn")
 
 DVC = Path(sys.executable).parent / "dvc"  # the virtualenv's dvc (beside this Python), whatever PATH says
 
@@ -56,7 +57,8 @@ def code_fingerprint(rev=None, root=Path(".")) -> str:
     read = (lambda path: (Path(root) / path).read_bytes()) if rev is None else (
         lambda path: subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, check=True).stdout)
     stages = yaml.safe_load(read("dvc.yaml"))["stages"]
-    files = sorted({dep for name in PREDICTION_STAGES for dep in stages[name].get("deps", []) if dep.endswith(".py")})
+    files = sorted({dep for name in PREDICTION_STAGES if name in stages
+                    for dep in stages[name].get("do", stages[name]).get("deps", []) if dep.endswith(".py")})
     digest = hashlib.sha256()
     for name in files:
         digest.update(name.encode() + b"\0" + read(name))
