@@ -62,7 +62,8 @@ def main():
     for name, contender in result.contenders.items():
         figures[f"{OUT}/figures/f1_difference_{name}.png"] = plots.forest(contender, name, result.baseline, titles,
                                                                          confidence)
-    figures[f"{OUT}/figures/learning_curves.png"] = plots.learning_curves(epochs, steps, titles, params.compare.baseline)
+    figures[f"{OUT}/figures/learning_curves.png"] = plots.learning_curves(epochs, steps, titles,
+                                                                          params.compare.baseline)
     summary = reports.comparison_summary(result, titles)
 
     child_run_ids = tracking.existing_runs(tracker, {name: train[name]["mlflow_run_id"] for name in compared})

@@ -64,7 +64,8 @@ def constructed_comparison(extra_coats_right=60, **settings):
 
 def test_comparison_counts_only_significant_wins_and_tests_the_gain_against_the_margin():
     result = constructed_comparison()
-    assert result.baseline == "cnn" and list(result.models) == ["resnet", "cnn"] and list(result.contenders) == ["resnet"]
+    assert result.baseline == "cnn" and list(result.models) == ["resnet", "cnn"]
+    assert list(result.contenders) == ["resnet"]
     per_class = result.contenders["resnet"].per_class
     assert per_class["Coat"].winner == "resnet" and per_class["Coat"].f1.difference_ci[0] > 0
     assert per_class["Ankle boot"].winner == "cnn" and per_class["Ankle boot"].f1.difference_ci[1] < 0
@@ -133,7 +134,8 @@ def test_headline_holds_quality_and_the_test_and_cost_holds_timings():
     assert set(headline["models"]["resnet"]) == {"test_accuracy", "macro_f1"}
     assert headline["contenders"]["resnet"]["mcnemar_p"] == result.contenders["resnet"].verdict.mcnemar.p_value
     cost = comparison.cost(result)  # machine-dependent figures: apart from the headline
-    assert cost["models"]["resnet"]["train_seconds"] == 1200.0 and cost["models"]["resnet"]["latency_ms_per_image"] == 4.0
+    assert cost["models"]["resnet"]["train_seconds"] == 1200.0
+    assert cost["models"]["resnet"]["latency_ms_per_image"] == 4.0
     assert cost["contenders"]["resnet"]["train_time_ratio"] == 4.0
     rows = reports.per_class_rows(result, "f1", TITLES)
     assert len(rows) == 20 and {r["model"] for r in rows} == {"ResNet18", "Small CNN"}

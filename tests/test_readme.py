@@ -5,9 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from fashion_compare import comparison, results, study
+from fashion_compare import reports, results
+from fashion_compare.params import load_params
 
 REPO = Path(__file__).resolve().parent.parent
+TITLES = {name: spec.title for name, spec in load_params(REPO / "params.yaml").models.items()}
 README = (REPO / "README.md").read_text(encoding="utf-8")
 
 
@@ -23,7 +25,7 @@ def test_readme_is_short():
 
 def test_the_study_tables_are_those_of_metrics_study_json():
     result = results.load(results.StudyResult, REPO / "metrics/study.json")
-    rows = data_rows(study.study_summary(result))
+    rows = data_rows(reports.study_summary(result, TITLES))
     assert len(rows) == 2 + 4 + result.k + 10  # models, standard errors, seeds, classes
     missing = [row for row in rows if row not in README]
     assert not missing, missing
@@ -38,7 +40,7 @@ def test_the_answer_on_the_first_screen_is_each_studys_verdict(path):
     result = results.load(results.StudyResult, REPO / path)
     planned = yaml.safe_load((REPO / "params.yaml").read_text())["study"]["seeds"]
     first_screen = " ".join("\n".join(README.splitlines()[:40]).split())  # lines wrapped anywhere
-    gain, verdict = result.accuracy_gain, result.verdict
+    gain, verdict = result.contenders["resnet"].accuracy_gain, result.contenders["resnet"].verdict
     assert f"**{verdict.decision.capitalize()}" in first_screen
     expected = (f"**{100 * gain.mean:+.2f} points** of test accuracy (95 % interval "
                 f"[{100 * gain.ci[0]:+.2f}, {100 * gain.ci[1]:+.2f}]")
@@ -54,7 +56,7 @@ def test_the_answer_on_the_first_screen_is_each_studys_verdict(path):
 
 def test_the_single_run_tables_are_those_of_metrics_compare_json():
     result = results.load(results.Comparison, REPO / "metrics/compare.json")
-    rows = data_rows(comparison.one_run_summary(result))
+    rows = data_rows(reports.comparison_summary(result, TITLES))
     missing = [row for row in rows if row not in README]
     assert not missing, missing
 
@@ -82,4 +84,4 @@ RECIPES = {"reference (the original write-up's)": "metrics/study.json",
 def test_the_answer_table_holds_both_recipes_studies_as_committed():
     studies = {recipe: results.load(results.StudyResult, REPO / path) if (REPO / path).is_file() else None
                for recipe, path in RECIPES.items()}
-    assert study.answer_table(studies) in README
+    assert reports.answer_table(studies, TITLES) in README

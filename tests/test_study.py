@@ -38,7 +38,8 @@ def quick_aso(monkeypatch):
     monkeypatch.setattr(study, "ASO_SAMPLES", 100)
 
 
-SETTINGS = CompareParams(baseline="cnn", contenders=["resnet"], min_accuracy_gain=0.01, alpha=0.05, bootstrap_samples=200, confidence=0.95)
+SETTINGS = CompareParams(baseline="cnn", contenders=["resnet"], min_accuracy_gain=0.01, alpha=0.05,
+                         bootstrap_samples=200, confidence=0.95)
 
 
 def test_the_numbers_over_seeds_are_the_textbook_ones():
@@ -51,7 +52,8 @@ def test_the_numbers_over_seeds_are_the_textbook_ones():
     half = 4.302652729911275 * sd / np.sqrt(3)  # t(0.975, 2 degrees of freedom), from a table
     assert result.contenders["resnet"].accuracy_gain.mean == pytest.approx(0.011666666666666667)
     assert result.contenders["resnet"].accuracy_gain.sd_over_seeds == pytest.approx(sd)
-    assert result.contenders["resnet"].accuracy_gain.seeds_only_ci == pytest.approx([gains.mean() - half, gains.mean() + half])
+    assert result.contenders["resnet"].accuracy_gain.seeds_only_ci == \
+        pytest.approx([gains.mean() - half, gains.mean() + half])
     # MS_seed over the 3 x 1000 table of correctness differences is n times the variance of the seeds' gains
     assert result.contenders["resnet"].accuracy_gain.se_seeds == pytest.approx(sd / np.sqrt(3))
     lower, upper = result.contenders["resnet"].accuracy_gain.ci
@@ -132,7 +134,8 @@ def test_a_tuned_studys_plan_stops_at_ten_seeds():
     runs = [seed_run(seed, r, c) for seed, r, c in zip((1, 2, 3, 4), [0.91, 0.912, 0.908, 0.91], [0.90] * 4)]
     for recipe, cap in (("reference", study.MAX_PLANNED_SEEDS), ("tuned", 10)):
         result = study.aggregate(runs, SETTINGS, max_seeds=Recipe(recipe).max_planned_seeds)
-        assert result.contenders["resnet"].verdict.decision == "undecided" and result.contenders["resnet"].verdict.plan.cap == cap
+        verdict = result.contenders["resnet"].verdict
+        assert verdict.decision == "undecided" and verdict.plan.cap == cap
     ms = np.sqrt  # as in the planner's test: variances of the mean at k = 10
     reference, tuned = (planned(0.005, ms(4e-6 + 1e-6), ms(1e-6 + 1e-6), ms(1e-6), cap=cap)
                         for cap in (study.MAX_PLANNED_SEEDS, 10))
@@ -190,7 +193,8 @@ def test_seeds_from_two_cpu_kinds_get_the_gain_per_kind():
         "AuthenticAMD family 25 model 17, AVX-512 BF16": CpuKindGain((1, 2), pytest.approx(0.015)),
         "GenuineIntel family 6 model 143, AVX-512": CpuKindGain((3,), pytest.approx(0.03))}
     assert study.aggregate(runs[:2], SETTINGS).contenders["resnet"].per_cpu_kind is None
-    assert result.contenders["resnet"].train_time_ratio == CostRatio(3.0, 2.0, 6.0)  # 60 s over 10, 20 and 30 s: median, min, max
+    # 60 s over 10, 20 and 30 s: median, min, max
+    assert result.contenders["resnet"].train_time_ratio == CostRatio(3.0, 2.0, 6.0)
     assert [row.run for row in result.per_seed] == [run.record for run in runs]
 
 

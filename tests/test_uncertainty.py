@@ -44,7 +44,8 @@ def test_thirty_more_right_on_one_class_is_significant_there_only():
     assert uncertainty.winner(f1["lower"][4], f1["upper"][4], "resnet", "cnn") == "resnet"
     assert result["difference"]["accuracy"]["value"] == pytest.approx(30 / 2000)
     assert result["difference"]["accuracy"]["lower"] > 0
-    assert uncertainty.winner(f1["lower"][7], f1["upper"][7], "resnet", "cnn") == uncertainty.NO_WINNER  # identical: [0, 0]
+    # identical predictions: [0, 0]
+    assert uncertainty.winner(f1["lower"][7], f1["upper"][7], "resnet", "cnn") == uncertainty.NO_WINNER
 
 
 def test_textbook_mcnemar_table():

@@ -141,13 +141,14 @@ def answer_table(studies: dict) -> str:
 def environment():
     import jinja2
 
-    from . import engine, study
+    from . import engine, study, tools
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, autoescape=False,
                              extensions=["jinja2.ext.do"])
     env.globals.update(json=json, yaml=yaml, study_tables=study_tables, one_run_tables=one_run_tables,
                        answer_table=answer_table, seed_groups=seed_groups, titles=titles(),
+                       code_fingerprint=lambda: tools.code_fingerprint(root=Path(__file__).resolve().parents[2]),
                        engine=engine, planning_power=study.PLANNING_POWER, max_planned_seeds=study.MAX_PLANNED_SEEDS)
     env.filters.update(f=f, span=span)
     return env

@@ -234,7 +234,8 @@ def _prediction_columns(path, rows, fields, remedy) -> list:
 
 def load_predictions(folder: Path, seed: int, info: dict, compared) -> dict:
     """A seed's predictions.csv, validated: its checksum as collected, the header (`compared`: its models, the
-    contenders then the baseline), image ids 0..n-1 in order, labels and predictions classes 0-9. {"label", <model>: arrays}."""
+    contenders then the baseline), image ids 0..n-1 in order, labels and predictions classes 0-9.
+    {"label", <model>: arrays}."""
     path = folder / "predictions.csv"
     remedy = f"restore it (git checkout -- {path}) or run seed {seed} again (remove {folder}, make study)"
     if info.get("predictions_sha256") != sha256(path):
