@@ -125,19 +125,19 @@ def set_params(repo: Path, **changes):
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-SMOKE_PARAMS = {"data__subset": 600, "epochs": 1, "resnet__epochs": 1, "evaluate__latency_repeats": 10}
+SMOKE_PARAMS = {"data__subset": 600, "epochs": 1, "models__resnet__recipe__epochs": 1, "evaluate__latency_repeats": 10}
 
 
 def build_smoke_pipeline(path: Path) -> Path:
     """A temporary git copy where `dvc repro` ran on a stratified subset of 600 images for 1 epoch."""
     make_repo_copy(path, **SMOKE_PARAMS)
     # prove the pipeline writes its outputs itself (the committed seed study, metrics/study and plots/study, stays)
-    for stale in ("dvc.lock", "plots/train", "plots/evaluate", "plots/compare", *(
+    for stale in ("dvc.lock", "plots/train", "plots/evaluate", "plots/compare", "metrics/train", *(
             str(json.relative_to(path)) for json in (path / "metrics").glob("*.json"))):
         target = path / stale
         shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     result = run(["dvc", "repro"], path)
-    for stage in ("prepare", "train_resnet", "train_cnn", "evaluate", "compare"):
+    for stage in ("prepare", "train@resnet", "train_baseline", "evaluate", "compare"):
         assert f"Running stage '{stage}'" in result.stdout
     commit_all(path, "smoke run")
     return path

@@ -118,7 +118,7 @@ def test_a_study_on_a_dask_cluster_survives_a_dead_worker_and_matches_the_local_
         assert (local / f"metrics/study/seeds/{seed}/predictions.csv").read_bytes() == \
             (driver / f"metrics/study/seeds/{seed}/predictions.csv").read_bytes(), seed
     local_result = json.loads((local / "metrics/study.json").read_text())
-    for key in ("accuracy_gain", "models", "per_class", "verdict"):
+    for key in ("baseline", "models", "contenders"):
         assert local_result[key] == result[key], key
 
 
@@ -154,9 +154,9 @@ def test_a_cluster_task_restores_a_seed_from_the_shared_run_cache_instead_of_tra
             log.append(result.stdout + result.stderr)
         outputs[worker] = ("".join(log), (scratch / "data/predictions/test.csv").read_bytes())
     first, second = outputs["first"], outputs["second"]
-    assert "Running stage 'train_resnet'" in first[0]
+    assert "Running stage 'train@resnet'" in first[0]
     assert "Running stage" not in second[0], second[0][-3000:]  # every stage restored from the run cache
-    assert "Stage 'train_resnet' is cached - skipping run, checking out outputs" in second[0], second[0][-3000:]
+    assert "Stage 'train@resnet' is cached - skipping run, checking out outputs" in second[0], second[0][-3000:]
     assert second[1] == first[1]
 
 
@@ -186,8 +186,9 @@ def test_a_seed_whose_mlflow_server_stopped_keeps_its_training_on_the_dvc_remote
     store.mkdir()
     server, uri = start_mlflow_server(store, port), f"http://127.0.0.1:{port}"
     env = tool_env(MLFLOW_TRACKING_URI=uri, OMP_NUM_THREADS="1")
-    _, driver = team_clones(tmp_path, built_pipeline, data__subset=200, epochs=3, resnet__epochs=3,
-                            resnet__batch_size=5, study__seeds=[4], study__jobs=1, tracking__log_model=False,
+    _, driver = team_clones(tmp_path, built_pipeline, data__subset=200, epochs=3, models__resnet__recipe__epochs=3,
+                            models__resnet__recipe__batch_size=5, study__seeds=[4], study__jobs=1,
+                            tracking__log_model=False,
                             tracking__experiment="cluster-outage")
     command = [sys.executable, "stages/study.py", "run", "--cluster", address]
     study = subprocess.Popen(command, cwd=driver, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -73,7 +73,8 @@ def epochs_without_timing(folder, model):
 def test_sigkill_mid_epoch_then_rerun_gives_the_same_weights(tmp_path, repo):
     """The resume test: SIGKILL during epoch 2 of 2, rerun: the same bytes as a run never interrupted,
     and one MLflow run with every step once."""
-    changes = dict(resnet__epochs=2, resnet__step_size=1, threads=1)  # one thread, in make test-study too
+    # one thread, in make test-study too
+    changes = dict(models__resnet__recipe__epochs=2, models__resnet__recipe__step_size=1, threads=1)
     straight = scratch(tmp_path / "straight", repo, **changes)
     stage(straight, "stages/train.py", "resnet", check=True)
 
@@ -92,7 +93,7 @@ def test_sigkill_mid_epoch_then_rerun_gives_the_same_weights(tmp_path, repo):
     assert (interrupted / "models/resnet.pt").read_bytes() == (straight / "models/resnet.pt").read_bytes()
     assert epochs_without_timing(interrupted, "resnet").equals(epochs_without_timing(straight, "resnet"))
     assert not (interrupted / ".resume" / "resnet.pt").exists()  # removed once every output is written
-    summary = json.loads((interrupted / "metrics/train_resnet.json").read_text())
+    summary = json.loads((interrupted / "metrics/train/resnet.json").read_text())
     assert summary["resumed_from_epoch"] == 1
 
     client, attempts = runs(interrupted, "ResNet18")
@@ -108,7 +109,8 @@ def test_sigkill_mid_epoch_then_rerun_gives_the_same_weights(tmp_path, repo):
                                                         (signal.SIGINT, "SIGINT", 130)])
 def test_interrupt_ends_in_one_line_keeps_the_epochs_and_marks_the_run_killed(tmp_path, repo, signal_number,
                                                                                name, status):
-    folder = scratch(tmp_path, repo, cnn__epochs=30, cnn__batch_size=2)  # minutes: stopped long before
+    # minutes: stopped long before
+    folder = scratch(tmp_path, repo, models__cnn__recipe__epochs=30, models__cnn__recipe__batch_size=2)
     process = start(folder, "stages/train.py", "cnn")
     wait_for(folder / ".resume" / "cnn.pt", process)
     if signal_number == signal.SIGTERM:  # while it trains, a second training of the same model is refused
@@ -133,9 +135,10 @@ def test_killing_dvc_alone_stops_the_training_and_the_rerun_resumes_it(tmp_path,
     copy = tmp_path / "copy"  # the built smoke pipeline, with a tracking store of its own
     shutil.copytree(repo, copy, symlinks=True, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts"))
     reset_to_head(copy)
-    set_params(copy, cnn__epochs=8)  # ~0.5 s each here: dvc is stopped seconds before the training would end
+    # ~0.5 s each here: dvc is stopped seconds before the training would end
+    set_params(copy, models__cnn__recipe__epochs=8)
     commit_all(copy, "smoke, 8 CNN epochs")
-    dvc = subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro", "train_cnn"], cwd=copy,
+    dvc = subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro", "train_baseline"], cwd=copy,
                            env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(copy / ".resume" / "cnn.pt", dvc)  # epoch 1 is done
     training_pid = int((copy / ".resume" / "cnn.lock").read_text())
@@ -153,7 +156,7 @@ def test_killing_dvc_alone_stops_the_training_and_the_rerun_resumes_it(tmp_path,
     assert [r.info.status for r in killed] == ["KILLED"]
     assert (copy / ".resume" / "cnn.pt").exists()
 
-    result = run(["dvc", "repro", "train_cnn"], copy)
+    result = run(["dvc", "repro", "train_baseline"], copy)
     assert "cnn: resuming from epoch" in result.stdout
     found = client.search_runs([experiment.experiment_id], "attributes.run_name = 'Small CNN'")
     assert [(r.info.run_id, r.info.status) for r in found] == [(killed[0].info.run_id, "FINISHED")]
@@ -161,13 +164,14 @@ def test_killing_dvc_alone_stops_the_training_and_the_rerun_resumes_it(tmp_path,
 
 @pytest.mark.long
 def test_a_changed_config_starts_over_and_marks_the_orphan_killed(tmp_path, repo):
-    folder = scratch(tmp_path, repo, cnn__epochs=30, cnn__batch_size=2)  # minutes: stopped long before
+    # minutes: stopped long before
+    folder = scratch(tmp_path, repo, models__cnn__recipe__epochs=30, models__cnn__recipe__batch_size=2)
     process = start(folder, "stages/train.py", "cnn")
     wait_for(folder / ".resume" / "cnn.pt", process)
     process.kill()
     process.wait()
     params = yaml.safe_load((folder / "params.yaml").read_text())
-    params["cnn"]["epochs"], params["cnn"]["lr"] = 1, 0.002
+    params["models"]["cnn"]["recipe"]["epochs"], params["models"]["cnn"]["recipe"]["lr"] = 1, 0.002
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
     result = stage(folder, "stages/train.py", "cnn", check=True)
     assert "starting over: .resume/cnn.pt was saved by another configuration, data or code" in result.stdout
@@ -177,12 +181,12 @@ def test_a_changed_config_starts_over_and_marks_the_orphan_killed(tmp_path, repo
 
 
 def test_divergence_stops_at_once_fails_the_run_and_writes_nothing(tmp_path, repo):
-    folder = scratch(tmp_path, repo, cnn__lr=1000.0)
+    folder = scratch(tmp_path, repo, models__cnn__recipe__lr=1000.0)
     result = stage(folder, "stages/train.py", "cnn")
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: cnn: training loss is ")
     assert "at epoch 1, step" in result.stderr and "training diverged; try a lower lr" in result.stderr
-    for output in ("models/cnn.pt", "metrics/train_cnn.json", "plots/train/cnn_epochs.csv"):
+    for output in ("models/cnn.pt", "metrics/train/cnn.json", "plots/train/cnn_epochs.csv"):
         assert not (folder / output).exists()
     _, attempts = runs(folder, "Small CNN")
     assert [r.info.status for r in attempts] == ["FAILED"]
@@ -195,7 +199,7 @@ def test_evaluate_checks_every_input_before_it_writes_or_logs_anything(tmp_path,
     for item in ("models", "metrics", "plots"):
         shutil.copytree(repo / item, folder / item)
     shutil.copy(repo / "mlflow.db", folder / "mlflow.db")
-    resnet_run = json.loads((folder / "metrics/train_resnet.json").read_text())["mlflow_run_id"]
+    resnet_run = json.loads((folder / "metrics/train/resnet.json").read_text())["mlflow_run_id"]
     client, _ = runs(folder, "ResNet18")
     logged_before = len(client.get_metric_history(resnet_run, "test_accuracy"))
     kept = {path: (folder / path).read_bytes() for path in ("metrics/evaluate.json",
@@ -229,7 +233,7 @@ def test_unwritable_outputs_are_refused_before_training(tmp_path, repo):
 
 def test_tracking_outage_mid_training_keeps_the_training_and_names_what_was_not_logged(tmp_path, repo):
     port = free_port()
-    folder = scratch(tmp_path / "work", repo, cnn__epochs=3, tracking__log_model=False)
+    folder = scratch(tmp_path / "work", repo, models__cnn__recipe__epochs=3, tracking__log_model=False)
     (tmp_path / "server").mkdir()
     server = start_mlflow_server(tmp_path / "server", port)
     env = tool_env(MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}", DVC_ROOT=str(folder))

@@ -45,7 +45,7 @@ def test_every_stage_writes_its_outputs(repo):
     assert data["val"]["class_counts"] == [15] * 10
 
     for model, parameters, batch in (("resnet", 11_175_370, 20), ("cnn", 1_475_338, 100)):
-        train = load(repo, f"metrics/train_{model}.json")
+        train = load(repo, f"metrics/train/{model}.json")
         assert train["epochs"] == 1 and train["parameter_count"] == parameters
         assert 0.1 < train["best_val_accuracy"] <= 1 and train["train_seconds"] > 0 and train["mlflow_run_id"]
         assert (repo / "models" / f"{model}.pt").stat().st_size > 1000
@@ -84,21 +84,25 @@ def test_every_stage_writes_its_outputs(repo):
 
     compare = results.load(results.Comparison, repo / "metrics/compare.json")  # every field as results.py declares
     assert results.to_json(compare) == (repo / "metrics/compare.json").read_text()
-    assert set(compare.models) == set(MODELS) and list(compare.per_class) == list(CLASS_NAMES)
-    winners = {entry.winner for entry in compare.per_class.values()}
+    assert set(compare.models) == set(MODELS) and compare.baseline == "cnn" and list(compare.contenders) == ["resnet"]
+    per_class = compare.contenders["resnet"].per_class
+    assert list(per_class) == list(CLASS_NAMES)
+    winners = {entry.winner for entry in per_class.values()}
     assert winners <= {"resnet", "cnn", "no significant difference"}
-    verdict = compare.verdict
+    verdict = compare.contenders["resnet"].verdict
     assert verdict.accuracy_gain == pytest.approx(evaluation["resnet"]["accuracy"] - evaluation["cnn"]["accuracy"])
     right = {m: predictions[f"{m}_predicted"] == predictions["label"] for m in MODELS}
     assert verdict.mcnemar.b == int((right["resnet"] & ~right["cnn"]).sum())
     assert verdict.mcnemar.c == int((~right["resnet"] & right["cnn"]).sum())
     assert verdict.decision in ("worth it", "not worth it", "undecided") and verdict.margin == 0.01
     headline = load(repo, "metrics/headline.json")
-    assert headline["mcnemar_p"] == verdict.mcnemar.p_value
-    assert (headline["accuracy_gain_lower"], headline["accuracy_gain_upper"]) == verdict.accuracy_gain_ci
-    assert "train_seconds" in load(repo, "metrics/cost.json")["resnet"] and "train_seconds" not in headline["resnet"]
-    for figure in ("precision", "recall", "f1", "f1_difference", "learning_curves"):
-        assert (repo / f"plots/compare/{figure}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    gain = headline["contenders"]["resnet"]
+    assert gain["mcnemar_p"] == verdict.mcnemar.p_value
+    assert (gain["accuracy_gain_lower"], gain["accuracy_gain_upper"]) == verdict.accuracy_gain_ci
+    assert "train_seconds" in load(repo, "metrics/cost.json")["models"]["resnet"]
+    assert "train_seconds" not in headline["models"]["resnet"]
+    for figure in ("precision", "recall", "f1", "f1_difference_resnet", "learning_curves"):
+        assert (repo / f"plots/compare/figures/{figure}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = (repo / "plots/compare/SUMMARY.md").read_text()
     assert "## Verdict" in summary and f"{compare.models['resnet'].test_accuracy:.4f}" in summary
     assert "McNemar's exact test" in summary and "`compare.min_accuracy_gain`" in summary
@@ -111,9 +115,9 @@ def test_repro_again_is_a_no_op(repo):
 
 
 def test_invalid_params_are_refused_before_any_work(repo):
-    before = {p: (repo / p).read_bytes() for p in ("metrics/train_cnn.json", "models/cnn.pt")}
+    before = {p: (repo / p).read_bytes() for p in ("metrics/train/cnn.json", "models/cnn.pt")}
     runs_before = len(runs_by_name(repo))
-    set_params(repo, cnn__batch_size=0)
+    set_params(repo, models__cnn__recipe__batch_size=0)
     try:
         result = run([sys.executable, "stages/train.py", "cnn"], repo, check=False)
         assert result.returncode == 1
@@ -138,12 +142,12 @@ def test_invalid_params_are_refused_before_any_work(repo):
 
 def test_mlflow_holds_a_comparable_run_per_model(repo):
     runs = runs_by_name(repo)
-    assert {"ResNet18", "Small CNN", "ResNet18 vs CNN"} <= set(runs)
+    assert {"ResNet18", "Small CNN", "ResNet18 vs Small CNN"} <= set(runs)
     mlflow_client = client(repo)
-    parent = runs["ResNet18 vs CNN"]
+    parent = runs["ResNet18 vs Small CNN"]
     for model, title in (("resnet", "ResNet18"), ("cnn", "Small CNN")):
         run_info = runs[title]
-        assert run_info.info.run_id == load(repo, f"metrics/train_{model}.json")["mlflow_run_id"]
+        assert run_info.info.run_id == load(repo, f"metrics/train/{model}.json")["mlflow_run_id"]
         params = run_info.data.params
         assert params["model"] == model and float(params["lr"]) == 0.001 and params["subset"] == "600"
         assert params["batch_size"] == str(20 if model == "resnet" else 100) and "torch_version" in params
@@ -161,15 +165,16 @@ def test_mlflow_holds_a_comparable_run_per_model(repo):
                              "evaluation/classification_report.json"}
     assert parent.data.tags["resnet_run_id"] == runs["ResNet18"].info.run_id
     assert {a.path for a in mlflow_client.list_artifacts(parent.info.run_id, "comparison")} >= {
-        "comparison/f1.png", "comparison/f1_difference.png", "comparison/compare.json", "comparison/SUMMARY.md"}
-    verdict = results.load(results.Comparison, repo / "metrics/compare.json").verdict
-    metrics = parent.data.metrics
+        "comparison/f1.png", "comparison/f1_difference_resnet.png", "comparison/compare.json", "comparison/SUMMARY.md"}
+    verdict = results.load(results.Comparison, repo / "metrics/compare.json").contenders["resnet"].verdict
+    metrics = {key.removeprefix("resnet."): value for key, value in parent.data.metrics.items()}
     assert metrics["mcnemar_p"] == pytest.approx(verdict.mcnemar.p_value)
     assert (metrics["mcnemar_b"], metrics["mcnemar_c"]) == (verdict.mcnemar.b, verdict.mcnemar.c)
     assert [metrics["accuracy_gain_lower"], metrics["accuracy_gain_upper"]] == pytest.approx(verdict.accuracy_gain_ci)
     assert [metrics["macro_f1_gain_lower"], metrics["macro_f1_gain_upper"]] == pytest.approx(
         verdict.macro_f1_gain_ci)
     assert metrics["p_null_gain_at_most_margin"] == pytest.approx(verdict.p_null_gain_at_most_margin)
+    assert parent.data.tags["verdict.resnet"] == verdict.decision
     params = parent.data.params  # what shaped the comparison, and the children's params for sorting
     assert params["compare.bootstrap_samples"] == "2000" and params["compare.alpha"] == "0.05"
     assert params["lr"] == "0.001" and params["resnet.batch_size"] == "20" and params["cnn.batch_size"] == "100"
@@ -178,13 +183,13 @@ def test_mlflow_holds_a_comparable_run_per_model(repo):
 def test_logged_model_predicts_with_pyfunc(repo):
     code = ("import json, sys, numpy as np, mlflow\n"
             "mlflow.set_tracking_uri('sqlite:///mlflow.db')\n"
-            "uri = json.load(open('metrics/train_cnn.json'))['mlflow_model_uri']\n"
+            "uri = json.load(open('metrics/train/cnn.json'))['mlflow_model_uri']\n"
             "print(mlflow.pyfunc.load_model(uri).predict(np.random.rand(7, 1, 28, 28).astype('float32')).shape)\n")
     assert run([sys.executable, "-c", code], repo).stdout.strip().endswith("(7, 10)")
 
 
 def test_unreachable_tracking_server_fails_fast_and_keeps_outputs(repo):
-    before = {p: (repo / p).read_bytes() for p in ("metrics/train_cnn.json", "models/cnn.pt")}
+    before = {p: (repo / p).read_bytes() for p in ("metrics/train/cnn.json", "models/cnn.pt")}
     for uri in (f"http://127.0.0.1:{free_port()}", "nosuchscheme://tracking"):
         started = time.perf_counter()
         result = run([sys.executable, "stages/train.py", "cnn"], repo, env=tool_env(MLFLOW_TRACKING_URI=uri),
@@ -200,7 +205,7 @@ def test_tracking_can_be_disabled(repo):
     try:
         env = tool_env(MLFLOW_TRACKING_URI=f"http://127.0.0.1:{free_port()}")  # never contacted
         run([sys.executable, "stages/train.py", "cnn"], repo, env=env)
-        assert load(repo, "metrics/train_cnn.json")["mlflow_run_id"] is None
+        assert load(repo, "metrics/train/cnn.json")["mlflow_run_id"] is None
     finally:
         run(["git", "checkout", "--", "params.yaml", "metrics", "plots"], repo)
         run(["dvc", "checkout", "-q", "-f"], repo, check=False)
@@ -222,13 +227,13 @@ def test_dvc_plots_show_lists_grouped_bars_with_both_models(repo):
         assert {point["model"] for point in points} == {"ResNet18", "Small CNN"}
         assert {point["class"] for point in points} == set(CLASS_NAMES) and len(points) == 20
         assert all(float(p["lower"]) <= float(p["value"]) + 1e-12 <= float(p["upper"]) + 2e-12 for p in points)
-    assert len(plot_points(data, "plots/compare/f1_difference.csv")) == 10
+    assert len(plot_points(data, "plots/compare/f1_difference/resnet.csv")) == 10
     expected = {f"plots/train/{m}_{kind}.csv" for m in MODELS for kind in ("steps", "epochs")}
     expected |= {f"plots/evaluate/confusion_{m}.csv" for m in MODELS}
     expected |= {f"plots/compare/{name}.csv" for name in ("precision_per_class", "recall_per_class",
-                                                          "f1_per_class", "f1_difference")}
-    expected |= {f"plots/compare/{name}.png" for name in ("precision", "recall", "f1", "f1_difference",
-                                                          "learning_curves")}
+                                                          "f1_per_class", "f1_difference/resnet")}
+    expected |= {f"plots/compare/figures/{name}.png" for name in ("precision", "recall", "f1", "f1_difference_resnet",
+                                                                  "learning_curves")}
     expected |= {f"plots/{study}/{name}.{kind}" for study in ("study", "study_tuned")
                  for name in ("accuracy_per_seed", "gain_per_seed", "noise_sources", "f1_difference")
                  for kind in ("csv", "png")}  # the committed seed studies (both recipes), top-level plots
@@ -240,12 +245,12 @@ def test_dvc_plots_show_lists_grouped_bars_with_both_models(repo):
 
 
 def test_cnn_only_change_leaves_resnet_cached(repo):
-    set_params(repo, cnn__batch_size=50)
+    set_params(repo, models__cnn__recipe__batch_size=50)
     try:
         status = json.loads(run(["dvc", "status", "--json"], repo).stdout)
-        assert "train_cnn" in status and "train_resnet" not in status and "prepare" not in status
+        assert "train_baseline" in status and "train@resnet" not in status and "prepare" not in status
         dry = run(["dvc", "repro", "--dry"], repo).stdout
-        assert "Running stage 'train_cnn'" in dry and "Running stage 'train_resnet'" not in dry
+        assert "Running stage 'train_baseline'" in dry and "Running stage 'train@resnet'" not in dry
     finally:
         run(["git", "checkout", "--", "params.yaml"], repo)
 
@@ -254,7 +259,7 @@ def test_an_lr_experiment_is_tracked_shown_and_restored_from_the_run_cache(own_r
     """`dvc exp run --temp -S cnn.lr=0.01`, in a temporary workspace (as queued runs are); one model retrains
     (the top-level lr resolves into both models' configs: test_params.py). One experiment serves both checks."""
     repo = own_repo
-    run(["dvc", "exp", "run", "--temp", "-S", "cnn.lr=0.01", "-n", "lr-high"], repo)
+    run(["dvc", "exp", "run", "--temp", "-S", "models.cnn.recipe.lr=0.01", "-n", "lr-high"], repo)
     check_experiment_logs_to_the_repo_root_store_and_shows(repo, "lr-high")
     check_params_that_ran_before_are_restored_from_the_run_cache(repo)
 
@@ -263,9 +268,9 @@ def check_experiment_logs_to_the_repo_root_store_and_shows(repo, experiment):
     runs = runs_by_name(repo, **{"dvc.exp_name": experiment, "dvc.stage": "train_cnn"})
     assert len(runs) == 1 and float(next(iter(runs.values())).data.params["lr"]) == 0.01
     runs = runs_by_name(repo, **{"dvc.exp_name": experiment})
-    assert set(runs) == {"Small CNN", "ResNet18 vs CNN"}  # ResNet18 came from the cache, untrained
+    assert set(runs) == {"Small CNN", "ResNet18 vs Small CNN"}  # ResNet18 came from the cache, untrained
     assert all(run_info.data.metrics.get("test_accuracy") is not None
-               for name, run_info in runs.items() if name != "ResNet18 vs CNN")
+               for name, run_info in runs.items() if name != "ResNet18 vs Small CNN")
     assert not list((repo / ".dvc" / "tmp").rglob("mlflow.db"))
     shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
     text = json.dumps(shown)
@@ -297,10 +302,10 @@ def check_params_that_ran_before_are_restored_from_the_run_cache(repo):
     first = output_bytes(repo)
     try:
         for expected_lr in (0.01, None):
-            set_params(repo, cnn__lr=expected_lr)
+            set_params(repo, models__cnn__recipe__lr=expected_lr)
             restored = run(["dvc", "repro"], repo).stdout
             assert "Running stage" not in restored
-            for stage in ("train_cnn", "evaluate", "compare"):
+            for stage in ("train_baseline", "evaluate", "compare"):
                 assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in restored
             assert torch.load(repo / "models/cnn.pt", weights_only=True)["config"]["lr"] == (expected_lr or 0.001)
             if expected_lr == 0.01:
@@ -317,7 +322,7 @@ def test_rerunning_prepare_and_training_gives_the_same_bytes(repo):
     before = output_bytes(repo)
     result = run(["dvc", "repro", "--force", "--single-item", "prepare"], repo)
     assert "Running stage 'prepare'" in result.stdout
-    run(["dvc", "repro", "--force", "--single-item", "train_cnn"], repo)
+    run(["dvc", "repro", "--force", "--single-item", "train_baseline"], repo)
     after = output_bytes(repo)
     for path in ("data/prepared/train.pt", "data/prepared/test.pt", "models/cnn.pt"):
         assert after[path] == before[path], path

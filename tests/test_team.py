@@ -56,8 +56,8 @@ def test_second_clone_pulls_instead_of_retraining(tmp_path, built_pipeline, team
     for path in ("models/resnet.pt", "models/cnn.pt", "data/prepared/train.pt", "data/predictions/test.csv"):
         assert (second / path).read_bytes() == (first / path).read_bytes(), path
 
-    set_params(second, cnn__lr=0.002)
-    assert stages_run(run(["dvc", "repro"], second, env=env).stdout) == {"train_cnn", "evaluate", "compare"}
+    set_params(second, models__cnn__recipe__lr=0.002)
+    assert stages_run(run(["dvc", "repro"], second, env=env).stdout) == {"train_baseline", "evaluate", "compare"}
 
     client = MlflowClient(mlflow_server)
     experiment = client.get_experiment_by_name("fashion-mnist")
@@ -68,19 +68,19 @@ def test_second_clone_pulls_instead_of_retraining(tmp_path, built_pipeline, team
     assert sorted(by_stage) == ["compare", "train_cnn"] and all(len(runs) == 1 for runs in by_stage.values())
     cnn_run = by_stage["train_cnn"][0]
     assert float(cnn_run.data.params["lr"]) == 0.002 and cnn_run.data.params["subset"] == "600"
-    assert cnn_run.info.run_id == json.loads((second / "metrics/train_cnn.json").read_text())["mlflow_run_id"]
+    assert cnn_run.info.run_id == json.loads((second / "metrics/train/cnn.json").read_text())["mlflow_run_id"]
     assert "test_f1_Ankle_boot" in cnn_run.data.metrics  # evaluate logged into the training run
     assert all(r.info.status == "FINISHED" for r in found)
     for found_run in found:
         assert found_run.info.artifact_uri.startswith("mlflow-artifacts:"), found_run.info.artifact_uri
     # a model trained on machine B, fetched through the server from machine A
-    model_uri = json.loads((second / "metrics/train_cnn.json").read_text())["mlflow_model_uri"]
+    model_uri = json.loads((second / "metrics/train/cnn.json").read_text())["mlflow_model_uri"]
     code = ("import json, sys, numpy as np, mlflow\n"
             f"model = mlflow.pyfunc.load_model({model_uri!r})\n"
             "print(model.predict(np.zeros((2, 1, 28, 28), dtype='float32')).shape)\n")
     assert run([sys.executable, "-c", code], first, env=env).stdout.strip().endswith("(2, 10)")
     figures = {a.path for a in client.list_artifacts(by_stage["compare"][0].info.run_id, "comparison")}
-    assert "comparison/f1_difference.png" in figures
+    assert "comparison/f1_difference_resnet.png" in figures
 
 
 def test_served_model_answers_like_the_evaluate_stage(repo):
@@ -88,7 +88,7 @@ def test_served_model_answers_like_the_evaluate_stage(repo):
     import torch
 
     reset_to_head(repo)  # the model, its MLflow run and the predictions of one and the same smoke run
-    model_uri = json.loads((repo / "metrics/train_cnn.json").read_text())["mlflow_model_uri"]
+    model_uri = json.loads((repo / "metrics/train/cnn.json").read_text())["mlflow_model_uri"]
     port = free_port()
     env = tool_env(MLFLOW_TRACKING_URI=f"sqlite:///{repo / 'mlflow.db'}")
     server = subprocess.Popen([str(VENV_BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager",
@@ -174,13 +174,15 @@ def test_a_study_split_over_machines_is_gathered_without_training(tmp_path, buil
     gathered = study(c, env, "all").stdout
     assert "seed 1: done already" in gathered and "seed 2: done already" in gathered
     assert "running seed" not in gathered and not (c / ".dvc/tmp/study").exists()  # nothing trained in C
-    assert "Is the deep model worth its cost" in gathered and "## Verdict" not in gathered  # the summary, printed
+    # the summary, printed
+    assert "Is ResNet18 worth its cost over Small CNN" in gathered and "## Verdict" not in gathered
     result = json.loads((c / "metrics/study.json").read_text())
     assert result["k"] == 2 and result["seeds"] == [1, 2]
     for seed in (1, 2):  # each seed's numbers as the machine that ran it saved them
         saved = json.loads((c / f"metrics/study/seeds/{seed}/compare.json").read_text())
         row = next(row for row in result["per_seed"] if row["seed"] == seed)
-        assert row["accuracy_gain"] == pytest.approx(saved["verdict"]["accuracy_gain"])
+        assert row["contenders"]["resnet"]["accuracy_gain"] == \
+            pytest.approx(saved["contenders"]["resnet"]["verdict"]["accuracy_gain"])
     assert (c / "plots/study/gain_per_seed.png").read_bytes()[:4] == b"\x89PNG"
 
     client = MlflowClient(mlflow_server)  # the study's run on the server, every seed's runs findable from it
@@ -234,8 +236,9 @@ def test_a_killed_driver_takes_its_workers_with_it_and_the_rerun_resumes_without
     env = tool_env(MLFLOW_TRACKING_URI=team_server)
     clone = copy_built(built_pipeline, tmp_path / "clone")
     reset_to_head(clone)
-    set_params(clone, data__subset=200, epochs=4, resnet__epochs=4, cnn__batch_size=5, study__seeds=[5, 6],
-               study__jobs=2, tracking__log_model=False, tracking__experiment="killed-driver")
+    set_params(clone, data__subset=200, epochs=4, models__resnet__recipe__epochs=4,
+               models__cnn__recipe__batch_size=5, study__seeds=[5, 6], study__jobs=2, tracking__log_model=False,
+               tracking__experiment="killed-driver")
     commit_all(clone, "a 2-job study of seeds 5 and 6")
     driver = subprocess.Popen([sys.executable, "stages/study.py", "run"], cwd=clone, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -32,12 +32,10 @@ def workspace(tmp_path, monkeypatch, real_raw):
 
 
 def search(trials=2, **space):
-    from fashion_compare.params import TuneParams
-
     params = load_params("params.yaml")
-    tune = params.tune.model_dump()
+    tune = tuning.tune_params(params).model_dump()
     tune.update(trials=trials, space={**tune["space"], **space})
-    params = params.model_copy(update={"tune": TuneParams.model_validate(tune)})
+    params = params.model_copy(update={"tune": tune})
     return tuning.tune(params, "params.yaml", "data/prepared", 2, None, tracking.connect(params.tracking))
 
 
@@ -69,8 +67,8 @@ def test_the_same_budget_for_both_models_on_validation_only_then_a_rerun_goes_on
     first = {model: rows(model) for model in ("resnet", "cnn")}
     search()  # done: nothing runs
     assert "2 trials per model done already" in capsys.readouterr().out
-    study = tuning.open_studies(f"sqlite:///{workspace / tuning.STORAGE_FILE}", load_params().tune.space
-                                .model_dump_json())["cnn"]
+    study = tuning.open_studies(f"sqlite:///{workspace / tuning.STORAGE_FILE}",
+                                tuning.tune_params(load_params()).space.model_dump_json(), ("resnet", "cnn"))["cnn"]
     stale = study.ask()  # a driver killed while this trial ran
     stale.suggest_float("lr", 0.0005, 0.002, log=True)
     search(trials=3)
