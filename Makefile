@@ -73,6 +73,7 @@ bench: setup data
 	$(BIN)/python benchmarks/resnet_speedups.py
 	$(BIN)/python benchmarks/compute.py
 	$(BIN)/python benchmarks/stage_costs.py
+	$(BIN)/python benchmarks/precision.py
 
 lint: setup
 	$(BIN)/ruff check .

@@ -18,8 +18,9 @@ from fashion_compare import cpu_speedups, data, evaluation, models  # noqa: E402
 from fashion_compare.params import load_params, train_config  # noqa: E402
 
 
-def training_step_flops(name, batch_size):
-    model = models.build_model(name).train()
+def training_step_flops(config):
+    model = models.build_model(config.architecture, config.options).train()
+    batch_size = config.batch_size
     x, y = torch.rand(batch_size, 1, 28, 28), torch.randint(0, 10, (batch_size,))
     with FlopCounterMode(display=False) as counter:
         torch.nn.functional.cross_entropy(model(x), y).backward()
@@ -45,12 +46,12 @@ def main():
     test_set = data.load_split(REPO / "data/prepared", "test")
     for name in ("resnet", "cnn"):
         config = train_config(params, name)
-        flops = training_step_flops(name, config.batch_size)
+        flops = training_step_flops(config)
         row = {"step_gflop": flops / 1e9}
         if name in speeds:
             achieved = flops * speeds[name]["bare_images_per_s"] / config.batch_size
             row.update(achieved_gflops=achieved / 1e9, flops_over_matmul=achieved / matmul)
-        model = cpu_speedups.use_small_map_convolutions(models.build_model(name))
+        model = cpu_speedups.use_small_map_convolutions(models.build_model(config.architecture, config.options))
         evaluation.predict_probabilities(model, test_set["images"][:1000], params.evaluate.batch_size,
                                          torch.device("cpu"))
         started = time.perf_counter()

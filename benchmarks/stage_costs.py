@@ -48,14 +48,15 @@ def main():
         env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{scratch / 'mlflow.db'}", "DVC_ROOT": str(scratch)}
         steps = [("prepare (full data)", ["stages/prepare.py"]), ("smoke params", None),
                  (f"prepare (subset {args.subset})", ["stages/prepare.py"]),
-                 (f"train_resnet (subset {args.subset})", ["stages/train.py", "resnet"]),
-                 (f"train_cnn (subset {args.subset})", ["stages/train.py", "cnn"]),
+                 (f"train@resnet (subset {args.subset})", ["stages/train.py", "resnet"]),
+                 (f"train_baseline, cnn (subset {args.subset})", ["stages/train.py", "cnn"]),
                  (f"evaluate (subset {args.subset})", ["stages/evaluate.py"]),
                  (f"compare (subset {args.subset})", ["stages/compare.py"])]
         for label, command in steps:
             if command is None:
                 smoke = yaml.safe_load((scratch / "params.yaml").read_text())
-                smoke["data"]["subset"], smoke["epochs"], smoke["resnet"]["epochs"] = args.subset, 1, 1
+                smoke["data"]["subset"], smoke["epochs"] = args.subset, 1
+                smoke["models"]["resnet"]["recipe"]["epochs"] = 1
                 (scratch / "params.yaml").write_text(yaml.safe_dump(smoke))
                 continue
             gib = peak_rss_gib([sys.executable, *command], scratch, env)

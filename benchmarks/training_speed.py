@@ -61,7 +61,7 @@ def steps_of(name, params, steps):
 
 def bare_loop(name, loop: Loop, config, subset):
     """The minimal loop: forward, loss, backward, Adam step, over pre-made batches. Returns seconds."""
-    model = models.build_model(name)
+    model = models.build_model(config.architecture, config.options)
     if loop.convs == "small-map":
         cpu_speedups.use_small_map_convolutions(model)
     model.train()
@@ -98,11 +98,12 @@ def stage_loop(name, config, subset):
         tracker = tracking.Tracker("benchmark")  # connecting (schema creation) happens once per stage: not timed
         val_subset = {key: tensor[:config.batch_size] for key, tensor in subset.items()}
         warm_up = {key: tensor[:5 * config.batch_size] for key, tensor in subset.items()}
-        training.train(models.build_model(name), warm_up, val_subset, config, torch.device("cpu"), quiet=True)
+        training.train(models.build_model(config.architecture, config.options), warm_up, val_subset, config,
+                       torch.device("cpu"), quiet=True)
         started = time.perf_counter()
         run_id = tracker.start_run(name, config.model_dump(), {"dvc.stage": "benchmark"})
         training.seed_everything(config.seed)
-        model = models.build_model(name)
+        model = models.build_model(config.architecture, config.options)
         resume = training.ResumeFile(f"{workdir}/resume.pt", "benchmark")  # saved after every epoch, as in the stage
         result = training.train(model, subset, val_subset, config, torch.device("cpu"), quiet=False, resume=resume,
                                 observers=[tracking.EpochLogger(tracker, run_id)])
@@ -143,7 +144,7 @@ def best_of_interleaved(name, loops: dict, steps, repeats):
 @exit_on_error
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=["resnet", "cnn"], nargs="+", default=["resnet", "cnn"])
+    parser.add_argument("--model", nargs="+", default=["resnet", "cnn"], help="models of params.yaml's models")
     parser.add_argument("--resnet-steps", type=int, default=600, help="ResNet18 training steps per measurement")
     parser.add_argument("--cnn-steps", type=int, default=450, help="CNN training steps (one epoch of 45k)")
     parser.add_argument("--repeats", type=int, default=2, help="rounds of interleaved loops; the best counts")

@@ -107,7 +107,7 @@ def test_a_study_on_a_dask_cluster_survives_a_dead_worker_and_matches_the_local_
         assert json.loads((driver / f"metrics/study/seeds/{seed}/run.json").read_text())["worker"] == survivor
     experiment = MlflowClient(team_server).get_experiment_by_name("cluster-study")
     trained = [run_.data.params["seed"] for run_ in MlflowClient(team_server).search_runs(
-        [experiment.experiment_id], "tags.`dvc.stage` = 'train_resnet' and attributes.status = 'FINISHED'")]
+        [experiment.experiment_id], "tags.`dvc.stage` = 'train@resnet' and attributes.status = 'FINISHED'")]
     assert sorted(trained) == sorted(SEEDS)  # each seed trained to the end once: none again after it was written
 
     local = tmp_path / "local"  # the same seeds on this machine's own Dask cluster, without the cluster's run cache
@@ -218,7 +218,7 @@ def test_a_seed_whose_mlflow_server_stopped_keeps_its_training_on_the_dvc_remote
         assert not (tmp_path / "dvc-remote/study-resume/reference-seed-4").exists()  # forgotten once finished
         client = MlflowClient(uri)
         experiment = client.get_experiment_by_name("cluster-outage")
-        runs = client.search_runs([experiment.experiment_id], "tags.`dvc.stage` = 'train_resnet'")
+        runs = client.search_runs([experiment.experiment_id], "tags.`dvc.stage` = 'train@resnet'")
         assert [run_.info.status for run_ in runs] == ["FINISHED"]
         assert [entry.step for entry in client.get_metric_history(runs[0].info.run_id, "val/accuracy")] == [1, 2, 3]
     finally:

@@ -225,7 +225,7 @@ def test_unwritable_outputs_are_refused_before_training(tmp_path, repo):
     started = time.perf_counter()
     result = stage(folder, "stages/train.py", "cnn")
     assert result.returncode == 1 and result.stderr.count("\n") == 1
-    assert result.stderr.startswith("error: metrics: not writable (")
+    assert result.stderr.startswith("error: metrics/train: not writable (")
     assert not (folder / "models" / "cnn.pt").exists() and not (folder / ".resume" / "cnn.pt").exists()
     assert time.perf_counter() - started < 60
     assert os.path.isfile(folder / "metrics")

@@ -121,11 +121,12 @@ def test_invalid_params_are_refused_before_any_work(repo):
     try:
         result = run([sys.executable, "stages/train.py", "cnn"], repo, check=False)
         assert result.returncode == 1
-        assert result.stderr == "error: params.yaml: cnn.batch_size: Input should be greater than 0\n"
+        assert result.stderr == "error: params.yaml: models.cnn.recipe.batch_size: Input should be greater than 0\n"
         assert {p: (repo / p).read_bytes() for p in before} == before
         assert len(runs_by_name(repo)) == runs_before  # no MLflow run was started
         result = run(["dvc", "repro"], repo, check=False)
-        assert result.returncode != 0 and "cnn.batch_size: Input should be greater than 0" in result.stderr
+        assert result.returncode != 0
+        assert "models.cnn.recipe.batch_size: Input should be greater than 0" in result.stderr
         assert "`git checkout -- metrics plots && dvc checkout`" in result.stderr  # what DVC removed, back
         run(["git", "checkout", "--", "params.yaml"], repo)
         (repo / "params.yaml").write_text((repo / "params.yaml").read_text() + "learning_rate: 0.01\n")
@@ -151,7 +152,8 @@ def test_mlflow_holds_a_comparable_run_per_model(repo):
         params = run_info.data.params
         assert params["model"] == model and float(params["lr"]) == 0.001 and params["subset"] == "600"
         assert params["batch_size"] == str(20 if model == "resnet" else 100) and "torch_version" in params
-        assert run_info.data.tags["dvc.stage"] == f"train_{model}" and "git.commit" in run_info.data.tags
+        stage = "train_baseline" if model == "cnn" else f"train@{model}"  # the DVC stage that ran it
+        assert run_info.data.tags["dvc.stage"] == stage and "git.commit" in run_info.data.tags
         assert run_info.data.tags["mlflow.parentRunId"] == parent.info.run_id
         history = mlflow_client.get_metric_history(run_info.info.run_id, "train/loss_step")
         assert len(history) > 1 and [m.step for m in history] == list(range(1, len(history) + 1))
@@ -265,7 +267,7 @@ def test_an_lr_experiment_is_tracked_shown_and_restored_from_the_run_cache(own_r
 
 
 def check_experiment_logs_to_the_repo_root_store_and_shows(repo, experiment):
-    runs = runs_by_name(repo, **{"dvc.exp_name": experiment, "dvc.stage": "train_cnn"})
+    runs = runs_by_name(repo, **{"dvc.exp_name": experiment, "dvc.stage": "train_baseline"})
     assert len(runs) == 1 and float(next(iter(runs.values())).data.params["lr"]) == 0.01
     runs = runs_by_name(repo, **{"dvc.exp_name": experiment})
     assert set(runs) == {"Small CNN", "ResNet18 vs Small CNN"}  # ResNet18 came from the cache, untrained

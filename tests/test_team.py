@@ -65,8 +65,8 @@ def test_second_clone_pulls_instead_of_retraining(tmp_path, built_pipeline, team
     by_stage = {}
     for found_run in found:
         by_stage.setdefault(found_run.data.tags.get("dvc.stage"), []).append(found_run)
-    assert sorted(by_stage) == ["compare", "train_cnn"] and all(len(runs) == 1 for runs in by_stage.values())
-    cnn_run = by_stage["train_cnn"][0]
+    assert sorted(by_stage) == ["compare", "train_baseline"] and all(len(runs) == 1 for runs in by_stage.values())
+    cnn_run = by_stage["train_baseline"][0]
     assert float(cnn_run.data.params["lr"]) == 0.002 and cnn_run.data.params["subset"] == "600"
     assert cnn_run.info.run_id == json.loads((second / "metrics/train/cnn.json").read_text())["mlflow_run_id"]
     assert "test_f1_Ankle_boot" in cnn_run.data.metrics  # evaluate logged into the training run
@@ -190,7 +190,7 @@ def test_a_study_split_over_machines_is_gathered_without_training(tmp_path, buil
     assert study_run.data.metrics["k"] == 2 and study_run.data.params["seeds"] == "1 2"
     children = client.search_runs([study_run.info.experiment_id], f"tags.study_run_id = '{study_run.info.run_id}'")
     assert {(r.data.tags["seed"], r.data.tags["dvc.stage"]) for r in children} == {
-        (seed, stage) for seed in ("1", "2") for stage in ("train_resnet", "train_cnn", "compare")}
+        (seed, stage) for seed in ("1", "2") for stage in ("train@resnet", "train_baseline", "compare")}
 
 
 def study_processes(clone) -> dict:
@@ -287,7 +287,7 @@ def test_a_killed_driver_takes_its_workers_with_it_and_the_rerun_resumes_without
     experiment = client.get_experiment_by_name("killed-driver")
     trained = [(run_.data.params["seed"], run_.data.tags["dvc.stage"], run_.info.status) for run_ in
                client.search_runs([experiment.experiment_id], "tags.`dvc.stage` LIKE 'train_%'")]
-    assert sorted(trained) == [(seed, stage, "FINISHED") for seed in ("5", "6") for stage in ("train_cnn",
-                                                                                             "train_resnet")]
+    assert sorted(trained) == [(seed, stage, "FINISHED") for seed in ("5", "6") for stage in ("train@resnet",
+                                                                                             "train_baseline")]
     shown = json.dumps(json.loads(run(["dvc", "exp", "show", "--json"], clone, env=env).stdout))
     assert '"name": "study-seed-5"' in shown and '"name": "study-seed-6"' in shown, shown[:2000]
