@@ -46,7 +46,7 @@ def main():
     process.stop_with_parent()
 
     params = load_params(args.params)
-    compared, titles = params.compare.models, {name: spec.title for name, spec in params.models.items()}
+    compared, titles = params.compare.models, params.titles
     train = {name: read_json(f"metrics/train/{name}.json") for name in compared}
     evaluated = read_json("metrics/evaluate.json")
     epochs = {name: read_csv_rows(f"plots/train/{name}_epochs.csv") for name in compared}

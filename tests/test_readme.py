@@ -9,7 +9,7 @@ from fashion_compare import reports, results
 from fashion_compare.params import load_params
 
 REPO = Path(__file__).resolve().parent.parent
-TITLES = {name: spec.title for name, spec in load_params(REPO / "params.yaml").models.items()}
+TITLES = load_params(REPO / "params.yaml").titles
 README = (REPO / "README.md").read_text(encoding="utf-8")
 
 

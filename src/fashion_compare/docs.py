@@ -97,7 +97,7 @@ def titles() -> dict:
     """Each model's title, params.yaml's."""
     from .params import load_params
 
-    return {name: spec.title for name, spec in load_params().models.items()}
+    return load_params().titles
 
 
 def study_tables(path: str) -> str:

@@ -182,6 +182,11 @@ class Params(Strict):
     def title(self, model: str) -> str:
         return self.models[model].title
 
+    @property
+    def titles(self) -> dict[str, str]:
+        """{model name: its title}, every declared model's (what the reports and figures print)."""
+        return {name: spec.title for name, spec in self.models.items()}
+
 
 class TrainConfig(Strict):
     """Everything that shapes one model's training run, with overrides resolved."""

@@ -151,8 +151,7 @@ def seed_files(seed: int, read, fingerprint: str, source: dict) -> dict:
     """The files of a seed's result folder, {name: text}, from a finished run of its pipeline: `read(path)` gives
     a file of that run's workspace as text; run.json records `source` (where it ran), the code fingerprint, the
     CPU kind, threads and timings, and a checksum of the predictions kept (checked at every aggregate)."""
-    baseline, contenders = study.compared_models(yaml.safe_load(read("params.yaml")))
-    compared = (*contenders, baseline)
+    compared = study.trained_models(yaml.safe_load(read("params.yaml")))
     rows = [{"image": row["image"], "label": row["label"], **{m: row[f"{m}_predicted"] for m in compared}}
             for row in csv.DictReader(io.StringIO(read(PREDICTIONS_FILE)))]
     predictions = io.StringIO(newline="")
@@ -269,8 +268,7 @@ def load_seed(folder: Path, seed: int) -> study.SeedRun:
                                    "name": info.get("cpu", "unknown CPU")}  # collected before kinds were recorded
     record = results.parse(results.RunRecord, {"cpu_kind": cpu, "train_seconds": info["train_seconds"],
                                                "mlflow_run_ids": info["mlflow_run_ids"]}, folder / "run.json")
-    baseline, contenders = study.compared_models(params)
-    return study.SeedRun(seed, params, load_predictions(folder, seed, info, (*contenders, baseline)), record)
+    return study.SeedRun(seed, params, load_predictions(folder, seed, info, study.trained_models(params)), record)
 
 
 def load_study(recipe: Recipe, seeds: list):

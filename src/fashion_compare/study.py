@@ -73,6 +73,11 @@ class SeedRun:
         """(the baseline, the contenders) its params compared."""
         return compared_models(self.params)
 
+    @property
+    def models(self) -> tuple[str, ...]:
+        """Every model it trained, the contenders then the baseline (trained_models)."""
+        return trained_models(self.params)
+
 
 def compared_models(params: dict) -> tuple[str, tuple[str, ...]]:
     """(baseline, contenders) of a seed's params.yaml; one written before models were data compared the pair
@@ -83,6 +88,13 @@ def compared_models(params: dict) -> tuple[str, tuple[str, ...]]:
     if "baseline" not in section:
         return LEGACY_BASELINE, LEGACY_CONTENDERS
     return section["baseline"], tuple(section["contenders"])
+
+
+def trained_models(params: dict) -> tuple[str, ...]:
+    """Every model a seed's params.yaml compared, the contenders then the baseline: the order of its predictions'
+    columns and result files (as params.CompareParams.models)."""
+    baseline, contenders = compared_models(params)
+    return (*contenders, baseline)
 
 
 def flatten(params: dict, prefix="") -> dict:
@@ -119,7 +131,7 @@ def with_recipe_defaults(params: dict) -> dict:
         except Exception:  # noqa: BLE001 - not valid today: compared as written
             return params
     params = {**params}
-    for model in (*compared_models(params)[1], compared_models(params)[0]):
+    for model in trained_models(params):
         if isinstance(params.get(model), dict) and "schedule" not in params[model]:
             section = {**RECIPE_DEFAULTS, **params[model]}
             section["schedule"] = "step" if section.get("step_size") else "constant"
@@ -304,7 +316,7 @@ def aggregate(runs: list[SeedRun], settings, failed: dict | None = None,
     runs = sorted(runs, key=lambda run: run.seed)
     seeds = [run.seed for run in runs]
     baseline, contenders = runs[0].compared
-    compared = (*contenders, baseline)
+    compared = runs[0].models
     confidence, margin, alpha = settings.confidence, settings.min_accuracy_gain, settings.alpha
     correct = {m: np.stack([pseudo_values(run.predictions["label"], run.predictions[m])["accuracy"] for run in runs])
                for m in compared}  # seeds x images, 0/1

@@ -169,7 +169,7 @@ def refresh_comparisons(recipe: Recipe, runs: list, settings) -> list:
         if not (folder / "compare.json").is_file():
             continue  # a folder without a comparison to recompute
         baseline, contenders = run.compared
-        compared = (*contenders, baseline)
+        compared = run.models
         train = {m: read_json(folder / f"train_{m}.json") for m in compared}
         curves = {m: [float(row["val_accuracy"]) for row in read_csv_rows(folder / f"{m}_epochs.csv")]
                   for m in compared}
@@ -228,7 +228,7 @@ def write_study(recipe: Recipe, seeds: list, params, tracker) -> "study.StudyRes
     from . import plots, records, reports, results, tracking
     from .files import check_writable, save_figure, write_csv
 
-    titles = {name: spec.title for name, spec in params.models.items()}
+    titles = params.titles
     draw = {"accuracy_per_seed": plots.seed_accuracy, "f1_difference": plots.seed_forest,
             "gain_per_seed": plots.seed_gains, "noise_sources": plots.noise_sources}
     outputs = [*(f"{name}.png" for name in draw), *reports.PLOT_TABLES, "SUMMARY.md"]
