@@ -19,7 +19,7 @@ import time
 import torch
 from common import REPO, exit_on_error, in_fresh_process, record, say  # puts this checkout's package first on the path
 
-from fashion_compare import data, models, training  # noqa: E402
+from fashion_compare import data, models, process, training  # noqa: E402
 from fashion_compare.params import load_params, train_config  # noqa: E402
 from fashion_compare.tools import cpu_kind  # noqa: E402
 
@@ -39,7 +39,7 @@ def config_for(name, precision, **changes):
 def images_per_second(name, precision, steps) -> float:
     """In this process (a fresh one): one epoch of `steps` batches through training.train, after a warm-up."""
     torch.set_num_threads(training.thread_count("auto"))
-    training.keep_freed_memory()
+    process.keep_freed_memory()
     config = config_for(name, precision, epochs=1)
     train_set = data.load_split(REPO / "data/prepared", "train")
     chosen = torch.randperm(len(train_set["labels"]), generator=torch.Generator().manual_seed(0))
@@ -58,7 +58,7 @@ def images_per_second(name, precision, steps) -> float:
 def paired_check(name, images, epochs) -> dict:
     """Validation accuracy after `epochs` epochs on `images` training images, fp32 and bf16, same seed."""
     torch.set_num_threads(training.thread_count("auto"))
-    training.keep_freed_memory()
+    process.keep_freed_memory()
     prepared = REPO / "data/prepared"
     train_set, val_set = data.load_split(prepared, "train"), data.load_split(prepared, "val")
     index = data.stratified_indices(train_set["labels"].numpy(), images, 0)

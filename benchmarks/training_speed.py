@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 import torch
 from common import REPO, exit_on_error, in_fresh_process, record, say  # puts this checkout's package first on the path
 
-from fashion_compare import cpu_speedups, data, models, tracking, training  # noqa: E402
+from fashion_compare import cpu_speedups, data, models, process, recipes, tracking, training  # noqa: E402
 from fashion_compare.files import save_torch  # noqa: E402
 from fashion_compare.params import load_params, train_config  # noqa: E402
 
@@ -37,7 +37,7 @@ class Loop:
     # project: as training.train on a CPU (fused Adam over ResNet18's live taps only); fused: fused Adam over
     # model.parameters(); default: torch.optim.Adam's own choice (a for-loop over the tensors on CPU)
     adam: str = "project"
-    # tuned: as the stage, training.keep_freed_memory and seed_everything (no NaN-fill); plain: torch.manual_seed
+    # tuned: as the stage, process.keep_freed_memory and seed_everything (no NaN-fill); plain: torch.manual_seed
     process: str = "tuned"
     memory_format: str = "config"  # config: the model's channels_last param; contiguous
     stage: bool = False  # the project's training loop as the stage runs it, instead of a minimal loop
@@ -71,7 +71,7 @@ def bare_loop(name, loop: Loop, config, subset):
     batches = [(x.contiguous(memory_format=memory_format), y)
                for x, y in zip(subset["images"].split(config.batch_size), subset["labels"].split(config.batch_size))]
     live_taps = lambda: cpu_speedups.prepare_for_cpu_training(model)  # noqa: E731  (as training.train on a CPU)
-    optimizer = {"project": lambda: training.make_optimizer(live_taps(), config, torch.device("cpu")),
+    optimizer = {"project": lambda: recipes.make_optimizer(live_taps(), config, torch.device("cpu")),
                  "fused": lambda: torch.optim.Adam(model.parameters(), lr=config.lr, fused=True),
                  "default": lambda: torch.optim.Adam(model.parameters(), lr=config.lr)}[loop.adam]()
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -119,7 +119,7 @@ def measure(name, loop: Loop, steps):
     loops must not inherit each other's process settings). Returns seconds."""
     torch.set_num_threads(training.thread_count("auto"))
     if loop.process == "tuned":
-        training.keep_freed_memory()
+        process.keep_freed_memory()
         training.seed_everything(0)
     else:
         torch.manual_seed(0)

@@ -16,7 +16,7 @@ import torch
 # in a copy of the repository, and each must run its own code.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from fashion_compare import cpu_speedups, data, evaluation, process, records, tracking, training
+from fashion_compare import cpu_speedups, data, evaluation, models, process, records, tracking, training
 from fashion_compare.errors import exit_on_error
 from fashion_compare.files import read_json, write_csv, write_json
 from fashion_compare.params import load_params
@@ -36,7 +36,7 @@ def main():
     torch.set_num_threads(training.thread_count(params.threads))
     test_set = data.load_split(args.data, "test")
     compared = params.compare.models  # the baseline, then each contender
-    checkpoints = {name: training.load_checkpoint(f"models/{name}.pt", expected_model=name)[0] for name in compared}
+    checkpoints = {name: models.load_checkpoint(f"models/{name}.pt", expected_model=name)[0] for name in compared}
     if device.type == "cpu":  # the convolutions as training's validation ran them (equal up to rounding)
         checkpoints = {name: cpu_speedups.use_small_map_convolutions(model) for name, model in checkpoints.items()}
     run_ids = {name: read_json(f"metrics/train/{name}.json").get("mlflow_run_id") for name in compared}

@@ -44,7 +44,7 @@ def main():
     config = train_config(params, name)
     device = training.select_device(config.device)
     torch.set_num_threads(training.thread_count(params.threads))
-    training.keep_freed_memory()
+    process.keep_freed_memory()
     outputs = output_paths(name)
     training.seed_everything(config.seed)
     model = models.build_model(config.architecture, config.options)
@@ -62,7 +62,8 @@ def main():
                                 resume_run_id=saved.get("mlflow_run_id") if saved else None) as run_id:
             resume.metadata["mlflow_run_id"] = run_id
             logger = tracking.EpochLogger(tracker, run_id) if run_id else None
-            result = training.train(model, train_set, val_set, config, device, observers=[logger] if logger else [],
+            observers = [process.ParentCheck(), *([logger] if logger else [])]
+            result = training.train(model, train_set, val_set, config, device, observers=observers,
                                     resume=resume, state=saved)
             save_torch(outputs["checkpoint"], training.checkpoint(result, config, parameter_count))
             write_csv(outputs["epochs"], result.epoch_rows(name), training.EPOCH_FIELDS)

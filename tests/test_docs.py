@@ -66,9 +66,9 @@ def test_a_changed_result_fails_the_check_until_make_docs_renders_it(tmp_path):
     import json
 
     copy = copy_of_the_documents_and_results(tmp_path)
-    tuning = json.loads((copy / "metrics/tuning/tuning.json").read_text())
+    tuning = json.loads((copy / "metrics/tuning_subset/tuning.json").read_text())
     tuning["models"]["cnn"]["cpu_hours"] = 1.2345
-    (copy / "metrics/tuning/tuning.json").write_text(json.dumps(tuning))
+    (copy / "metrics/tuning_subset/tuning.json").write_text(json.dumps(tuning))
     run = [sys.executable, "-m", "fashion_compare.docs"]
     assert subprocess.run([*run, "--check"], cwd=copy, capture_output=True).returncode == 1
     assert subprocess.run(run, cwd=copy, capture_output=True).returncode == 0

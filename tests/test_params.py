@@ -112,9 +112,15 @@ def test_params_check_command(tmp_path, defaults, capsys):
 
 
 @pytest.mark.parametrize("change, key, message", [
-    (lambda t: t.update(trials=0), "tune.trials", "greater than or equal to 1"),
-    (lambda t: t["space"].update(lr={"low": 0.01, "high": 0.001}), "tune.space.lr", "inverted range"),
-    (lambda t: t["space"].update(lr={"low": 0.01, "high": 0.01}), "tune.space.lr", "empty or inverted"),
+    (lambda t: t.update(configurations=0), "tune.configurations", "greater than or equal to 1"),
+    (lambda t: t["space"]["optimizer"].update(sgd={"lr": {"low": 0.01, "high": 0.001}}), "tune.space.optimizer.sgd.lr",
+     "inverted range"),
+    (lambda t: t["space"].update(weight_decay={"low": 0.01, "high": 0.01}), "tune.space.weight_decay",
+     "empty or inverted"),
+    (lambda t: t["space"]["optimizer"].update(adam={"lr": {"low": 0.01, "high": 0.1}}), "tune.space.optimizer.adam.[key]",
+     "Input should be"),
+    (lambda t: t.update(max_epochs=20), "tune", "max_epochs 20 is not min_epochs 1 times a power of reduction_factor"),
+    (lambda t: t.update(models=["resnet", "vgg"]), "tune.models", "'vgg' is not a model declared"),
     (lambda t: t["space"].update(augment=["flip", "cutout"]), "tune.space.augment.1", "Input should be"),
     (lambda t: t["space"].update(batch_size=[]), "tune.space.batch_size", "at least 1 item"),
 ])

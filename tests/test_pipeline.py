@@ -239,7 +239,8 @@ def test_dvc_plots_show_lists_grouped_bars_with_both_models(repo):
     expected |= {f"plots/{study}/{name}.{kind}" for study in ("study", "study_tuned")
                  for name in ("accuracy_per_seed", "gain_per_seed", "noise_sources", "f1_difference")
                  for kind in ("csv", "png")}  # the committed seed studies (both recipes), top-level plots
-    expected |= {"val_accuracy_per_trial", "plots/tuning/expected_best.png",  # the committed tuning
+    expected |= {"val_accuracy_per_trial", "plots/tuning_subset/expected_best.png",  # the committed searches
+                 "plots/tuning/search.png",
                  "plots/recipes/accuracy_vs_cost.png"}  # and the recipes' figure, top-level too
     assert set(data) == expected  # each plot once, defined where its stage writes it
     confusion = data["plots/evaluate/confusion_cnn.csv"][0]["content"]["spec"]["encoding"]

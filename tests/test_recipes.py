@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fashion_compare import models, training
+from fashion_compare import models, recipes, training
 from fashion_compare.params import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,18 +29,18 @@ def config(**changes):
 def test_optimizer_and_schedule_follow_the_recipe():
     parameters = [torch.nn.Parameter(torch.zeros(3))]
     cpu = torch.device("cpu")
-    assert type(training.make_optimizer(parameters, config(), cpu)) is torch.optim.Adam
-    adamw = training.make_optimizer(parameters, config(optimizer="adamw", weight_decay=0.01), cpu)
+    assert type(recipes.make_optimizer(parameters, config(), cpu)) is torch.optim.Adam
+    adamw = recipes.make_optimizer(parameters, config(optimizer="adamw", weight_decay=0.01), cpu)
     assert type(adamw) is torch.optim.AdamW and adamw.param_groups[0]["weight_decay"] == 0.01
-    sgd = training.make_optimizer(parameters, config(optimizer="sgd", weight_decay=0.0005), cpu)
+    sgd = recipes.make_optimizer(parameters, config(optimizer="sgd", weight_decay=0.0005), cpu)
     group = sgd.param_groups[0]
     assert type(sgd) is torch.optim.SGD and (group["momentum"], group["nesterov"], group["weight_decay"]) == \
         (0.9, True, 0.0005)
-    assert training.make_scheduler(adamw, config(), 10) is None
+    assert recipes.make_scheduler(adamw, config(), 10) is None
     rates = []
     for schedule, extra in (("step", {"step_size": 2}), ("cosine", {})):
-        optimizer = training.make_optimizer([torch.nn.Parameter(torch.zeros(3))], config(), cpu)
-        scheduler = training.make_scheduler(optimizer, config(schedule=schedule, **extra), 10)
+        optimizer = recipes.make_optimizer([torch.nn.Parameter(torch.zeros(3))], config(), cpu)
+        scheduler = recipes.make_scheduler(optimizer, config(schedule=schedule, **extra), 10)
         lrs = []
         for _ in range(4):
             lrs.append(optimizer.param_groups[0]["lr"])
@@ -55,21 +55,39 @@ def test_optimizer_and_schedule_follow_the_recipe():
 
 def test_augmentation_flips_and_shifts_whole_pixels_and_repeats_with_its_seed():
     images = torch.rand(64, 1, 28, 28)
-    flipped = training.augment_batch(images, "flip", torch.Generator().manual_seed(0))
+    flipped = recipes.augment_batch(images, "flip", torch.Generator().manual_seed(0))
     same = [torch.equal(a, b) for a, b in zip(flipped, images)]
     mirrored = [torch.equal(a, b.flip(-1)) for a, b in zip(flipped, images)]
     assert all(s or m for s, m in zip(same, mirrored)) and 16 < sum(mirrored) < 48
-    shifted = training.augment_batch(images, "flip_translate", torch.Generator().manual_seed(1))
+    shifted = recipes.augment_batch(images, "flip_translate", torch.Generator().manual_seed(1))
     for augmented, image in zip(shifted, images):  # a whole-pixel shift (and maybe a flip): the same values
         candidates = [torch.roll(version, (dy, dx), (-2, -1)) for version in (image, image.flip(-1))
                       for dy in range(-2, 3) for dx in range(-2, 3)]
         inner = (slice(None), slice(2, -2), slice(2, -2))
         assert any(torch.allclose(augmented[inner], c[inner], atol=1e-5) for c in candidates)
-    again = training.augment_batch(images, "flip_translate_rotate", torch.Generator().manual_seed(2))
-    assert torch.equal(again, training.augment_batch(images, "flip_translate_rotate",
+    again = recipes.augment_batch(images, "flip_translate_rotate", torch.Generator().manual_seed(2))
+    assert torch.equal(again, recipes.augment_batch(images, "flip_translate_rotate",
                                                      torch.Generator().manual_seed(2)))
     assert again.shape == images.shape and not torch.equal(again, shifted)
     assert 0 <= again.min() and again.max() <= 1 + 1e-6
+
+
+def test_random_erasing_zeroes_one_rectangle_in_about_half_the_images_after_the_same_shift():
+    images = torch.rand(400, 1, 28, 28) + 0.5  # no pixel is 0 before erasing
+    erased = recipes.augment_batch(images, "flip_translate_erase", torch.Generator().manual_seed(3))
+    shifted = recipes.augment_batch(images, "flip_translate", torch.Generator().manual_seed(3))
+    inner = (slice(None), slice(None), slice(2, -2), slice(2, -2))  # away from the zeros a shift brings in
+    zeros = erased[inner] == 0
+    hit = zeros.flatten(1).any(1)
+    assert 150 < hit.sum() < 250  # probability 1/2 per image
+    kept = ~zeros
+    assert torch.equal(erased[inner][kept], shifted[inner][kept])  # the same draws of flip and shift
+    mask = recipes.erase_mask(400, 28, 28, torch.Generator().manual_seed(4))[:, 0]
+    for image_mask in mask[:50]:  # one rectangle: its zeros fill their bounding box, 2-33 % of the image
+        rows, columns = torch.nonzero(image_mask == 0, as_tuple=True)
+        if len(rows):
+            box = (rows.max() - rows.min() + 1) * (columns.max() - columns.min() + 1)
+            assert box == len(rows) and 0.015 * 784 <= len(rows) <= 0.34 * 784
 
 
 def test_augmented_training_repeats_and_resumes_bit_for_bit(real_raw, tmp_path):
@@ -156,8 +174,8 @@ def test_reference_recipe_trains_as_before_the_recipe_knobs(real_raw, tmp_path, 
 
 
 def test_one_cycle_warms_up_then_anneals_every_batch_and_stopping_early_follows_the_same_schedule():
-    optimizer = training.make_optimizer([torch.nn.Parameter(torch.zeros(3))], config(), torch.device("cpu"))
-    scheduler = training.make_scheduler(optimizer, config(schedule="one_cycle", epochs=4), steps_per_epoch=5)
+    optimizer = recipes.make_optimizer([torch.nn.Parameter(torch.zeros(3))], config(), torch.device("cpu"))
+    scheduler = recipes.make_scheduler(optimizer, config(schedule="one_cycle", epochs=4), steps_per_epoch=5)
     rates = []
     for _ in range(20):
         rates.append(optimizer.param_groups[0]["lr"])

@@ -74,7 +74,7 @@ def test_checkpoint_keeps_best_state_and_config(tmp_path, small_splits):
     model, result = run(small_splits, cfg)
     path = tmp_path / "cnn.pt"
     save_torch(path, training.checkpoint(result, cfg, models.parameter_count(model)))
-    loaded, saved = training.load_checkpoint(path)
+    loaded, saved = models.load_checkpoint(path)
     assert saved["config"] == cfg.model_dump(exclude={"eval_batch_size"}) and saved["best_epoch"] == 1
     for key, tensor in loaded.state_dict().items():
         assert torch.equal(tensor, result.best_state[key])
@@ -105,21 +105,21 @@ def test_checkpoints_that_are_not_ours_are_one_line_errors(tmp_path):
     pickled = tmp_path / "pickled.pt"
     torch.save(models.build_model("fashion_cnn"), pickled)  # a whole pickled module: refused by weights_only loading
     with pytest.raises(DataError, match=f"{pickled}: not a readable checkpoint"):
-        training.load_checkpoint(pickled)
+        models.load_checkpoint(pickled)
     bare = tmp_path / "bare.pt"
     save_torch(bare, models.build_model("fashion_cnn").state_dict())
     with pytest.raises(DataError, match=f"{bare}: not a checkpoint of this project"):
-        training.load_checkpoint(bare)
+        models.load_checkpoint(bare)
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(pickled.read_bytes()[:1000])
     with pytest.raises(DataError, match=f"{truncated}: not a readable checkpoint"):
-        training.load_checkpoint(truncated)
+        models.load_checkpoint(truncated)
 
 
 FAULTS_PER_STEP = """
 import resource, sys, torch
 sys.path.insert(0, sys.argv[1])
-from fashion_compare import models, training
+from fashion_compare import models, process, training
 training.seed_everything(0)
 model = models.build_model("fashion_cnn").train().to(memory_format=torch.channels_last)
 optimizer = torch.optim.Adam(list(model.parameters()), lr=0.001, fused=True)
@@ -137,7 +137,7 @@ def faults_per_step():
         step()
     return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10
 default = faults_per_step()
-applied = training.keep_freed_memory()
+applied = process.keep_freed_memory()
 print(applied, default, faults_per_step())
 """
 

@@ -1,42 +1,46 @@
-"""Tuning, small: 2 trials x 2 models on a subset, as Dask tasks on a local cluster of 2 workers; the test split
-is not even there. A rerun goes on where it stopped; a failing trial is recorded and the search goes on."""
+"""The search (tuning.py, search.py): a small real one (4 configurations x 2 models, rungs 1 and 3, on a 600-image
+draw, as Dask tasks on a local cluster of 2 workers; the test split is not even there), and the rung decisions
+fed made-up outcomes: in trial order whatever order the tasks end in, a killed driver going on where it stopped,
+a failing trial recorded."""
 
 import csv
 import json
+import random
+from pathlib import Path
 
 import pytest
 import yaml
 
-from fashion_compare import data, tracking, tuning
+from fashion_compare import data, search, tracking, tuning
 from fashion_compare.params import load_params
+from fashion_compare.tuning import TrialOutcome
 
-pytestmark = pytest.mark.e2e
+SPACE = {"optimizer": {"adamw": {"lr": {"low": 0.0005, "high": 0.003}}, "sgd": {"lr": {"low": 0.01, "high": 0.1}}},
+         "weight_decay": {"low": 1e-5, "high": 1e-2}, "batch_size": [64, 128],
+         "schedule": ["cosine", "step", "one_cycle"], "augment": ["none", "flip_translate_erase"],
+         "label_smoothing": [0.0, 0.1]}
+REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+SMALL = {"configurations": 4, "seed": 0, "min_epochs": 1, "max_epochs": 3, "reduction_factor": 3,
+         "headroom_gain": 0.002, "models": None, "storage": None, "space": SPACE}
 
-SPACE = {"lr": {"low": 0.0005, "high": 0.002, "log": True}, "weight_decay": [0.0, 0.01], "batch_size": [64, 128],
-         "epochs": [1, 2], "schedule": ["constant", "step", "cosine"], "augment": ["none", "flip_translate_rotate"]}
+
+def write_params(folder, **tune):
+    params = yaml.safe_load(REPO_PARAMS.read_text())
+    params["tune"] = {**SMALL, **tune}
+    params["tracking"]["log_model"] = False
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
 
 
 @pytest.fixture
 def workspace(tmp_path, monkeypatch, real_raw):
-    """A folder with params.yaml (a 2-trial search) and data/prepared holding the train and val splits only."""
+    """A folder with params.yaml (a 4-configuration search) and data/prepared holding the train and val splits."""
     splits = data.prepare(*real_raw, 0.25, 600, seed=42)
     data.save_splits({name: splits[name] for name in ("train", "val")}, tmp_path / "data/prepared")
-    params = yaml.safe_load(open("params.yaml"))
-    params["tune"] = {"trials": 2, "seed": 0, "subset": 200, "storage": None, "space": SPACE}
-    params["tracking"]["log_model"] = False
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    write_params(tmp_path)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     return tmp_path
-
-
-def search(trials=2, **space):
-    params = load_params("params.yaml")
-    tune = tuning.tune_params(params).model_dump()
-    tune.update(trials=trials, space={**tune["space"], **space})
-    params = params.model_copy(update={"tune": tune})
-    return tuning.tune(params, "params.yaml", "data/prepared", 2, None, tracking.connect(params.tracking))
 
 
 def rows(model):
@@ -44,54 +48,171 @@ def rows(model):
         return list(csv.DictReader(handle))
 
 
-def test_the_same_budget_for_both_models_on_validation_only_then_a_rerun_goes_on(workspace, capsys):
-    result = search()
-    for model in ("resnet", "cnn"):
-        trials = rows(model)
-        assert [row["state"] for row in trials] == ["COMPLETE", "COMPLETE"]
-        assert all(0 < float(row["val_accuracy"]) <= 1 and float(row["train_cpu_seconds"]) > 0 for row in trials)
-        assert result[model]["trials"] == 2 and result[model]["cpu_hours"] > 0
-        assert result[model]["best_val_accuracy"] == max(float(row["val_accuracy"]) for row in trials)
+RECIPE_COLUMNS = tuning.TRIAL_FIELDS[5:12]
+
+
+@pytest.mark.e2e
+def test_a_small_search_same_configurations_full_rungs_validation_only_and_its_rerun(workspace):
+    params = load_params("params.yaml")
+    result = search.tune(params, "params.yaml", "data/prepared", 2, None, tracking.connect(params.tracking))
+    trials = {model: rows(model) for model in ("resnet", "cnn")}
+    for number in range(4):  # trial i: the same recipe for each model
+        same = [[trials[model][number][c] for c in RECIPE_COLUMNS] for model in ("resnet", "cnn")]
+        assert same[0] == same[1]
+    for model, model_rows in trials.items():
+        states = [row["state"] for row in model_rows]
+        assert set(states) <= {"COMPLETE", "PRUNED"} and states[0] == "COMPLETE"  # the first goes on (ASHA)
+        assert all(row["epochs"] == ("3" if row["state"] == "COMPLETE" else "1") for row in model_rows)
+        assert all(float(row["train_cpu_seconds"]) > 0 for row in model_rows)
+        found = result["models"][model]
+        assert found["configurations"] == 4 and found["running"] == 0 and found["cpu_hours"] > 0
+        assert found["epochs"] == sum(int(row["epochs"]) for row in model_rows)
+        assert found["best_val_accuracy"] == max(float(r["val_accuracy"]) for r in model_rows if r["val_accuracy"])
+        assert found["curve"][-1]["best"] == found["best_val_accuracy"]
     chosen = yaml.safe_load(open("metrics/tuning/recipe.yaml"))
-    assert set(chosen) == {"resnet", "cnn"} and set(chosen["cnn"]) >= {"lr", "batch_size", "epochs", "augment"}
-    assert open("plots/tuning/expected_best.png", "rb").read(4) == b"\x89PNG"
+    assert set(chosen) == {"resnet", "cnn"} and chosen["cnn"]["epochs"] == 3
+    headroom = json.loads(open("metrics/tuning/headroom.json").read())
+    assert {model: check["epochs"] for model, check in headroom.items()} == {"resnet": 6, "cnn": 6}
+    assert all(check["gain"] == pytest.approx(check["value"] - check["value_at_max"]) for check in headroom.values())
+    assert open("plots/tuning/search.png", "rb").read(4) == b"\x89PNG"
+    assert tuning.SearchRecord.from_dict(result).to_dict() == result  # tuning.json typed, round trip
+    assert not list(tuning.STATE_DIR.glob("*.pt"))  # every trial's state gone with its trial
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
     experiment = client.get_experiment_by_name("fashion-mnist")
-    parent = client.search_runs([experiment.experiment_id], "attributes.run_name = 'Tuning (2 trials per model)'")
-    children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent[0].info.run_id}'")
-    assert len(children) == 4 and all(run.info.status == "FINISHED" for run in children)
-    assert all("val/accuracy" in run.data.metrics for run in children)
+    children = client.search_runs([experiment.experiment_id], "tags.`dvc.stage` = 'tune'")
+    assert len([run for run in children if run.data.tags.get("trial")]) == 8
 
-    first = {model: rows(model) for model in ("resnet", "cnn")}
-    search()  # done: nothing runs
-    assert "2 trials per model done already" in capsys.readouterr().out
-    study = tuning.open_studies(f"sqlite:///{workspace / tuning.STORAGE_FILE}",
-                                tuning.tune_params(load_params()).space.model_dump_json(), ("resnet", "cnn"))["cnn"]
-    stale = study.ask()  # a driver killed while this trial ran
-    stale.suggest_float("lr", 0.0005, 0.002, log=True)
-    search(trials=3)
-    cnn = rows("cnn")
-    assert cnn[:2] == first["cnn"] and len(rows("resnet")) == 3  # what ran stays; one more trial each
-    assert cnn[2]["state"] == "FAIL" and cnn[2]["fail_reason"].startswith("interrupted")
-    assert cnn[3]["state"] == "COMPLETE" and cnn[3]["lr"] == cnn[2]["lr"]  # asked again first
-    assert json.loads(open("metrics/tuning/tuning.json").read())["models"]["cnn"]["trials"] == 3
+    before = {model: open(f"metrics/tuning/{model}_trials.csv").read() for model in ("resnet", "cnn")}
+    again = search.tune(params, "params.yaml", "data/prepared", 2, None, None)  # done: nothing trains
+    assert again == result and before == {model: open(f"metrics/tuning/{model}_trials.csv").read()
+                                          for model in ("resnet", "cnn")}
 
 
-def test_a_failing_trial_is_recorded_with_its_reason_and_the_search_goes_on(workspace):
-    result = search(trials=2, lr={"low": 50.0, "high": 100.0, "log": False})  # every trial diverges
-    for model in ("resnet", "cnn"):
-        trials = rows(model)
-        assert [row["state"] for row in trials] == ["FAIL", "FAIL"]
-        assert all("training diverged" in row["fail_reason"] for row in trials)
-        assert result[model]["trials"] == 2 and result[model]["chosen_recipe"] is None
-    assert not (workspace / "metrics/tuning/recipe.yaml").exists()
+# ---------------------------------------------------------------------------- the decisions, made-up outcomes
+
+def made_up_value(model, number, epoch):
+    """A validation accuracy per (model, trial, epoch): rises with epochs, trials in a fixed shuffled order."""
+    rank = random.Random(f"{model}-{number}").random()
+    return round(0.5 + 0.3 * rank + 0.02 * epoch, 6)
 
 
-def test_expected_best_of_n_trials_is_the_textbook_one():
-    values = [0.1, 0.2, 0.3]
-    assert tuning.expected_best(values, 1) == (pytest.approx(0.2), pytest.approx((2 / 3 / 100) ** 0.5))
-    # two draws with replacement: P(max = 0.1) = 1/9, 0.2: 3/9, 0.3: 5/9
-    assert tuning.expected_best(values, 2)[0] == pytest.approx((0.1 + 0.6 + 1.5) / 9)
-    assert tuning.expected_best(values, 200)[0] == pytest.approx(0.3)
+def drive(folder, models=("resnet", "cnn"), order_seed=0, stop_after=None, fail=()):
+    """The driver on made-up outcomes: tasks end in an order drawn by `order_seed`; `stop_after` tasks, then
+    the driver is dropped (killed). Returns the tasks left."""
+    params = load_params(folder / "params.yaml")
+    settings = tuning.tune_params(params)
+    storage = f"sqlite:///{folder / 'optuna.db'}"
+    studies = search.open_studies(storage, settings, models)
+    fields = {"params_file": "p", "data_dir": "d", "threads": 1, "stop_event": "e"}
+    driver = search.Search(studies, settings, fields, None, None, "code", params.titles, {})
+    queue, rng, ended = driver.start(), random.Random(order_seed), 0
+    while queue:
+        if stop_after is not None and ended == stop_after:
+            return queue
+        task = queue.pop(rng.randrange(len(queue)))
+        if task.number < 0:
+            epochs = task.recipe["epochs"]
+            outcome = TrialOutcome([0.9] * epochs, 0.9, epochs, 1.0, "cpu")
+        elif (task.model, task.number) in fail:
+            outcome = TrialOutcome(error="training diverged", cpu="cpu")
+        else:
+            curve = [made_up_value(task.model, task.number, e) for e in range(1, task.until_epoch + 1)]
+            outcome = TrialOutcome(curve, max(curve), len(curve), float(task.until_epoch), "cpu")
+        queue += driver.done(task, outcome)
+        ended += 1
+    return []
+
+
+def states(folder, model="resnet"):
+    import optuna
+
+    study = optuna.load_study(study_name=f"{model}-search", storage=f"sqlite:///{folder / 'optuna.db'}")
+    return [(t.number, t.state.name, len(t.intermediate_values), t.value) for t in study.trials]
+
+
+@pytest.fixture
+def decisions(tmp_path, monkeypatch):
+    def make(name, **tune):
+        folder = tmp_path / name
+        folder.mkdir()
+        write_params(folder, **{"configurations": 12, "max_epochs": 9, **tune})
+        return folder
+
+    monkeypatch.chdir(tmp_path)
+    return make
+
+
+def test_the_decisions_are_the_same_whatever_order_the_tasks_end_in_and_a_killed_driver_goes_on(decisions,
+                                                                                              monkeypatch):
+    outcomes = []
+    for order_seed in (0, 1, 2):
+        folder = decisions(f"order-{order_seed}")
+        monkeypatch.chdir(folder)
+        drive(folder, order_seed=order_seed)
+        outcomes.append(states(folder))
+    assert outcomes[0] == outcomes[1] == outcomes[2]
+    found = outcomes[0]
+    assert [s for _, s, _, _ in found].count("COMPLETE") >= 1 and [s for _, s, _, _ in found].count("PRUNED") >= 6
+    assert all(epochs in (1, 3, 9) for _, _, epochs, _ in found)
+    # promoted at rung 1 exactly when in the top third of the trials before it (ASHA's rule, Optuna's pruner)
+    first = [made_up_value("resnet", n, 1) for n in range(12)]
+    for number, _, epochs, _ in found:
+        earlier = sorted(first[:number + 1], reverse=True)
+        keep = max(1, len(earlier) // 3)
+        assert (epochs > 1) == (first[number] >= earlier[keep - 1])
+
+    killed = decisions("killed")
+    monkeypatch.chdir(killed)
+    assert drive(killed, order_seed=5, stop_after=9)  # tasks were left running
+    drive(killed, order_seed=6)  # a new driver on the same storage
+    assert states(killed) == found
+    headroom = json.loads((killed / "metrics/tuning/headroom.json").read_text())
+    assert headroom["resnet"]["epochs"] == 18 and headroom["resnet"]["chosen_trial"] == max(
+        (t for t in found if t[1] == "COMPLETE"), key=lambda t: (t[3], -t[0]))[0]
+
+
+def test_trial_i_draws_the_same_recipe_for_a_model_searched_later(decisions, monkeypatch):
+    folder = decisions("later")
+    monkeypatch.chdir(folder)
+    drive(folder, models=("resnet", "cnn"))
+    drive(folder, models=("resnet", "cnn", "resnet_small"))
+    rows_by_model = {model: rows(model) for model in ("resnet", "cnn", "resnet_small")}
+    for number in range(12):
+        recipes = [[rows_by_model[m][number][c] for c in RECIPE_COLUMNS] for m in rows_by_model]
+        assert recipes[0] == recipes[1] == recipes[2]
+    assert len({row["optimizer"] for row in rows_by_model["cnn"]}) == 2  # both optimizers drawn
+
+
+def test_a_failing_trial_is_recorded_with_its_reason_and_the_search_goes_on(decisions, monkeypatch):
+    folder = decisions("failing")
+    monkeypatch.chdir(folder)
+    drive(folder, fail={("resnet", 0), ("resnet", 3)})
+    resnet = rows("resnet")
+    assert [resnet[n]["state"] for n in (0, 3)] == ["FAIL", "FAIL"]
+    assert resnet[0]["fail_reason"] == "training diverged"
+    assert all(row["state"] in ("COMPLETE", "PRUNED") for row in resnet if row["number"] not in ("0", "3"))
+    summary = json.loads(open("metrics/tuning/tuning.json").read())["models"]["resnet"]
+    assert summary["failed"] == 2 and summary["running"] == 0 and summary["chosen_trial"] not in (0, 3)
+
+
+def test_the_curve_is_the_best_of_the_first_n_trials_with_a_band_that_falls_when_the_top_is_one_trial():
+    class Trial:
+        def __init__(self, value, hours):
+            self.value, self.state = value, type("State", (), {"name": "COMPLETE" if value else "PRUNED"})()
+            self.user_attrs = {"train_cpu_seconds": hours * 3600}
+
+    trials = [Trial(0.80, 1), Trial(None, 0.5), Trial(0.90, 1), *[Trial(0.81, 1) for _ in range(20)]]
+    curve = tuning.search_curve(trials)
+    assert [p.best for p in curve[:3]] == [0.80, 0.80, 0.90] and curve[2].cpu_hours == pytest.approx(2.5)
+    last = curve[-1]
+    assert last.best == 0.90 and last.high == 0.90 and last.low == pytest.approx(0.81)  # 0.90 is one trial of 23
+
+
+def test_the_rungs_must_end_at_the_maximum(decisions):
+    from fashion_compare.errors import ParamsError
+
+    folder = decisions("rungs", max_epochs=10)
+    with pytest.raises(ParamsError, match=r"tune: .*max_epochs 10 is not min_epochs 1 times a power"):
+        tuning.tune_params(load_params(folder / "params.yaml"), "params.yaml")

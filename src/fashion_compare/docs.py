@@ -57,7 +57,7 @@ NOT_MEASURED = {
     "0.5:": "Almost Stochastic Order's threshold",
     "0.01 is 1 point": "how a fraction reads as points",
     "30 s": "data.py's default download timeout (FASHION_MNIST_TIMEOUT)",
-    "32 MiB": "the mallopt threshold of training.keep_freed_memory",
+    "32 MiB": "the mallopt threshold of process.keep_freed_memory",
 }
 
 

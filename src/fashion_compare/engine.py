@@ -159,16 +159,24 @@ def seed_workers(client) -> list:
             if worker.get("resources", {}).get("seed", 0) >= 1]
 
 
-def run_tasks(client, function, tasks: list, on_done, key):
+def run_tasks(client, function, tasks: list, on_done, key, priority=None):
     """Submit `function(task)` for each of `tasks` (each has a `stop_event` name; `key(task)` names it), call
     `on_done(task, outcome or exception)` as each ends, and forget each result at once (a worker lost later
-    does not run a finished task again). Ctrl-C or SIGTERM (or what an on_done it broke off raised as it unwound):
-    every running task stops its pipeline, the rest are cancelled, the interruption is raised. The scheduler
-    gone, or no worker able to run a task for NO_WORKER_SECONDS: one line."""
+    does not run a finished task again); what on_done returns (new tasks, or None) is submitted in turn, with
+    Dask's `priority(task)` (higher first) where given. Ctrl-C or SIGTERM (or what an on_done it broke off
+    raised as it unwound): every running task stops its pipeline, the rest are cancelled, the interruption is
+    raised. The scheduler gone, or no worker able to run a task for NO_WORKER_SECONDS: one line."""
     from distributed import Event, wait
 
-    futures = {client.submit(function, task, key=f"{key(task)}-{task.stop_event}", resources=RESOURCE,
-                             retries=RETRIES, pure=False): task for task in tasks}
+    stop_events = {task.stop_event for task in tasks}
+
+    def submit(batch):
+        stop_events.update(task.stop_event for task in batch)
+        return {client.submit(function, task, key=f"{key(task)}-{task.stop_event}", resources=RESOURCE,
+                              retries=RETRIES, pure=False, priority=priority(task) if priority else 0): task
+                for task in batch}
+
+    futures = submit(tasks)
     pending, lonely_since = set(futures), None
     try:
         while pending:
@@ -188,10 +196,13 @@ def run_tasks(client, function, tasks: list, on_done, key):
                 except Exception as error:  # noqa: BLE001 - the task raised (retries spent) or its worker kept dying
                     outcome = error
                 future.release()
-                on_done(task, outcome)
+                more = submit(on_done(task, outcome) or [])
+                futures.update(more)
+                pending |= set(more)
     except (KeyboardInterrupt, Exception) as error:
         if (interrupt := interruption(error)) is not None:  # or what an on_done broke off raised as it unwound
-            Event(tasks[0].stop_event, client=client).set()  # every running task stops its pipeline
+            for name in stop_events:  # every running task stops its pipeline
+                Event(name, client=client).set()
             client.cancel(list(pending), force=True)
             raise interrupt from None
         if type(error).__name__ in ("FuturesCancelledError", "CancelledError", "CommClosedError"):

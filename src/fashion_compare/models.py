@@ -7,16 +7,19 @@ model is a params entry, and a new architecture a builder here.
   `small` (a 3x3 stride-1 convolution and no max-pool, the first residual block at 28x28).
 - `fashion_cnn`: the reference experiment's small CNN.
 
-Plain PyTorch modules; the CPU training speed-ups for ResNet18 are in cpu_speedups.py.
+load_checkpoint reads a model back from a checkpoint the train stage wrote. Plain PyTorch modules; the CPU
+training speed-ups for ResNet18 are in cpu_speedups.py.
 """
 
 from typing import Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 from torchvision.models import resnet18
 
 from . import NUM_CLASSES
+from .errors import DataError, first_line
 
 IMAGE_SHAPE = (1, 28, 28)  # channels, height, width
 
@@ -100,3 +103,28 @@ def build_model(architecture: str, options: dict | None = None) -> nn.Module:
 
 def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def load_checkpoint(path, map_location="cpu", expected_model=None):
+    """The model in a checkpoint written by `checkpoint`, in eval mode, and the checkpoint's contents."""
+    try:
+        saved = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise DataError(f"{path}: checkpoint not found; run its train stage first") from None
+    except Exception as error:  # truncated, not a torch file, or refused by the weights_only loader
+        raise DataError(f"{path}: not a readable checkpoint ({first_line(error, 160)}); "
+                        "rerun its train stage") from None
+    if not isinstance(saved, dict) or not {"state_dict", "config"} <= set(saved) or \
+            saved["config"].get("architecture") not in ARCHITECTURES:
+        raise DataError(f"{path}: not a checkpoint of this project (no state_dict and config); "
+                        "rerun its train stage")
+    if expected_model is not None and saved["config"]["model"] != expected_model:
+        raise DataError(f"{path}: holds a '{saved['config']['model']}' model, expected '{expected_model}'; "
+                        "rerun its train stage")
+    model = build_model(saved["config"]["architecture"], saved["config"]["options"])
+    try:
+        model.load_state_dict(saved["state_dict"])
+    except RuntimeError as error:
+        raise DataError(f"{path}: weights do not fit the model ({first_line(error, 160)}); "
+                        "rerun its train stage") from None
+    return model.eval(), saved

@@ -27,11 +27,11 @@ from .errors import ParamsError
 
 PARAMS_FILE = "params.yaml"
 MAX_EPOCHS = 200
-Optimizer = Literal["adam", "adamw", "sgd"]  # sgd: momentum 0.9, Nesterov (training.make_optimizer)
+Optimizer = Literal["adam", "adamw", "sgd"]  # sgd: momentum 0.9, Nesterov (recipes.make_optimizer)
 Schedule = Literal["constant", "step", "cosine", "one_cycle"]
-Precision = Literal["fp32", "bf16"]  # bf16: autocast to bfloat16 on the CPU or CUDA (training.autocast)
-# Augmentation of the training batches only (training.augment_batch): validation and test images never are
-Augment = Literal["none", "flip", "flip_translate", "flip_translate_rotate"]
+Precision = Literal["fp32", "bf16"]  # bf16: autocast to bfloat16 on the CPU or CUDA (recipes.autocast)
+# Augmentation of the training batches only (recipes.augment_batch): validation and test images never are
+Augment = Literal["none", "flip", "flip_translate", "flip_translate_rotate", "flip_translate_erase"]
 ModelName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=40)]  # file names, CSV columns, MLflow
 
 

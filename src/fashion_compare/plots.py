@@ -253,23 +253,31 @@ def noise_sources(study, titles: dict):
     return figure
 
 
-def expected_best_figure(tuning: dict, titles: dict):
-    """Expected best validation accuracy after n trials (Dodge et al. 2019), per model, +- one sd: against the
-    number of trials, and against the CPU-hours they cost (n x the model's mean per trial)."""
-    figure, (by_trials, by_hours) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for model, result in tuning.items():
-        points = result["expected_best"]
-        n = np.array([p["n"] for p in points])
-        mean, sd = np.array([p["mean"] for p in points]), np.array([p["sd"] for p in points])
-        for axes, x in ((by_trials, n), (by_hours, n * result["cpu_hours_per_trial"])):
-            axes.plot(x, mean, marker="o", label=titles.get(model, model))
-            axes.fill_between(x, mean - sd, mean + sd, alpha=0.2)
-    by_trials.set(xlabel="trials", ylabel="expected best validation accuracy")
+def search_figure(searches: dict, titles: dict):
+    """The search's best validation accuracy after its first n configurations, per model, with the bootstrap band
+    over those configurations (tuning.search_curve): against n, and against the CPU-hours the n trials cost."""
+    figure, (by_configurations, by_hours) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for model, search in searches.items():
+        points = [point for point in search.curve if point.best is not None]
+        if not points:
+            continue
+        x_n = np.array([p.configurations for p in points])
+        x_hours = np.array([p.cpu_hours for p in points])
+        best = np.array([p.best for p in points])
+        banded = [p for p in points if p.low is not None]
+        for axes, x, x_band in ((by_configurations, x_n, [p.configurations for p in banded]),
+                                (by_hours, x_hours, [p.cpu_hours for p in banded])):
+            line, = axes.step(x, best, where="post", label=titles.get(model, model))
+            if banded:
+                axes.fill_between(x_band, [p.low for p in banded], [p.high for p in banded], step="post",
+                                  alpha=0.2, color=line.get_color())
+    by_configurations.set(xlabel="configurations", ylabel="best validation accuracy")
     by_hours.set(xlabel="training CPU-hours")
-    for axes in (by_trials, by_hours):
+    for axes in (by_configurations, by_hours):
         axes.grid(alpha=0.3)
-        axes.legend()
-    figure.suptitle("Expected best validation accuracy of a random search (mean +- sd)")
+        if axes.get_legend_handles_labels()[0]:
+            axes.legend()
+    figure.suptitle("The search's best after its first n configurations (band: 5-95 % of bootstrap resamples)")
     figure.tight_layout()
     return figure
 

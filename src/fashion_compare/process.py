@@ -1,10 +1,11 @@
 """How a stage process lives and ends: SIGTERM and SIGINT become an orderly stop, a stage never outlives
-the `dvc` that started it, and one workspace trains one model once at a time."""
+the `dvc` that started it, one workspace trains one model once at a time, and glibc keeps freed memory."""
 
 import contextlib
 import ctypes
 import fcntl
 import os
+import platform
 import signal
 import sys
 import threading
@@ -88,6 +89,26 @@ def set_parent_death_signal(signum=signal.SIGTERM):
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum)
 
 
+_parents = {"started_by": None, "watched": []}  # stop_with_parent's
+
+
+def parent_gone() -> bool:
+    """Whether the `dvc` that started this stage (or the shell between them) is gone; False outside DVC."""
+    if _parents["started_by"] is None:
+        return False
+    return os.getppid() != _parents["started_by"] or not all(map(alive, _parents["watched"]))
+
+
+class ParentCheck:
+    """A training observer: after each epoch (its state saved), stop as on SIGTERM if the `dvc` that started
+    the stage is gone. The watcher thread checks only every second; a training frozen and continued after
+    its `dvc` died would otherwise train on to its end and be run again all the same."""
+
+    def on_epoch(self, record, steps):
+        if parent_gone():
+            raise Interrupted("SIGTERM")
+
+
 def stop_with_parent():
     """When the process that started this stage dies (`kill <pid of dvc>`, a CI runner's cancel), stop as
     on our own SIGTERM. Only under DVC (it sets DVC_STAGE): a stage run by hand with nohup may outlive its
@@ -95,19 +116,20 @@ def stop_with_parent():
 
     Linux's prctl(PR_SET_PDEATHSIG) delivers SIGTERM the moment the parent exits; a watcher thread also
     checks every second, for a shell that DVC's command line may have left between dvc and us (then dvc
-    is watched too) and for systems without prctl."""
+    is watched too) and for systems without prctl; ParentCheck checks after every epoch."""
     if "DVC_STAGE" not in os.environ:
         return
     parent = os.getppid()
     watched = [parent]
     if _command_name(parent) in SHELLS and _parent_of(parent) > 1:
         watched.append(_parent_of(parent))
+    _parents.update(started_by=parent, watched=watched)
     set_parent_death_signal(signal.SIGTERM)
 
     def watch():
         stop = threading.Event()
         while not stop.wait(PARENT_POLL_SECONDS):
-            if os.getppid() != parent or not all(map(alive, watched)):
+            if parent_gone():
                 os.kill(os.getpid(), signal.SIGTERM)
                 return
 
@@ -140,3 +162,23 @@ def exclusive(lock_path, what: str):
             handle.seek(0)
             handle.truncate()
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# glibc's mallopt(3) parameters
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc's ceiling for M_MMAP_THRESHOLD on 64-bit systems
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed memory for reuse rather than give it back to the kernel.
+
+    Every training step frees and allocates again the same large buffers (the CNN's activations at
+    batch 100 are 10 MB each). By default glibc serves such blocks with mmap and unmaps them on free,
+    or trims the heap, so each step pays again for fresh zeroed pages: 6,000-7,000 page faults a step
+    for the CNN, a fifth of its step time. Blocks below 32 MiB now come from the heap and stay there.
+    This is what PyTorch's CPU performance guide gets from jemalloc or tcmalloc, without a preloaded
+    library. True if applied; False where the C library is not glibc."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(None)
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX) and libc.mallopt(M_TRIM_THRESHOLD, 2**30))

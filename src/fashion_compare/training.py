@@ -8,11 +8,9 @@ state). A resumed run ends with the same weights, bit for bit, as one that was n
 """
 
 import contextlib
-import ctypes
 import hashlib
 import math
 import os
-import platform
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,18 +22,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .cpu_speedups import prepare_for_cpu_training
-from .errors import DataError, ParamsError, TrainingDiverged, first_line
+from .errors import ParamsError, TrainingDiverged
 from .files import atomic_path
 from .params import TrainConfig
 from .process import available_cores
+from .recipes import augment_batch, autocast, make_optimizer, make_scheduler
 
 RESUME_FORMAT = 1
 # Cross-entropy over 10 classes starts near ln(10) = 2.3; a loss this large (or NaN/inf) means the
 # weights have blown up, and every later step only computes garbage.
 DIVERGED_LOSS = 1e4
-# Augmentation (params.Augment): the largest shift, in pixels, and rotation, in degrees, drawn per image.
-MAX_SHIFT_PIXELS = 2
-MAX_ROTATION_DEGREES = 10.0
 AUGMENT_SEED_OFFSET = 1_000_003  # the augmentation's generator: its own stream, apart from the batch order
 
 
@@ -56,26 +52,6 @@ def thread_count(setting="auto") -> int:
         if int(os.environ.get("OMP_NUM_THREADS", "")) > 0:
             return int(os.environ["OMP_NUM_THREADS"])
     return available_cores()
-
-
-# glibc's mallopt(3) parameters
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc's ceiling for M_MMAP_THRESHOLD on 64-bit systems
-
-
-def keep_freed_memory() -> bool:
-    """Have glibc's malloc keep freed memory for reuse rather than give it back to the kernel.
-
-    Every training step frees and allocates again the same large buffers (the CNN's activations at
-    batch 100 are 10 MB each). By default glibc serves such blocks with mmap and unmaps them on free,
-    or trims the heap, so each step pays again for fresh zeroed pages: 6,000-7,000 page faults a step
-    for the CNN, a fifth of its step time. Blocks below 32 MiB now come from the heap and stay there.
-    This is what PyTorch's CPU performance guide gets from jemalloc or tcmalloc, without a preloaded
-    library. True if applied; False where the C library is not glibc."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    libc = ctypes.CDLL(None)
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX) and libc.mallopt(M_TRIM_THRESHOLD, 2**30))
 
 
 def seed_everything(seed: int):
@@ -272,67 +248,8 @@ def _restore_rng_states(states, generator, augment_generator=None):
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-SGD_MOMENTUM = 0.9  # the recipe's `optimizer: sgd`, with Nesterov momentum
-
-
-def make_optimizer(parameters, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """The recipe's optimizer over `parameters` (on `device`): Adam, AdamW (decoupled weight decay) or SGD with
-    Nesterov momentum (L2 weight decay); the fused kernel (one pass over all of them) where PyTorch has one for
-    the device."""
-    fused = device.type in ("cpu", "cuda")
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(parameters, lr=config.lr, momentum=SGD_MOMENTUM, nesterov=True,
-                               weight_decay=config.weight_decay, fused=fused)
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
-    return torch.optim.Adam(parameters, lr=config.lr, fused=fused)
-
-
-def make_scheduler(optimizer, config: TrainConfig, steps_per_epoch: int):
-    """The learning rate over the recipe's epochs: StepLR or cosine annealing to 0 (stepped after each epoch),
-    one-cycle (stepped after each batch: warm-up to the recipe's lr, then annealing), or None for a constant
-    rate. A run stopped early (train's `until_epoch`) follows the same schedule as far as it went."""
-    if config.schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
-    if config.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-    if config.schedule == "one_cycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, epochs=config.epochs,
-                                                   steps_per_epoch=steps_per_epoch)
-    return None
-
-
-def autocast(config: TrainConfig, device: torch.device):
-    """bfloat16 autocast on the device when the recipe says `precision: bf16`; else nothing."""
-    if config.precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def augment_batch(images: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
-    """A training batch (N, 1, H, W) augmented per image, as params.Augment names: a horizontal flip with
-    probability 1/2; with translate, a shift of up to MAX_SHIFT_PIXELS whole pixels each way; with rotate, a
-    rotation of up to MAX_ROTATION_DEGREES (bilinear, zeros outside). The draws come from `generator` (on the
-    CPU, so that they repeat on any device); one affine resampling of the batch does the geometry."""
-    count, height, width = len(images), images.shape[-2], images.shape[-1]
-    flip = torch.rand(count, generator=generator) < 0.5
-    if kind == "flip":
-        return torch.where(flip.to(images.device)[:, None, None, None], images.flip(-1), images)
-    shifts = torch.randint(-MAX_SHIFT_PIXELS, MAX_SHIFT_PIXELS + 1, (count, 2), generator=generator)
-    angles = torch.zeros(count)
-    if kind == "flip_translate_rotate":
-        angles = (torch.rand(count, generator=generator) * 2 - 1) * math.radians(MAX_ROTATION_DEGREES)
-    cos, sin, mirror = angles.cos(), angles.sin(), 1.0 - 2.0 * flip.float()
-    # affine_grid maps output to input coordinates in [-1, 1]: one pixel is 2 / size
-    theta = torch.stack([torch.stack([cos * mirror, -sin, -shifts[:, 0] * 2.0 / width], dim=1),
-                         torch.stack([sin * mirror, cos, -shifts[:, 1] * 2.0 / height], dim=1)], dim=1)
-    theta = theta.to(images.device, images.dtype)
-    grid = nn.functional.affine_grid(theta, list(images.shape), align_corners=False)
-    return nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-def _check_finite(loss: float, config: TrainConfig, where: str):
-    if not math.isfinite(loss) or loss > DIVERGED_LOSS:
+def _check_finite(loss: float, config: TrainConfig, where: str, limit=DIVERGED_LOSS):
+    if not math.isfinite(loss) or loss > limit:
         raise TrainingDiverged(f"{config.model}: {where} (lr {config.lr:g}): training diverged; try a lower lr")
 
 
@@ -433,7 +350,9 @@ def _train_and_validate(training: TrainingState, images, labels, validation, con
     losses, train_accuracy = train_one_epoch(training, images, labels, config, epoch, memory_format, quiet)
     val_loss, val_accuracy = loss_and_accuracy(training.model, *validation, config.eval_batch_size,
                                                images.device, memory_format)
-    _check_finite(val_loss, config, f"validation loss is {val_loss} after epoch {epoch}")
+    # A huge validation loss alone is no divergence: early on, BatchNorm's running statistics can lag far behind
+    # a fast-moving network (high-lr SGD) while its training loss is fine; only a non-finite one stops the run.
+    _check_finite(val_loss, config, f"validation loss is {val_loss} after epoch {epoch}", limit=math.inf)
     lr = training.optimizer.param_groups[0]["lr"]
     if training.scheduler and not training.steps_each_batch:
         training.scheduler.step()
@@ -460,30 +379,3 @@ def checkpoint(result: TrainResult, config: TrainConfig, parameter_count: int) -
     return {"state_dict": result.best_state, "config": config.model_dump(exclude={"eval_batch_size"}),
             "best_epoch": result.best_epoch,
             "best_val_accuracy": result.best_val_accuracy, "parameter_count": parameter_count}
-
-
-def load_checkpoint(path, map_location="cpu", expected_model=None):
-    """The model in a checkpoint written by `checkpoint`, in eval mode, and the checkpoint's contents."""
-    from .models import ARCHITECTURES, build_model
-
-    try:
-        saved = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise DataError(f"{path}: checkpoint not found; run its train stage first") from None
-    except Exception as error:  # truncated, not a torch file, or refused by the weights_only loader
-        raise DataError(f"{path}: not a readable checkpoint ({first_line(error, 160)}); "
-                        "rerun its train stage") from None
-    if not isinstance(saved, dict) or not {"state_dict", "config"} <= set(saved) or \
-            saved["config"].get("architecture") not in ARCHITECTURES:
-        raise DataError(f"{path}: not a checkpoint of this project (no state_dict and config); "
-                        "rerun its train stage")
-    if expected_model is not None and saved["config"]["model"] != expected_model:
-        raise DataError(f"{path}: holds a '{saved['config']['model']}' model, expected '{expected_model}'; "
-                        "rerun its train stage")
-    model = build_model(saved["config"]["architecture"], saved["config"]["options"])
-    try:
-        model.load_state_dict(saved["state_dict"])
-    except RuntimeError as error:
-        raise DataError(f"{path}: weights do not fit the model ({first_line(error, 160)}); "
-                        "rerun its train stage") from None
-    return model.eval(), saved

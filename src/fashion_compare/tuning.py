@@ -1,48 +1,59 @@
-"""Tuning each model's recipe with the same number of trials: a seeded random search (Optuna's RandomSampler) over the
-one search space of params.yaml's `tune`, the same number of trials per model at the same reduced fidelity.
+"""The search for each model's recipe: the same configurations for every model, at full data, ranked by successive
+halving over epochs.
 
-A trial trains one model with one recipe on a stratified subset of the training split (`tune.subset` images,
-the same for every trial) and scores on the whole validation split; the test split is never opened. Trials
-are Dask tasks on the study's engine (engine.py: two at a time here, more on a cluster whose workers see the
-prepared data at the same path). Only this driver writes the Optuna storage (ask and tell: an embedded SQLite
-file by default, metrics/tuning/optuna.db) and MLflow (each trial a child of one tuning run). A trial that
-raises is told FAIL with its reason, and the search goes on. A killed `make tune` resumes: trials left RUNNING
-are told FAIL ("interrupted") and their params asked again first; trial n's params depend only on
-(tune.seed, model, n), so a resumed search draws what an uninterrupted one would.
+- The same configurations: trial i of every searched model trains the same recipe (Optuna's RandomSampler seeded
+  by (tune.seed, i) alone: the model is not a dimension of the search, and a model searched later draws what the
+  others drew). The space (params.yaml `tune.space`): the optimizer (AdamW, or SGD with Nesterov momentum, each
+  with its own log-uniform lr range), log-uniform weight decay, batch size, schedule (cosine, step, one-cycle,
+  each over the maximum epochs), augmentation and label smoothing.
+- Full data, validation only: a trial trains on the whole training split and is scored on the validation split
+  after every epoch; the test split is never opened.
+- Multi-fidelity by epochs: at each rung (tune.min_epochs x reduction_factor^k, up to tune.max_epochs) Optuna's
+  SuccessiveHalvingPruner (asynchronous successive halving) keeps a trial if it is in the top 1/reduction_factor
+  of the trials that reached that rung before it; a kept trial resumes from its saved state (bit-exact,
+  training.ResumeFile) up to the next rung. The driver asks the pruner in trial order at each rung (trial i's
+  decision waits for those of trials 0..i-1 there), so the outcome does not depend on how many workers ran it
+  or on the order their tasks ended, and the search of the first n configurations is the first n trials of
+  this one: the curves rest on that. A trial's value: its best validation accuracy, once it reached max_epochs.
+- Each rung of a trial is a Dask task on the study's engine (engine.py: two at a time here, more on a cluster);
+  only the driver writes the Optuna storage (ask and tell) and MLflow. A killed `make tune` goes on where it
+  stopped: a trial resumes from its last saved epoch (in .resume/tune/ on the driver's machine; a cluster
+  worker elsewhere trains the trial's epochs again, to the same result on the same CPU kind).
+- Converged: once every trial of a model is told, its chosen recipe trains for twice max_epochs (the same
+  seed, the schedule over the longer run); the validation accuracy it gains is committed
+  (metrics/tuning/headroom.json). Above tune.headroom_gain: raise max_epochs and search again.
 
-What is committed, after every trial: metrics/tuning/<model>_trials.csv (every trial: params, validation
-accuracy, training CPU-seconds, code fingerprint, CPU kind), metrics/tuning/tuning.json (each model's budget
-and choice) and, when both models have their trials, metrics/tuning/recipe.yaml (each model's chosen recipe,
-read by `make study RECIPE=tuned`) and plots/tuning/expected_best.png (Dodge et al. 2019: the expected best
-validation accuracy after n trials, and against CPU-hours, with its spread).
+Committed after every decision: metrics/tuning/<model>_trials.csv, tuning.json (per model: configurations,
+epochs and CPU-hours spent, the choice, the search's best against configurations and CPU-hours with a bootstrap
+band), recipe.yaml (each searched model's chosen recipe: `make study RECIPE=tuned`), headroom.json and
+plots/tuning/search.png.
 """
 
-import json
-import os
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import Field, ValidationError, model_validator
 
 from .errors import ParamsError, first_line
-from .params import MAX_EPOCHS, Augment, Bool, Float, Int, Schedule, Strict, Subset, format_error
+from .params import MAX_EPOCHS, Augment, Float, Int, ModelName, Schedule, Strict, format_error
 
-TUNING_DIR = Path("metrics/tuning")
-PLOTS_DIR = Path("plots/tuning")
+TUNING_DIR, PLOTS_DIR = Path("metrics/tuning"), Path("plots/tuning")
 STORAGE_FILE = TUNING_DIR / "optuna.db"
-INTERRUPTED = "interrupted (the driver stopped); its params are asked again first"
-TRIAL_FIELDS = ["number", "state", "val_accuracy", "best_epoch", "lr", "weight_decay", "batch_size", "epochs",
-                "schedule", "augment", "train_seconds", "train_cpu_seconds", "code", "cpu", "fail_reason"]
+STATE_DIR = Path(".resume/tune")  # each running trial's state between its rungs (git-ignored)
+TRIAL_FIELDS = ["number", "state", "val_accuracy", "epochs", "best_epoch", "optimizer", "lr", "weight_decay",
+                "batch_size", "schedule", "augment", "label_smoothing", "train_cpu_seconds", "code", "cpu",
+                "fail_reason"]
+BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED = 2000, 0
 
 
-class FloatRange(Strict):
-    """A search range of a float knob, drawn uniformly (on a log scale with `log`)."""
+class LogRange(Strict):
+    """A float knob's range, drawn log-uniformly."""
 
     low: Float = Field(gt=0)
     high: Float = Field(gt=0)
-    log: Bool = False
 
     @model_validator(mode="after")
     def _not_empty(self):
@@ -50,307 +61,314 @@ class FloatRange(Strict):
             raise ValueError(f"empty or inverted range: low {self.low:g} must be below high {self.high:g}")
         return self
 
+    def position(self, value: float) -> float:
+        """Where `value` lies in the range on the log scale: 0 at low, 1 at high."""
+        return math.log(value / self.low) / math.log(self.high / self.low)
+
+
+class OptimizerSpace(Strict):
+    lr: LogRange
+
 
 class SearchSpace(Strict):
-    """The recipe knobs a tuning draws, the same space for every model."""
+    """The recipe knobs a trial draws, the same space (and the same draws) for every model."""
 
-    lr: FloatRange
-    weight_decay: list[Annotated[Float, Field(ge=0, lt=1)]] = Field(min_length=1)
+    optimizer: dict[Literal["adamw", "sgd"], OptimizerSpace] = Field(min_length=1)
+    weight_decay: LogRange
     batch_size: list[Annotated[Int, Field(gt=0)]] = Field(min_length=1)
-    epochs: list[Annotated[Int, Field(gt=0, le=MAX_EPOCHS)]] = Field(min_length=1)
     schedule: list[Schedule] = Field(min_length=1)
     augment: list[Augment] = Field(min_length=1)
+    label_smoothing: list[Annotated[Float, Field(ge=0, lt=1)]] = Field(min_length=1)
 
 
 class TuneParams(Strict):
-    """params.yaml's `tune`: a seeded random search of each compared model's recipe, the same number of trials
-    for each, each model drawing its own configurations."""
+    """params.yaml's `tune` (see the module's docstring)."""
 
-    trials: Int = Field(12, ge=1, description="trials per model")
-    seed: Int = Field(0, ge=0, description="seeds the sampler; each trial trains with the top-level seed")
-    subset: Subset = Field(9000, description="training images per trial, stratified from the training split;"
-                                             " 0 = all of it")
+    configurations: Int = Field(40, ge=1, description="trials per model, trial i the same recipe for each")
+    seed: Int = Field(0, ge=0, description="the configurations' stream; every trial trains with the top-level seed")
+    min_epochs: Int = Field(1, ge=1, description="the first rung")
+    max_epochs: Int = Field(27, ge=2, le=MAX_EPOCHS, description="the last rung; every schedule runs over it")
+    reduction_factor: Int = Field(3, ge=2, description="the top 1/reduction_factor at a rung goes on")
+    headroom_gain: Float = Field(0.002, gt=0, lt=1, description="converged: twice max_epochs gains at most this")
+    models: list[ModelName] | None = Field(None, description="the models searched; null = compare's")
     storage: str | None = Field(None, min_length=1, description="Optuna storage URL; null = the SQLite file")
     space: SearchSpace
+
+    @model_validator(mode="after")
+    def _rungs_reach_the_maximum(self):
+        if self.rungs[-1] != self.max_epochs:
+            raise ValueError(f"max_epochs {self.max_epochs} is not min_epochs {self.min_epochs} times a power of "
+                             f"reduction_factor {self.reduction_factor} (the rungs would be {self.rungs})")
+        return self
+
+    @property
+    def rungs(self) -> list[int]:
+        rungs = [self.min_epochs]
+        while rungs[-1] * self.reduction_factor <= self.max_epochs:
+            rungs.append(rungs[-1] * self.reduction_factor)
+        return rungs
 
 
 def tune_params(params, path="params.yaml") -> TuneParams:
     """params.yaml's `tune` section, validated (one line naming the key when it is not right)."""
     if params.tune is None:
-        raise ParamsError(f"{path}: tune: missing section (the search's trials, subset and space)")
+        raise ParamsError(f"{path}: tune: missing section (the search's configurations, rungs and space)")
     try:
-        return TuneParams.model_validate(params.tune)
+        settings = TuneParams.model_validate(params.tune)
     except ValidationError as error:
         raise ParamsError(format_error(path, error, prefix="tune")) from None
+    for model in settings.models or ():
+        if model not in params.models:
+            raise ParamsError(f"{path}: tune.models: '{model}' is not a model declared in models")
+    return settings
+
+
+def searched_models(params, settings: TuneParams) -> list[str]:
+    return list(settings.models or params.compare.models)
+
+
+def configuration_seed(tune_seed: int, number: int) -> int:
+    return int(np.random.SeedSequence([tune_seed, number]).generate_state(1)[0])
+
+
+def suggest(trial, space: SearchSpace) -> dict:
+    """Draw a trial's configuration; each optimizer's lr is its own parameter (its own range)."""
+    optimizer = trial.suggest_categorical("optimizer", sorted(space.optimizer))
+    lr_range = space.optimizer[optimizer].lr
+    drawn = {"optimizer": optimizer, "lr": trial.suggest_float(f"lr_{optimizer}", lr_range.low, lr_range.high,
+                                                                log=True),
+             "weight_decay": trial.suggest_float("weight_decay", space.weight_decay.low, space.weight_decay.high,
+                                                 log=True)}
+    for name in ("batch_size", "schedule", "augment", "label_smoothing"):
+        drawn[name] = trial.suggest_categorical(name, list(getattr(space, name)))
+    return drawn
+
+
+def recipe_from(params: dict, max_epochs: int) -> dict:
+    """A recipe (params.RecipeParams fields) from a trial's Optuna params, over `max_epochs`; the step schedule
+    divides the lr by 10 after each third of the epochs."""
+    optimizer = params["optimizer"]
+    recipe = {"optimizer": optimizer, "lr": params[f"lr_{optimizer}"], "epochs": max_epochs,
+              **{name: params[name] for name in ("weight_decay", "batch_size", "schedule", "augment",
+                                                 "label_smoothing")}}
+    if recipe["schedule"] == "step":
+        recipe.update(step_size=math.ceil(max_epochs / 3), gamma=0.1)
+    return recipe
 
 
 @dataclass(frozen=True)
 class TrialTask:
-    """One trial, for a worker: the model, its recipe (ModelParams fields) and the data it may use."""
+    """One trial's training up to `until_epoch` (None: all the recipe's epochs), for a worker."""
 
     model: str
-    number: int
+    number: int  # -1: the headroom run
     recipe: dict
+    until_epoch: int | None
     params_file: str
     data_dir: str
-    subset: int
-    subset_seed: int
+    state_file: str
     threads: int | None
     stop_event: str
 
 
 @dataclass(frozen=True)
 class TrialOutcome:
-    """A trial's result: the best validation accuracy and its curve, the cost, or why it failed."""
+    """What a trial's task gives back: the validation accuracy of every epoch so far, the best, the cost so far
+    (CPU-seconds of training, over all its tasks), the CPU kind; or why it failed."""
 
-    val_accuracy: float = 0.0
+    curve: list = field(default_factory=list)
+    best_val_accuracy: float = 0.0
     best_epoch: int = 0
-    curve: list = field(default_factory=list)  # validation accuracy per epoch
-    train_seconds: float = 0.0
     train_cpu_seconds: float = 0.0
     cpu: str = ""
     error: str = ""
 
 
-def recipe_from(sampled: dict) -> dict:
-    """A recipe (params.RecipeParams) from a trial's params: AdamW when it has weight decay, else Adam; the step
-    schedule decays once, half way (StepLR)."""
-    recipe = {"optimizer": "adamw" if sampled["weight_decay"] > 0 else "adam", **sampled}
-    if recipe["schedule"] == "step":
-        recipe["step_size"] = max(1, recipe["epochs"] // 2)
-    return recipe
-
-
-def suggest(trial, space) -> dict:
-    """Draw a trial's params from the search space (params.SearchSpace)."""
-    sampled = {"lr": trial.suggest_float("lr", space.lr.low, space.lr.high, log=space.lr.log)}
-    for name in ("weight_decay", "batch_size", "epochs", "schedule", "augment"):
-        sampled[name] = trial.suggest_categorical(name, list(getattr(space, name)))
-    return sampled
-
-
 def run_trial(task: TrialTask) -> TrialOutcome:
-    """On a worker: train the model with the trial's recipe; the validation split scores it."""
+    """On a worker: train the model with the task's recipe, from the trial's saved state if it has one, up to
+    until_epoch; only the training and validation splits are loaded."""
     import torch
 
-    from . import data, models, training
-    from .params import RecipeParams, load_params, train_config
+    from . import data, models, process, training
+    from .params import load_params, train_config
     from .tools import cpu_kind
 
     if task.threads:
         torch.set_num_threads(task.threads)
-    training.keep_freed_memory()
+    process.keep_freed_memory()
     try:
-        params = load_params(task.params_file)
-        spec = params.models[task.model]
-        recipe = RecipeParams.model_validate({**spec.recipe.model_dump(), **task.recipe})
-        models_now = {**params.models, task.model: spec.model_copy(update={"recipe": recipe})}
-        config = train_config(params.model_copy(update={"models": models_now}), task.model)
-        train_set = data.load_split(task.data_dir, "train")
-        index = data.stratified_indices(train_set["labels"].numpy(), task.subset, task.subset_seed)
-        train_set = {key: tensor[index] for key, tensor in train_set.items()}
-        val_set = data.load_split(task.data_dir, "val")
+        config = train_config(with_recipe(load_params(task.params_file), task.model, task.recipe), task.model)
+        train_set, val_set = data.load_split(task.data_dir, "train"), data.load_split(task.data_dir, "val")
+        resume = training.ResumeFile(task.state_file, training.fingerprint(config, train_set, val_set))
+        saved = resume.load()
         training.seed_everything(config.seed)
         model = models.build_model(config.architecture, config.options)
-        result = training.train(model, train_set, val_set, config, training.select_device(config.device), quiet=True)
+        result = training.train(model, train_set, val_set, config, training.select_device(config.device),
+                                quiet=True, resume=resume, state=saved, until_epoch=task.until_epoch)
     except Exception as error:  # noqa: BLE001 - diverged, out of memory, a bad recipe: the trial fails, the search goes on
         return TrialOutcome(error=first_line(error, 240), cpu=cpu_kind()["name"])
-    return TrialOutcome(result.best_val_accuracy, result.best_epoch, [r.val_accuracy for r in result.epochs],
-                        result.train_seconds, result.train_cpu_seconds, cpu_kind()["name"])
+    return TrialOutcome([record.val_accuracy for record in result.epochs], result.best_val_accuracy,
+                        result.best_epoch, result.train_cpu_seconds, cpu_kind()["name"])
 
 
-def expected_best(values, trials: int) -> tuple[float, float]:
-    """Expected maximum of `trials` draws (with replacement) from the empirical distribution of `values`, and
-    its standard deviation (Dodge et al. 2019, "Show Your Work")."""
-    ordered = np.sort(np.asarray(values, dtype=float))
-    count = len(ordered)
-    below = (np.arange(1, count + 1) / count) ** trials - (np.arange(count) / count) ** trials
-    mean = float(np.sum(below * ordered))
-    return mean, float(np.sqrt(max(0.0, np.sum(below * ordered ** 2) - mean ** 2)))
+def with_recipe(params, model: str, recipe: dict):
+    """`params` with `model`'s recipe overridden by `recipe` (its other knobs, precision for one, kept)."""
+    from .params import RecipeParams
+
+    spec = params.models[model]
+    merged = RecipeParams.model_validate({**spec.recipe.model_dump(), **recipe})
+    return params.model_copy(update={"models": {**params.models, model: spec.model_copy(update={"recipe": merged})}})
 
 
-def sampler_seed(tune_seed: int, model_index: int, number: int) -> int:
-    return int(np.random.SeedSequence([tune_seed, model_index, number]).generate_state(1)[0])
+# ------------------------------------------------------------------------------ what is committed
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """The search of the first `configurations` trials: its best value, the CPU-hours it cost, and a bootstrap
+    band over those trials (5th and 95th percentiles of the best of a resample; no complete trial drawn: None)."""
+
+    configurations: int
+    cpu_hours: float
+    best: float | None
+    low: float | None
+    high: float | None
 
 
-def trial_row(trial) -> dict:
+@dataclass(frozen=True)
+class ModelSearch:
+    """One model's search in tuning.json."""
+
+    configurations: int
+    complete: int
+    pruned: int
+    failed: int
+    running: int
+    epochs: int
+    cpu_hours: float
+    cpu_kinds: list
+    chosen_trial: int | None
+    best_val_accuracy: float | None
+    second_val_accuracy: float | None  # the best without the chosen trial: how much the top rests on it
+    chosen_recipe: dict | None
+    edges: dict  # a chosen lr or weight decay within the outer 15 % of its log range: {knob: position}
+    curve: list[CurvePoint]
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "ModelSearch":
+        return cls(**{**raw, "curve": [CurvePoint(**point) for point in raw["curve"]]})
+
+
+@dataclass(frozen=True)
+class Headroom:
+    """The convergence check of a model's chosen recipe: trained for `epochs` (twice the maximum) against the
+    search's value at max_epochs."""
+
+    chosen_trial: int
+    max_epochs: int
+    value_at_max: float
+    epochs: int
+    value: float
+    gain: float
+    limit: float
+    converged: bool
+    train_cpu_seconds: float
+    cpu: str
+
+
+@dataclass(frozen=True)
+class SearchRecord:
+    """metrics/tuning/tuning.json."""
+
+    settings: dict
+    models: dict  # {model: ModelSearch}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "SearchRecord":
+        return cls(raw["settings"], {model: ModelSearch.from_dict(search) for model, search in raw["models"].items()})
+
+
+def _cpu_hours(trial) -> float:
+    return trial.user_attrs.get("train_cpu_seconds", 0.0) / 3600
+
+
+def search_curve(trials: list) -> list[CurvePoint]:
+    """The best complete value and the CPU-hours of the first n trials, n = 1..N, with a bootstrap band: the
+    5th-95th percentiles of the best complete value among n trials drawn with replacement from those n."""
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    values = np.array([t.value if t.state.name == "COMPLETE" else np.nan for t in trials], dtype=float)
+    hours = np.cumsum([_cpu_hours(t) for t in trials])
+    points = []
+    for n in range(1, len(trials) + 1):
+        prefix = values[:n]
+        best = float(np.nanmax(prefix)) if not np.isnan(prefix).all() else None
+        draws = prefix[rng.integers(0, n, size=(BOOTSTRAP_SAMPLES, n))]
+        complete = ~np.isnan(draws).all(axis=1)
+        tops = np.nanmax(np.where(np.isnan(draws), -np.inf, draws), axis=1)[complete]
+        low, high = ((float(np.percentile(tops, 5)), float(np.percentile(tops, 95)))
+                     if complete.mean() >= 0.95 else (None, None))
+        points.append(CurvePoint(n, float(hours[n - 1]), best, low, high))
+    return points
+
+
+def model_search(trials: list, space: SearchSpace, max_epochs: int) -> ModelSearch:
+    states = [t.state.name for t in trials]
+    complete = sorted((t for t in trials if t.state.name == "COMPLETE"), key=lambda t: (-t.value, t.number))
+    best = complete[0] if complete else None
+    recipe = recipe_from(best.params, max_epochs) if best else None
+    edges = {}
+    if recipe:
+        for knob, scale in (("lr", space.optimizer[recipe["optimizer"]].lr), ("weight_decay", space.weight_decay)):
+            position = scale.position(recipe[knob])
+            if not 0.15 <= position <= 0.85:
+                edges[knob] = round(position, 3)
+    return ModelSearch(
+        configurations=len(trials), complete=states.count("COMPLETE"), pruned=states.count("PRUNED"),
+        failed=states.count("FAIL"), running=states.count("RUNNING"),
+        epochs=sum(len(t.intermediate_values) for t in trials), cpu_hours=sum(map(_cpu_hours, trials)),
+        cpu_kinds=sorted({kind for t in trials for kind in t.user_attrs.get("cpu", "").split("; ") if kind}),
+        chosen_trial=best.number if best else None, best_val_accuracy=best.value if best else None,
+        second_val_accuracy=complete[1].value if len(complete) > 1 else None, chosen_recipe=recipe, edges=edges,
+        curve=search_curve(trials))
+
+
+def trial_row(trial, max_epochs: int) -> dict:
     attrs = trial.user_attrs
+    recipe = recipe_from(trial.params, max_epochs) if "optimizer" in trial.params else {}
     return {"number": trial.number, "state": trial.state.name,
             "val_accuracy": trial.value if trial.state.name == "COMPLETE" else "",
-            "best_epoch": attrs.get("best_epoch", ""),
-            **{name: trial.params.get(name, "") for name in TRIAL_FIELDS[4:10]},
-            **{name: attrs.get(name, "") for name in TRIAL_FIELDS[10:]}}
+            "epochs": len(trial.intermediate_values), "best_epoch": attrs.get("best_epoch", ""),
+            **{name: recipe.get(name, "") for name in TRIAL_FIELDS[5:12]},
+            **{name: attrs.get(name, "") for name in TRIAL_FIELDS[12:]}}
 
 
-def finished(study) -> list:
-    """The trials that count against the budget: complete, or failed for a reason of their own."""
-    return [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" or
-            (t.state.name == "FAIL" and t.user_attrs.get("fail_reason") != INTERRUPTED)]
+def write_results(studies: dict, settings: TuneParams, record_settings: dict, headroom: dict, titles: dict,
+                  figure=True):
+    """The committed files of the search so far (each write atomic); the figure where `figure`."""
+    import yaml
 
+    from . import plots
+    from .files import save_figure, write_csv, write_json, write_text
 
-def search_summary(studies: dict, trials: int) -> dict:
-    """tuning.json: per model, the budget used (trials, CPU-hours) and the chosen trial; the expected best
-    validation accuracy after 1..n trials."""
-    result = {}
+    searches = {}
     for model, study in studies.items():
-        done = finished(study)
-        complete = [t for t in done if t.state.name == "COMPLETE"]
-        cpu_hours = sum(t.user_attrs.get("train_cpu_seconds", 0.0) for t in done) / 3600
-        best = max(complete, key=lambda t: (t.value, -t.number)) if complete else None
-        values = [t.value for t in complete]
-        result[model] = {"trials": len(done), "complete": len(complete), "budget_trials": trials,
-                         "cpu_hours": cpu_hours, "cpu_hours_per_trial": cpu_hours / len(done) if done else None,
-                         "chosen_trial": best.number if best else None,
-                         "best_val_accuracy": best.value if best else None,
-                         "chosen_recipe": recipe_from(best.params) if best else None,
-                         "expected_best": [dict(zip(("n", "mean", "sd"), (n, *expected_best(values, n))))
-                                           for n in range(1, len(values) + 1)] if values else []}
-    return result
-
-
-def write_results(studies: dict, trials: int, settings: dict, titles: dict):
-    """The committed files of the search so far (each write atomic)."""
-    from .files import write_csv, write_json, write_text
-
-    for model, study in studies.items():
-        rows = [trial_row(t) for t in study.get_trials(deepcopy=False) if t.state.name != "WAITING"]
-        write_csv(TUNING_DIR / f"{model}_trials.csv", rows, TRIAL_FIELDS)
-    result = search_summary(studies, trials)
-    write_json(TUNING_DIR / "tuning.json", {"settings": settings, "models": result})
-    if all(result[m]["trials"] >= trials and result[m]["chosen_recipe"] for m in studies):
-        import yaml
-
+        trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+        write_csv(TUNING_DIR / f"{model}_trials.csv", [trial_row(t, settings.max_epochs) for t in trials],
+                  TRIAL_FIELDS)
+        searches[model] = model_search(trials, settings.space, settings.max_epochs)
+    record = SearchRecord(record_settings, searches)
+    write_json(TUNING_DIR / "tuning.json", record.to_dict())
+    if headroom:
+        write_json(TUNING_DIR / "headroom.json", {model: asdict(check) for model, check in headroom.items()})
+    chosen = {model: search.chosen_recipe for model, search in searches.items()
+              if search.chosen_recipe and search.configurations >= settings.configurations and not search.running}
+    if chosen:
         write_text(TUNING_DIR / "recipe.yaml", "# make tune's choice per model (metrics/tuning/tuning.json): the "
-                   "recipe make study RECIPE=tuned trains\n" + yaml.safe_dump(
-                       {m: result[m]["chosen_recipe"] for m in studies}, sort_keys=True))
-        from . import plots
-        from .files import save_figure
-
-        figure = plots.expected_best_figure(result, titles)
-        save_figure(PLOTS_DIR / "expected_best.png", figure)
-        plots.close(figure)
-    return result
-
-
-class TrialLogger:
-    """Tells Optuna each trial's end, logs it to MLflow as a child of the tuning run, rewrites the results."""
-
-    def __init__(self, studies, asked, tracker, parent_run_id, trials, settings, code, titles):
-        self.studies, self.asked, self.tracker, self.parent = studies, asked, tracker, parent_run_id
-        self.titles = titles
-        self.trials, self.settings, self.code = trials, settings, code
-
-    def done(self, task: TrialTask, outcome):
-        study = self.studies[task.model]
-        if isinstance(outcome, BaseException):  # its worker kept dying
-            outcome = TrialOutcome(error=f"{type(outcome).__name__}: {first_line(outcome, 200)}")
-        attrs = {**{k: v for k, v in asdict(outcome).items() if k not in ("val_accuracy", "error")},
-                 "code": self.code, **({"fail_reason": outcome.error} if outcome.error else {})}
-        trial = self.asked[task.model, task.number]
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
-        if outcome.error:
-            study.tell(trial, state=_state("FAIL"))
-            print(f"{self.titles[task.model]} trial {task.number}: FAILED: {outcome.error}", flush=True)
-        else:
-            study.tell(trial, outcome.val_accuracy)
-            print(f"{self.titles[task.model]} trial {task.number}: validation accuracy {outcome.val_accuracy:.4f} "
-                  f"({outcome.train_cpu_seconds / 60:.1f} CPU-min) {task.recipe}", flush=True)
-        self.log(task, outcome)
-        write_results(self.studies, self.trials, self.settings, self.titles)
-
-    def log(self, task: TrialTask, outcome: TrialOutcome):
-        if self.tracker is None:
-            return
-        from .tracking import run_tags
-
-        run_id = self.tracker.start_run(f"{self.titles[task.model]} trial {task.number}", task.recipe, {
-            **run_tags("tune"), "mlflow.parentRunId": self.parent, "model": task.model, "trial": str(task.number)})
-        self.tracker.log_metric_series(run_id, [("val/accuracy", value, epoch)
-                                                for epoch, value in enumerate(outcome.curve, start=1)])
-        self.tracker.log_metrics(run_id, {"best_val_accuracy": outcome.val_accuracy,
-                                          "train_cpu_seconds": outcome.train_cpu_seconds})
-        if outcome.error:
-            self.tracker.set_tags(run_id, {"fail_reason": outcome.error})
-        self.tracker.end_run(run_id, "FAILED" if outcome.error else "FINISHED")
-
-
-def _state(name):
-    from optuna.trial import TrialState
-
-    return TrialState[name]
-
-
-def open_studies(storage: str, space_json: str, models) -> dict:
-    """Each model's Optuna study in `storage` (made, or loaded to go on); one of another search space is refused."""
-    import optuna
-
-    from .errors import PipelineError
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    studies = {}
-    for model in models:
-        study = optuna.create_study(study_name=f"{model}-recipe", storage=storage, direction="maximize",
-                                    load_if_exists=True)
-        saved = study.user_attrs.get("space")
-        if saved is None:
-            study.set_user_attr("space", space_json)
-        elif saved != space_json:
-            raise PipelineError(f"{storage}: holds a search of another space for {model} (tune.space changed); move "
-                                "it aside (or set tune.storage) to start a new search")
-        for frozen in study.get_trials(deepcopy=False, states=(_state("RUNNING"),)):  # a killed driver's
-            trial = optuna.trial.Trial(study, frozen._trial_id)
-            trial.set_user_attr("fail_reason", INTERRUPTED)
-            study.tell(trial, state=_state("FAIL"))
-            study.enqueue_trial(frozen.params)
-        studies[model] = study
-    return studies
-
-
-def ask(studies: dict, trials: int, tune_seed: int, space) -> list:
-    """The trials still to run, as (model, Trial, sampled params), the two models taking turns."""
-    from optuna.samplers import RandomSampler
-
-    asked = {model: [] for model in studies}
-    for index, (model, study) in enumerate(studies.items()):
-        for _ in range(trials - len(finished(study))):
-            study.sampler = RandomSampler(seed=sampler_seed(tune_seed, index, len(study.get_trials(deepcopy=False))))
-            trial = study.ask()
-            asked[model].append((model, trial, suggest(trial, space)))
-    longest = max(map(len, asked.values()))
-    return [items[i] for i in range(longest) for items in asked.values() if i < len(items)]
-
-
-def tune(params, params_file: str, data_dir: str, jobs: int, address: str | None, tracker) -> dict:
-    """The search (see the module's docstring); returns tuning.json's per-model summary."""
-    from . import engine, tracking
-    from .tools import code_fingerprint
-
-    settings = tune_params(params, params_file)
-    models, titles = params.compare.models, {m: params.title(m) for m in params.compare.models}
-    storage = settings.storage or f"sqlite:///{STORAGE_FILE.resolve()}"
-    STORAGE_FILE.parent.mkdir(parents=True, exist_ok=True)
-    studies = open_studies(storage, settings.space.model_dump_json(), models)
-    todo = ask(studies, settings.trials, settings.seed, settings.space)
-    record = {"trials": settings.trials, "subset": settings.subset, "seed": settings.seed, "train_seed": params.seed,
-              "space": settings.space.model_dump(), "storage": settings.storage or str(STORAGE_FILE)}
-    if not todo:
-        print(f"tuning: {settings.trials} trials per model done already ({TUNING_DIR})")
-        return write_results(studies, settings.trials, record, titles)
-    threads = engine.local_task_settings(jobs)["threads"] if address is None else None
-    stop = f"fashion-tune-stop-{os.getpid()}"
-    tasks = [TrialTask(model, trial.number, recipe_from(sampled), str(Path(params_file).resolve()),
-                       str(Path(data_dir).resolve()), settings.subset, settings.seed, threads, stop)
-             for model, trial, sampled in todo]
-    counts = ", ".join(f"{titles[m]} {sum(t.model == m for t in tasks)}" for m in models)
-    print(f"tuning: {len(tasks)} trials to run ({counts}), "
-          f"{f'{jobs} at a time' if address is None else 'on ' + address}", flush=True)
-    run_params = {"trials_per_model": settings.trials, "subset": settings.subset, "sampler_seed": settings.seed,
-                  "space": json.dumps(settings.space.model_dump())}
-    with tracking.stage_run(tracker, "tune", f"Tuning ({settings.trials} trials per model)", run_params) as run_id:
-        asked = {(model, trial.number): trial for model, trial, _ in todo}
-        code = code_fingerprint(root=Path(__file__).resolve().parents[2])  # the checkout of this package
-        logger = TrialLogger(studies, asked, tracker, run_id, settings.trials, record, code, titles)
-        with engine.open_cluster(address, jobs) as client:
-            engine.run_tasks(client, run_trial, tasks, logger.done, key=lambda t: f"tune-{t.model}-{t.number}")
-    return write_results(studies, settings.trials, record, titles)
+                   "recipe make study RECIPE=tuned trains\n" + yaml.safe_dump(chosen, sort_keys=True))
+    if figure:
+        drawn = plots.search_figure(searches, titles)
+        save_figure(PLOTS_DIR / "search.png", drawn)
+        plots.close(drawn)
+    return record
