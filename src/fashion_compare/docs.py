@@ -147,7 +147,7 @@ def environment():
                              keep_trailing_newline=True, autoescape=False,
                              extensions=["jinja2.ext.do"])
     env.globals.update(json=json, yaml=yaml, study_tables=study_tables, one_run_tables=one_run_tables,
-                       answer_table=answer_table, seed_groups=seed_groups,
+                       answer_table=answer_table, seed_groups=seed_groups, titles=titles,
                        code_fingerprint=lambda: tools.code_fingerprint(root=Path(__file__).resolve().parents[2]),
                        engine=engine, planning_power=study.PLANNING_POWER, max_planned_seeds=study.MAX_PLANNED_SEEDS)
     env.filters.update(f=f, span=span)

@@ -85,3 +85,9 @@ def cpu_kind() -> dict:
     isa = next((title for flag, title in VECTOR_ISAS if flag in flags), "unknown")
     return {"vendor": fields.get("vendor_id", platform.machine() or "unknown"), "family": fields.get("cpu family", ""),
             "model": fields.get("model", ""), "isa": isa, "name": fields.get("model name", "unknown")}
+
+
+def cpu_label() -> str:
+    """This CPU kind in a few words: 'AMD EPYC (AuthenticAMD family 25 model 17, AVX-512 BF16)'."""
+    kind = cpu_kind()
+    return f"{kind['name']} ({kind['vendor']} family {kind['family']} model {kind['model']}, {kind['isa']})"

@@ -191,7 +191,7 @@ def run_trial(task: TrialTask) -> TrialOutcome:
 
     from . import data, models, process, training
     from .params import load_params, train_config
-    from .tools import cpu_kind
+    from .tools import cpu_label
 
     if task.threads:
         torch.set_num_threads(task.threads)
@@ -206,9 +206,9 @@ def run_trial(task: TrialTask) -> TrialOutcome:
         result = training.train(model, train_set, val_set, config, training.select_device(config.device),
                                 quiet=True, resume=resume, state=saved, until_epoch=task.until_epoch)
     except Exception as error:  # noqa: BLE001 - diverged, out of memory, a bad recipe: the trial fails, the search goes on
-        return TrialOutcome(error=first_line(error, 240), cpu=cpu_kind()["name"])
+        return TrialOutcome(error=first_line(error, 240), cpu=cpu_label())
     return TrialOutcome([record.val_accuracy for record in result.epochs], result.best_val_accuracy,
-                        result.best_epoch, result.train_cpu_seconds, cpu_kind()["name"])
+                        result.best_epoch, result.train_cpu_seconds, cpu_label())
 
 
 def with_recipe(params, model: str, recipe: dict):
