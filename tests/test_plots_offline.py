@@ -13,7 +13,7 @@ pytestmark = pytest.mark.e2e
 VEGA_PLOTS = 19  # precision/recall/F1 per class, F1 difference, two confusion matrices, four learning curves;
 # each committed seed study's (reference and tuned recipes) accuracy per seed, gain per seed, noise sources and
 # per-class F1 difference; the committed tuning's validation accuracy per trial
-IMAGES = 15  # the compare stage's five PNGs, each study's four, the tuning's expected best, the recipes' cost
+IMAGES = 16  # the compare stage's five PNGs, each study's four, each search's figure, the recipes' cost
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--proxy-server=127.0.0.1:9", "--virtual-time-budget=20000", "--dump-dom"]

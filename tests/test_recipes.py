@@ -156,6 +156,7 @@ def reference_digests(src: Path, params: Path) -> dict:
 
 
 @pytest.mark.e2e
+@pytest.mark.long
 @pytest.mark.parametrize("commit", [BEFORE_RECIPES, BEFORE_CONTENDERS])
 def test_reference_recipe_trains_as_before_the_recipe_knobs(real_raw, tmp_path, commit):
     """The default recipe (Adam, StepLR for ResNet18, no augmentation) gives the same weights and predictions,

@@ -52,6 +52,7 @@ RECIPE_COLUMNS = tuning.TRIAL_FIELDS[5:12]
 
 
 @pytest.mark.e2e
+@pytest.mark.long
 def test_a_small_search_same_configurations_full_rungs_validation_only_and_its_rerun(workspace):
     params = load_params("params.yaml")
     result = search.tune(params, "params.yaml", "data/prepared", 2, None, tracking.connect(params.tracking))
@@ -150,7 +151,7 @@ def test_the_decisions_are_the_same_whatever_order_the_tasks_end_in_and_a_killed
     for order_seed in (0, 1, 2):
         folder = decisions(f"order-{order_seed}")
         monkeypatch.chdir(folder)
-        drive(folder, order_seed=order_seed)
+        drive(folder, models=("resnet",), order_seed=order_seed)
         outcomes.append(states(folder))
     assert outcomes[0] == outcomes[1] == outcomes[2]
     found = outcomes[0]
@@ -165,8 +166,8 @@ def test_the_decisions_are_the_same_whatever_order_the_tasks_end_in_and_a_killed
 
     killed = decisions("killed")
     monkeypatch.chdir(killed)
-    assert drive(killed, order_seed=5, stop_after=9)  # tasks were left running
-    drive(killed, order_seed=6)  # a new driver on the same storage
+    assert drive(killed, models=("resnet",), order_seed=5, stop_after=9)  # tasks were left running
+    drive(killed, models=("resnet",), order_seed=6)  # a new driver on the same storage
     assert states(killed) == found
     headroom = json.loads((killed / "metrics/tuning/headroom.json").read_text())
     assert headroom["resnet"]["epochs"] == 18 and headroom["resnet"]["chosen_trial"] == max(
