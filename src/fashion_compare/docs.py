@@ -58,7 +58,7 @@ NOT_MEASURED = {
     "0.01 is 1 point": "how a fraction reads as points",
     "30 s": "data.py's default download timeout (FASHION_MNIST_TIMEOUT)",
     "32 MiB": "the mallopt threshold of process.keep_freed_memory",
-    "outer 15 %": "the search's edge rule (tuning.model_search), issue 42's",
+    "15 % of its log range": "the search's edge rule (tuning.model_search), issue 42's",
 }
 
 
