@@ -3,7 +3,7 @@ order, the trials' tasks on the engine, MLflow. What the search is and commits: 
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import tuning
@@ -67,7 +67,7 @@ class Search:
 
         self.studies, self.settings, self.task_fields = studies, settings, task_fields
         self.tracker, self.parent_run, self.code, self.titles = tracker, parent_run, code, titles
-        self.record_settings, self.headroom = record_settings, load_headroom()
+        self.record_settings, self.headroom = record_settings, tuning.load_headroom()
         self.running, self.redraw = {}, True  # redraw: the figure, once a trial completed since
         for model, study in studies.items():
             for frozen in study.get_trials(deepcopy=False, states=(_state("RUNNING"),)):
@@ -75,9 +75,12 @@ class Search:
                 self.running[model, frozen.number] = TrialView(optuna.trial.Trial(study, frozen._trial_id),
                                                                frozen.user_attrs["target_epochs"], reported)
 
+    def frozen(self, model, number):
+        """Trial `number` of `model` as the storage has it now (not a deep copy of every trial, as study.trials)."""
+        return self.studies[model].get_trials(deepcopy=False)[number]
+
     def recipe(self, model, number) -> dict:
-        frozen = self.studies[model].trials[number]
-        return tuning.recipe_from(frozen.params, self.settings.max_epochs)
+        return tuning.recipe_from(self.frozen(model, number).params, self.settings.max_epochs)
 
     def task(self, model, number, until_epoch) -> TrialTask:
         state_file = str((STATE_DIR / f"{model}-{number}.pt").resolve())
@@ -92,14 +95,14 @@ class Search:
                  if view.reported < view.target]
         for (model, number), view in list(self.running.items()):
             if view.reported == self.settings.max_epochs:  # trained to the end, the driver stopped before telling
-                self.finish(model, number, self.trial_outcome(view))
+                self.finish(model, number, self.trial_outcome(model, number))
         for model in self.studies:
             tasks += self.decide(model) + self.headroom_task(model)
+        self.write()
         return tasks
 
-    @staticmethod
-    def trial_outcome(view) -> TrialOutcome:
-        values = view.trial.study.trials[view.trial.number].intermediate_values
+    def trial_outcome(self, model, number) -> TrialOutcome:
+        values = self.frozen(model, number).intermediate_values
         curve = [values[epoch] for epoch in sorted(values)]
         return TrialOutcome(curve, max(curve), curve.index(max(curve)) + 1)
 
@@ -112,40 +115,41 @@ class Search:
             return []
         view = self.running[task.model, task.number]
         trial = view.trial
-        cpus = [kind for kind in trial.study.trials[trial.number].user_attrs.get("cpu", "").split("; ") if kind]
+        cpus = [kind for kind in self.frozen(task.model, task.number).user_attrs.get("cpu", "").split("; ") if kind]
         trial.set_user_attr("cpu", "; ".join(dict.fromkeys([*cpus, outcome.cpu])))
         if outcome.error:
             trial.set_user_attr("fail_reason", outcome.error)
             self.finish(task.model, task.number, outcome, "FAIL")
-            return self.decide(task.model)
-        for epoch, value in enumerate(outcome.curve, start=1):
-            if epoch > view.reported:
-                trial.report(value, epoch)
-        view.reported = len(outcome.curve)
-        trial.set_user_attr("train_cpu_seconds", outcome.train_cpu_seconds)
-        trial.set_user_attr("best_epoch", outcome.best_epoch)
-        if view.reported >= self.settings.max_epochs:
-            self.finish(task.model, task.number, outcome)
-        return self.decide(task.model) + self.headroom_task(task.model)
+        else:
+            for epoch, value in enumerate(outcome.curve, start=1):
+                if epoch > view.reported:
+                    trial.report(value, epoch)
+            view.reported = len(outcome.curve)
+            trial.set_user_attr("train_cpu_seconds", outcome.train_cpu_seconds)
+            trial.set_user_attr("best_epoch", outcome.best_epoch)
+            if view.reported >= self.settings.max_epochs:
+                self.finish(task.model, task.number, outcome)
+        tasks = self.decide(task.model) + self.headroom_task(task.model)  # a failed last trial ends a search too
+        self.write()
+        return tasks
 
     def decide(self, model) -> list:
         """Each rung's due decisions, in trial order: trial i's waits until every earlier trial has been decided
         there or ended below it."""
         tasks = []
         for index, rung in enumerate(self.settings.rungs[:-1]):
-            for number in range(len(self.studies[model].trials)):
+            for number in range(len(self.studies[model].get_trials(deepcopy=False))):
                 view = self.running.get((model, number))
                 if view is None or view.target > rung:  # ended, or decided at this rung already
                     continue
                 if view.reported < rung:  # still on its way here: later trials wait
                     break
                 if view.trial.should_prune():
-                    self.finish(model, number, self.trial_outcome(view), "PRUNED")
+                    self.finish(model, number, self.trial_outcome(model, number), "PRUNED")
                 else:
                     view.target = self.settings.rungs[index + 1]
                     view.trial.set_user_attr("target_epochs", view.target)
                     tasks.append(self.task(model, number, view.target))
-        self.write()
         return tasks
 
     def finish(self, model, number, outcome: TrialOutcome, state="COMPLETE"):
@@ -185,7 +189,7 @@ class Search:
         """The chosen trial of a model whose every trial is told, else None."""
         if any(key[0] == model for key in self.running):
             return None
-        complete = [t for t in self.studies[model].trials if t.state.name == "COMPLETE"]
+        complete = [t for t in self.studies[model].get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
         return max(complete, key=lambda t: (t.value, -t.number)) if complete else None
 
     def headroom_task(self, model) -> list:
@@ -214,17 +218,11 @@ class Search:
               + ("converged" if gain <= self.settings.headroom_gain else "raise tune.max_epochs"), flush=True)
         self.write()
 
-    def write(self, figure=False):
-        tuning.write_results(self.studies, self.settings, self.record_settings, self.headroom, self.titles,
-                             figure=figure or self.redraw)
+    def write(self, figure=False) -> tuning.SearchRecord:
+        record = tuning.write_results(self.studies, self.settings, self.record_settings, self.headroom, self.titles,
+                                      figure=figure or self.redraw)
         self.redraw = False
-
-
-def load_headroom() -> dict:
-    path = tuning.TUNING_DIR / "headroom.json"
-    if not path.is_file():
-        return {}
-    return {model: Headroom(**check) for model, check in json.loads(path.read_text(encoding="utf-8")).items()}
+        return record
 
 
 def tune(params, params_file: str, data_dir: str, jobs: int, address: str | None, tracker):
@@ -261,5 +259,5 @@ def tune(params, params_file: str, data_dir: str, jobs: int, address: str | None
                 engine.run_tasks(client, tuning.run_trial, tasks, search.done,
                                  key=lambda t: f"tune-{t.model}-{t.number}-{t.until_epoch}",
                                  priority=lambda t: t.until_epoch or 0)
-        search.write(figure=True)
-    return asdict(tuning.SearchRecord.from_dict(json.loads((tuning.TUNING_DIR / "tuning.json").read_text())))
+        record = search.write(figure=True)
+    return record.to_dict()

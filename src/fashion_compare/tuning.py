@@ -29,6 +29,7 @@ band), recipe.yaml (each searched model's chosen recipe: `make study RECIPE=tune
 plots/tuning/search.png.
 """
 
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -342,6 +343,13 @@ def trial_row(trial, max_epochs: int) -> dict:
             "epochs": len(trial.intermediate_values), "best_epoch": attrs.get("best_epoch", ""),
             **{name: recipe.get(name, "") for name in TRIAL_FIELDS[5:12]},
             **{name: attrs.get(name, "") for name in TRIAL_FIELDS[12:]}}
+
+
+def load_headroom() -> dict:
+    path = TUNING_DIR / "headroom.json"
+    if not path.is_file():
+        return {}
+    return {model: Headroom(**check) for model, check in json.loads(path.read_text(encoding="utf-8")).items()}
 
 
 def write_results(studies: dict, settings: TuneParams, record_settings: dict, headroom: dict, titles: dict,
