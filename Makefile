@@ -31,13 +31,15 @@ study: setup data
 	$(BIN)/python stages/study.py all --recipe $(RECIPE) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(JOBS),--jobs $(JOBS)) \
 		$(if $(CLUSTER),--cluster $(CLUSTER)) $(if $(RERUN_STALE),--rerun-stale)
 
-# Tuning: a seeded random search of each model's recipe, tune.trials per model at the same reduced fidelity
-# (params.yaml `tune`), trials JOBS at a time as Dask tasks (or on CLUSTER); run again, it goes on where it
-# stopped. Results in metrics/tuning/ and plots/tuning/.
+# Tuning: one seeded search of every compared model's recipe (or MODELS=a,b), the same configurations for each,
+# successive halving over epochs on the full training split, scored on validation (params.yaml `tune`); trials
+# JOBS at a time as Dask tasks (or on CLUSTER); run again, it goes on where it stopped. Results in
+# metrics/tuning/ and plots/tuning/.
 tune: setup data
 	$(BIN)/python -m fashion_compare.params params.yaml
 	$(BIN)/dvc repro prepare
-	$(BIN)/python stages/tune.py $(if $(JOBS),--jobs $(JOBS)) $(if $(CLUSTER),--cluster $(CLUSTER))
+	$(BIN)/python stages/tune.py $(if $(JOBS),--jobs $(JOBS)) $(if $(CLUSTER),--cluster $(CLUSTER)) \
+		$(if $(MODELS),--models $(MODELS))
 
 # README.md and docs/*.md rendered from docs/templates/ and the committed results: every measured figure there is
 # an expression naming its file and field (src/fashion_compare/docs.py); `make test` fails on a stale one.

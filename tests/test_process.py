@@ -69,3 +69,26 @@ def test_an_error_raised_while_a_sigterm_unwinds_is_reported_as_the_sigterm(caps
 
     with pytest.raises(OSError):
         failing()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_zombie_is_not_alive_but_a_running_process_and_this_one_are():
+    """A killed `dvc` reparented to a PID 1 that does not reap (some containers) stays a zombie: the stage it
+    started must still see it as gone (process.parent_gone), and a RUNNING MLflow run of it as stale."""
+    import os
+    import time
+
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.time() + 30
+        while not open(f"/proc/{exited.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z":
+            assert time.time() < deadline, "the child never exited"
+            time.sleep(0.05)
+        assert not process.alive(exited.pid)  # a zombie: exited, not yet reaped (os.kill(pid, 0) succeeds)
+        assert process.alive(running.pid) and process.alive(os.getpid())
+    finally:
+        running.kill()
+        running.wait()
+        exited.wait()
+    assert not process.alive(exited.pid)

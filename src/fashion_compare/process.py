@@ -71,14 +71,23 @@ def _parent_of(pid: int) -> int:
 
 
 def alive(pid: int) -> bool:
-    """Whether a process with this PID exists (one of another user's counts)."""
+    """Whether a process with this PID exists and has not exited (one of another user's counts). A zombie is
+    dead: in a container whose PID 1 does not reap orphans, a killed `dvc` stays one for good."""
     try:
         os.kill(pid, 0)
-        return True
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
+    return _state_of(pid) not in ("Z", "X")
+
+
+def _state_of(pid: int) -> str:
+    """The process's state letter in /proc/<pid>/stat (R, S, Z, ...); "" where there is no /proc."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
 
 
 def set_parent_death_signal(signum=signal.SIGTERM):
