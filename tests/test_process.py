@@ -3,6 +3,7 @@ status of an interruption, whatever it broke off."""
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -92,3 +93,44 @@ def test_a_zombie_is_not_alive_but_a_running_process_and_this_one_are():
         running.wait()
         exited.wait()
     assert not process.alive(exited.pid)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_stage_behind_a_shell_stops_when_its_dvc_dies_even_unreaped(tmp_path):
+    """DVC runs `sh -c <cmd>`; the stage's parent is the shell, which outlives a killed dvc. Here the "dvc" is a
+    process this test starts and never reaps after killing it (a zombie, as under a PID 1 that does not reap):
+    the stage still sees it gone within a few seconds and stops as on SIGTERM."""
+    import os
+    import time
+
+    stage = tmp_path / "stage.py"
+    stage.write_text(f"""
+import sys, time
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1] / "src")!r})
+from fashion_compare import process
+from fashion_compare.errors import Interrupted
+process.raise_on_sigterm()
+process.stop_with_parent()
+open("started", "w").close()
+try:
+    time.sleep(60)
+except Interrupted as stop:
+    open("stopped", "w").write(str(stop))
+""")
+    dvc = subprocess.Popen([sys.executable, "-c", "import subprocess, sys; "
+                            f"subprocess.run(['sh', '-c', '{sys.executable} {stage}; exit $?'])"],
+                           cwd=tmp_path, env={**os.environ, "DVC_STAGE": "train"})
+    try:
+        deadline = time.time() + 30
+        while not (tmp_path / "started").exists():
+            assert time.time() < deadline and dvc.poll() is None, "the stage never started"
+            time.sleep(0.05)
+        dvc.kill()  # not waited for: a zombie until the end of the test
+        deadline = time.time() + 10
+        while not (tmp_path / "stopped").exists():
+            assert time.time() < deadline, "the stage trained on after its dvc died"
+            time.sleep(0.1)
+        assert (tmp_path / "stopped").read_text() == "SIGTERM"
+    finally:
+        dvc.kill()
+        dvc.wait()

@@ -98,14 +98,19 @@ def set_parent_death_signal(signum=signal.SIGTERM):
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum)
 
 
-_parents = {"started_by": None, "watched": []}  # stop_with_parent's
+_parents = {"started_by": None, "shell_parent": None}  # stop_with_parent's
 
 
 def parent_gone() -> bool:
-    """Whether the `dvc` that started this stage (or the shell between them) is gone; False outside DVC."""
-    if _parents["started_by"] is None:
+    """Whether the `dvc` that started this stage is gone; False outside DVC. Where a shell stands between them,
+    dvc is gone once the shell was handed to another parent: that happens when dvc exits, whether or not
+    anything reaps it (a zombie counts as alive to os.kill)."""
+    started_by, shell_parent = _parents["started_by"], _parents["shell_parent"]
+    if started_by is None:
         return False
-    return os.getppid() != _parents["started_by"] or not all(map(alive, _parents["watched"]))
+    if os.getppid() != started_by or not alive(started_by):
+        return True
+    return shell_parent is not None and (_parent_of(started_by) != shell_parent or not alive(shell_parent))
 
 
 class ParentCheck:
@@ -129,10 +134,8 @@ def stop_with_parent():
     if "DVC_STAGE" not in os.environ:
         return
     parent = os.getppid()
-    watched = [parent]
-    if _command_name(parent) in SHELLS and _parent_of(parent) > 1:
-        watched.append(_parent_of(parent))
-    _parents.update(started_by=parent, watched=watched)
+    shell_parent = _parent_of(parent) if _command_name(parent) in SHELLS and _parent_of(parent) > 1 else None
+    _parents.update(started_by=parent, shell_parent=shell_parent)
     set_parent_death_signal(signal.SIGTERM)
 
     def watch():
