@@ -101,7 +101,7 @@ def main():
                                          str(args.steps))["images_per_s"]
                 best[precision] = max(best[precision], speed)
                 say(f"  {name} round {round_number}: {precision} {speed:8.1f} img/s")
-        row = {"cpu_kind": kind, "steps": args.steps, "repeats": args.repeats,
+        row = {"cpu_kind": kind, "threads": training.thread_count("auto"), "steps": args.steps, "repeats": args.repeats,
                **{f"{precision}_images_per_s": value for precision, value in best.items()}}
         if "bf16" in best:
             row["bf16_over_fp32"] = best["bf16"] / best["fp32"]

@@ -12,7 +12,8 @@ from fashion_compare.errors import PipelineError
 REPO = Path(__file__).resolve().parent.parent
 COMMITTED = [(path, results.StudyResult) for path in sorted(REPO.glob("metrics/study*.json"))] + \
     [(path, results.Comparison) for path in [REPO / "metrics/compare.json",
-                                             *sorted(REPO.glob("metrics/study*/seeds/*/compare.json"))]]
+                                             *sorted(REPO.glob("metrics/study*/seeds/*/compare.json"))]] + \
+    [(path, results.SeedRunFile) for path in sorted(REPO.glob("metrics/study*/seeds/*/run.json"))]
 
 
 @pytest.mark.parametrize("path, kind", COMMITTED, ids=[str(path.relative_to(REPO)) for path, _ in COMMITTED])
@@ -26,6 +27,7 @@ def test_a_committed_result_round_trips_byte_for_byte(path, kind):
 def test_the_committed_files_are_all_covered():
     assert len([kind for _, kind in COMMITTED if kind is results.StudyResult]) >= 1
     assert len([kind for _, kind in COMMITTED if kind is results.Comparison]) >= 11  # one run, and each seed's
+    assert len([kind for _, kind in COMMITTED if kind is results.SeedRunFile]) >= 10
 
 
 def test_results_are_frozen_and_consumers_read_attributes():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fashion_compare import engine, seed_folders, seed_task, study, study_runs, tools
+from fashion_compare import engine, results, seed_folders, seed_task, study, study_runs, tools
 from fashion_compare.errors import PipelineError
 from fashion_compare.seed_folders import REFERENCE
 
@@ -29,9 +29,11 @@ def seed_files(seed, labels=(0, 1, 2, 3), resnet=(0, 1, 2, 3), cnn=(0, 1, 2, 0))
             "headline.json": json.dumps({"baseline": "cnn", "models": {"resnet": {"test_accuracy": 1.0},
                                                                        "cnn": {"test_accuracy": 0.75}},
                                          "contenders": {"resnet": {"accuracy_gain": 0.25}}}),
-            "run.json": json.dumps({"seed": seed, "code": "fake-code", "train_seconds": {"resnet": 1, "cnn": 1},
-                                    "mlflow_run_ids": {},
-                                    "predictions_sha256": hashlib.sha256(predictions.encode()).hexdigest()})}
+            "run.json": results.to_json(results.SeedRunFile(
+                seed=seed, experiment=f"study-seed-{seed}", rev="0" * 40, worker="tcp://127.0.0.1:1", baseline=None,
+                code="fake-code", cpu="a CPU", cpu_kind=results.CpuKind("unknown", "", "", "unknown", "a CPU"),
+                threads={"resnet": 1, "cnn": 1}, train_seconds={"resnet": 1, "cnn": 1}, mlflow_run_ids={},
+                predictions_sha256=hashlib.sha256(predictions.encode()).hexdigest()))}
 
 
 def write_seed(seed, **predictions):
@@ -196,6 +198,10 @@ def test_every_file_of_a_seed_is_validated_before_the_aggregate(fake):
     (REFERENCE.seed_dir(2) / "params.yaml").write_text("seed: [1,\n")
     refused(2, "params.yaml: not readable YAML")
     write_seed(2)
+    info = json.loads((REFERENCE.seed_dir(2) / "run.json").read_text())
+    del info["code"]
+    (REFERENCE.seed_dir(2) / "run.json").write_text(json.dumps(info))
+    refused(2, r"run.json: not a SeedRunFile \(code: field required\); rerun seed 2 \(make study SEEDS=2\)")
     (REFERENCE.seed_dir(2) / "run.json").unlink()
     refused(2, r"run.json: not found; run seed 2 again \(make study SEEDS=2\) first")
 

@@ -5,7 +5,8 @@ is one line naming the file and the field).
 - `Comparison`: one run's comparison of each contender with the baseline, metrics/compare.json
   (comparison.compare makes it);
 - `StudyResult`: a seed study's aggregate, metrics/study.json and metrics/study_tuned.json (study.aggregate);
-- `RunRecord`: what a study keeps of each seed's run.json (where it ran, its timings, its MLflow runs).
+- `SeedRunFile`: a seed folder's run.json (seed_folders.seed_files writes it); `RunRecord`: what a study keeps
+  of it (the CPU kind, the timings, the MLflow runs).
 
 The verdict of each (`ComparisonVerdict`, `StudyVerdict`) is uncertainty.Verdict with its context: the rule's
 fields first, as docs/method.md defines them. Dicts keyed by data (a model name, a class name) stay dicts; what
@@ -218,6 +219,30 @@ class RunRecord:
 
 
 @result
+class SeedRunFile:
+    """A seed folder's run.json: where the seed ran (its experiment, git revision, the Dask worker; seeds collected
+    by an older version name the experiment's baseline commit instead), the code fingerprint, the CPU (its name and
+    kind), each model's threads and training seconds, the checksum of the folder's predictions.csv (checked at every
+    aggregate), its MLflow runs (a model name or "compare" -> run id)."""
+    seed: int
+    experiment: str
+    rev: str
+    worker: str | None
+    baseline: str | None
+    code: str
+    cpu: str
+    cpu_kind: CpuKind
+    threads: dict[str, int]
+    train_seconds: dict[str, float]
+    predictions_sha256: str
+    mlflow_run_ids: dict[str, str | None]
+
+    @property
+    def record(self) -> RunRecord:
+        return RunRecord(self.cpu_kind, self.train_seconds, self.mlflow_run_ids)
+
+
+@result
 class SeedGain:
     """One contender's gain in one seed's run judged alone: over its test images, the one-sided bounds the rule
     uses, McNemar's p, the rule's single-run verdict."""
@@ -307,20 +332,20 @@ def write(path, value):
     write_json(path, asdict(value))
 
 
-def parse(kind: type[Result], data, where) -> Result:
+def parse(kind: type[Result], data, where, made_by="the step that writes it") -> Result:
     """`data` (JSON's values) as a `kind`, validated: a missing, unknown or mistyped field is one line naming
-    `where` and the field."""
+    `where`, the field and what to run again (`made_by`)."""
     try:
         return TypeAdapter(kind).validate_python(data)
     except ValidationError as error:
         first = error.errors()[0]
         field = ".".join(map(str, first["loc"])) or "(top level)"
-        raise PipelineError(f"{where}: not a {kind.__name__} ({field}: {first['msg'].lower()}); rerun the step "
-                            "that writes it") from None
+        raise PipelineError(f"{where}: not a {kind.__name__} ({field}: {first['msg'].lower()}); rerun "
+                            f"{made_by}") from None
 
 
 def load(kind: type[Result], path, made_by="the stage that writes it (dvc repro)") -> Result:
-    return parse(kind, read_json(path, made_by), Path(path))
+    return parse(kind, read_json(path, made_by), Path(path), made_by)
 
 
 def with_run_id(value: Result, run_id: str | None) -> Result:

@@ -130,16 +130,22 @@ def sha256(path) -> str:
 
 
 def results_current(folder: Path, params: dict, fingerprint: str) -> bool:
-    """The seed has results, made with these params (but for what may differ between seeds) and this code, with
-    a checksum of its predictions."""
+    """The seed has results, made with these params (but for what may differ between seeds) and this code."""
     if not (folder / "run.json").is_file() or not (folder / "predictions.csv").is_file():
         return False
     try:
-        saved, saved_params = read_json(folder / "run.json"), yaml.safe_load((folder / "params.yaml").read_text())
+        saved, saved_params = read_run_file(folder, None), yaml.safe_load((folder / "params.yaml").read_text())
     except (PipelineError, OSError, yaml.YAMLError):
         return False  # unreadable: not a result to keep (load_study says which file, when it aggregates)
-    return (isinstance(saved_params, dict) and saved.get("code") == fingerprint and "predictions_sha256" in saved
+    return (isinstance(saved_params, dict) and saved.code == fingerprint
             and study.comparable_params(saved_params) == study.comparable_params(params))
+
+
+def read_run_file(folder: Path, seed: int | None) -> results.SeedRunFile:
+    """A seed folder's run.json, validated (one line naming the file and what to do)."""
+    made_by = f"seed {seed} (make study SEEDS={seed})" if seed is not None else "the seed (make study)"
+    return results.parse(results.SeedRunFile, read_json(folder / "run.json", made_by.replace(" (", " again (")),
+                         folder / "run.json", made_by)
 
 
 def results_exist(folder: Path) -> bool:
@@ -149,8 +155,9 @@ def results_exist(folder: Path) -> bool:
 
 def seed_files(seed: int, read, fingerprint: str, source: dict) -> dict:
     """The files of a seed's result folder, {name: text}, from a finished run of its pipeline: `read(path)` gives
-    a file of that run's workspace as text; run.json records `source` (where it ran), the code fingerprint, the
-    CPU kind, threads and timings, and a checksum of the predictions kept (checked at every aggregate)."""
+    a file of that run's workspace as text; run.json (results.SeedRunFile) records `source` (experiment, rev,
+    worker: where it ran), the code fingerprint, the CPU kind, threads and timings, and a checksum of the
+    predictions kept."""
     compared = study.trained_models(yaml.safe_load(read("params.yaml")))
     rows = [{"image": row["image"], "label": row["label"], **{m: row[f"{m}_predicted"] for m in compared}}
             for row in csv.DictReader(io.StringIO(read(PREDICTIONS_FILE)))]
@@ -163,13 +170,14 @@ def seed_files(seed: int, read, fingerprint: str, source: dict) -> dict:
     files.update({f"train_{m}.json": read(f"metrics/train/{m}.json") for m in compared})
     files.update({f"{model}_epochs.csv": read(f"plots/train/{model}_epochs.csv") for model in compared})
     files.update({"predictions.csv": predictions.getvalue(), "params.yaml": read("params.yaml")})
-    files["run.json"] = json.dumps({
-        "seed": seed, **source, "code": fingerprint, "cpu": cpu_kind()["name"], "cpu_kind": cpu_kind(),
-        "threads": {m: train[m]["threads"] for m in compared},
-        "train_seconds": {m: train[m]["train_seconds"] for m in compared},
-        "predictions_sha256": hashlib.sha256(predictions.getvalue().encode("utf-8")).hexdigest(),
-        "mlflow_run_ids": {**{m: train[m]["mlflow_run_id"] for m in compared},
-                           "compare": json.loads(read("metrics/compare.json")).get("mlflow_run_id")}}, indent=2) + "\n"
+    files["run.json"] = results.to_json(results.SeedRunFile(
+        seed=seed, experiment=source["experiment"], rev=source["rev"], worker=source["worker"], baseline=None,
+        code=fingerprint, cpu=cpu_kind()["name"], cpu_kind=results.CpuKind(**cpu_kind()),
+        threads={m: train[m]["threads"] for m in compared},
+        train_seconds={m: train[m]["train_seconds"] for m in compared},
+        predictions_sha256=hashlib.sha256(predictions.getvalue().encode("utf-8")).hexdigest(),
+        mlflow_run_ids={**{m: train[m]["mlflow_run_id"] for m in compared},
+                        "compare": json.loads(read("metrics/compare.json")).get("mlflow_run_id")}))
     return files
 
 
@@ -231,16 +239,15 @@ def _prediction_columns(path, rows, fields, remedy) -> list:
     return columns
 
 
-def load_predictions(folder: Path, seed: int, info: dict, compared) -> dict:
+def load_predictions(folder: Path, seed: int, info: results.SeedRunFile, compared) -> dict:
     """A seed's predictions.csv, validated: its checksum as collected, the header (`compared`: its models, the
     contenders then the baseline), image ids 0..n-1 in order, labels and predictions classes 0-9.
     {"label", <model>: arrays}."""
     path = folder / "predictions.csv"
     remedy = f"restore it (git checkout -- {path}) or run seed {seed} again (remove {folder}, make study)"
-    if info.get("predictions_sha256") != sha256(path):
+    if info.predictions_sha256 != sha256(path):
         raise _refuse(path, "does not match the checksum run.json recorded when the seed was collected "
-                      "(edited or damaged since)" if info.get("predictions_sha256") else
-                      "has no checksum in run.json (collected by an older version)", remedy)
+                      "(edited or damaged since)", remedy)
     rows = read_csv_rows(path, f"seed {seed} again (remove {folder}, make study)")
     if not rows:
         raise _refuse(path, "holds no predictions", remedy)
@@ -254,21 +261,15 @@ def load_predictions(folder: Path, seed: int, info: dict, compared) -> dict:
 def load_seed(folder: Path, seed: int) -> study.SeedRun:
     """A finished seed's folder, every file validated (one line naming the file and what to do)."""
     remedy = f"run seed {seed} again (remove {folder}, then make study SEEDS={seed})"
-    info = read_json(folder / "run.json", f"seed {seed} again (make study SEEDS={seed})")
-    missing = sorted({"code", "train_seconds", "mlflow_run_ids"} - set(info)) if isinstance(info, dict) else ["all"]
-    if missing:
-        raise _refuse(folder / "run.json", f"lacks {', '.join(missing)}", remedy)
+    info = read_run_file(folder, seed)
     try:
         params = yaml.safe_load((folder / "params.yaml").read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as error:
         raise _refuse(folder / "params.yaml", f"not readable YAML ({type(error).__name__})", remedy) from None
     if not isinstance(params, dict):
         raise _refuse(folder / "params.yaml", "not a mapping of params", remedy)
-    cpu = info.get("cpu_kind") or {"vendor": "unknown", "family": "", "model": "", "isa": "unknown",
-                                   "name": info.get("cpu", "unknown CPU")}  # collected before kinds were recorded
-    record = results.parse(results.RunRecord, {"cpu_kind": cpu, "train_seconds": info["train_seconds"],
-                                               "mlflow_run_ids": info["mlflow_run_ids"]}, folder / "run.json")
-    return study.SeedRun(seed, params, load_predictions(folder, seed, info, study.trained_models(params)), record)
+    return study.SeedRun(seed, params, load_predictions(folder, seed, info, study.trained_models(params)),
+                         info.record)
 
 
 def load_study(recipe: Recipe, seeds: list):

@@ -11,7 +11,15 @@ from pathlib import Path
 from . import engine, seed_task, study
 from .errors import PipelineError, first_line
 from .files import read_json, together, write_json, write_text
-from .seed_folders import Recipe, load_study, record_failure, results_current, seeds_named, write_seed_folder
+from .seed_folders import (
+    Recipe,
+    load_study,
+    read_run_file,
+    record_failure,
+    results_current,
+    seeds_named,
+    write_seed_folder,
+)
 from .tools import code_fingerprint, git
 
 
@@ -101,9 +109,9 @@ def stale_seeds(recipe: Recipe, seeds: list, fingerprint: str) -> dict:
     """{seed: the code it ran} of the seeds whose committed results another code made (the code fingerprint)."""
     stale = {}
     for seed in seeds:
-        run = recipe.seed_dir(seed) / "run.json"
-        if run.is_file() and (recipe.seed_dir(seed) / "predictions.csv").is_file():
-            code = read_json(run).get("code")
+        folder = recipe.seed_dir(seed)
+        if (folder / "run.json").is_file() and (folder / "predictions.csv").is_file():
+            code = read_run_file(folder, seed).code
             if code != fingerprint:
                 stale[seed] = code
     return stale
