@@ -9,7 +9,8 @@ validation) in a fresh process per measurement, fp32 and bf16 taking turns, the 
 training images per second and bf16 / fp32. The recipe's precision is what params.yaml says; this benchmark
 switches it for the measurement only. Paired check: the same seed, data and recipe, `check-epochs` epochs on a
 stratified `check-images` subset of the training split, scored on the whole validation split, fp32 against
-bf16. Every figure goes to metrics/benchmark.json under `precision` (with the CPU kind), as it is measured.
+bf16, beside fp32 with the next seed (the yardstick: what a change of seed alone does). Every figure goes to
+metrics/benchmark.json under `precision` (with the CPU kind and threads), as it is measured.
 """
 
 import argparse
@@ -56,7 +57,9 @@ def images_per_second(name, precision, steps) -> float:
 
 
 def paired_check(name, images, epochs) -> dict:
-    """Validation accuracy after `epochs` epochs on `images` training images, fp32 and bf16, same seed."""
+    """Validation accuracy after `epochs` epochs on `images` training images, fp32 and bf16, same seed; and fp32
+    with the next seed, the yardstick: how far a change of seed alone moves the same figure (bf16's rounding
+    sends training down another path, as a seed does)."""
     torch.set_num_threads(training.thread_count("auto"))
     process.keep_freed_memory()
     prepared = REPO / "data/prepared"
@@ -64,15 +67,17 @@ def paired_check(name, images, epochs) -> dict:
     index = data.stratified_indices(train_set["labels"].numpy(), images, 0)
     subset = {key: tensor[index] for key, tensor in train_set.items()}
     accuracy = {}
-    for precision in ("fp32", "bf16"):
+    for run, precision, seed_change in (("fp32", "fp32", 0), ("bf16", "bf16", 0), ("fp32_next_seed", "fp32", 1)):
         config = config_for(name, precision, epochs=epochs)
+        config = config.model_copy(update={"seed": config.seed + seed_change})
         training.seed_everything(config.seed)
         model = models.build_model(config.architecture, config.options)
         result = training.train(model, subset, val_set, config, torch.device("cpu"), quiet=True)
-        accuracy[precision] = result.epochs[-1].val_accuracy
-    return {"images": len(index), "epochs": epochs, "fp32_val_accuracy": accuracy["fp32"],
-            "bf16_val_accuracy": accuracy["bf16"],
-            "bf16_minus_fp32_points": 100 * (accuracy["bf16"] - accuracy["fp32"])}
+        accuracy[run] = result.epochs[-1].val_accuracy
+    return {"images": len(index), "epochs": epochs, "seed": config.seed - 1, "fp32_val_accuracy": accuracy["fp32"],
+            "bf16_val_accuracy": accuracy["bf16"], "fp32_next_seed_val_accuracy": accuracy["fp32_next_seed"],
+            "bf16_minus_fp32_points": 100 * (accuracy["bf16"] - accuracy["fp32"]),
+            "next_seed_minus_fp32_points": 100 * (accuracy["fp32_next_seed"] - accuracy["fp32"])}
 
 
 @exit_on_error

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fashion_compare import engine, results, seed_folders, seed_task, study, study_runs, tools
+from fashion_compare import dvc_remote, engine, results, seed_folders, seed_task, study, study_runs, tools
 from fashion_compare.errors import PipelineError
 from fashion_compare.seed_folders import REFERENCE
 
@@ -311,7 +311,7 @@ def test_no_address_is_a_local_cluster_and_a_good_one_is_kept(monkeypatch):
 
 
 def test_a_cluster_task_finds_a_remote_it_cannot_write_before_it_trains(tmp_path):
-    """seed_task.check_remote_writable through DVC's own remote filesystem: a writable remote takes the probe and is
+    """dvc_remote.check_remote_writable through DVC's own remote filesystem: a writable remote takes the probe and is
     left as it was; one that cannot be written (here: a path under a regular file, since root ignores file
     modes) is one error line naming the cause and the remedy."""
     repo = tmp_path / "clone"
@@ -321,10 +321,10 @@ def test_a_cluster_task_finds_a_remote_it_cannot_write_before_it_trains(tmp_path
     writable, blocked = tmp_path / "remote" / "not-made-yet", tmp_path / "a-file"
     blocked.write_text("not a folder")
     subprocess.run([str(tools.DVC), "remote", "add", "-d", "shared", str(writable)], cwd=repo, check=True)
-    assert seed_task.check_remote_writable(repo) == "" and list(writable.iterdir()) == []  # made, as a push would
+    assert dvc_remote.check_remote_writable(repo) == "" and list(writable.iterdir()) == []  # made, as a push would
     subprocess.run([str(tools.DVC), "remote", "modify", "shared", "url", str(blocked / "remote")], cwd=repo,
                    check=True)
-    why = seed_task.check_remote_writable(repo)
+    why = dvc_remote.check_remote_writable(repo)
     assert why.startswith("error: the DVC remote cannot be written from this worker (") and "\n" not in why
     assert "give the workers write access" in why
 

@@ -14,7 +14,9 @@ NOT_MEASURED.
 """
 
 import argparse
+import csv
 import functools
+import io
 import json as json_module
 import re
 import sys
@@ -77,6 +79,11 @@ def json(path: str):
 
 def yaml(path: str):
     return yaml_module.safe_load(_read(path))
+
+
+def csv_rows(path: str) -> list[dict]:
+    """A committed CSV file's rows, each a dict of strings (Jinja's `float` filter reads a number)."""
+    return list(csv.DictReader(io.StringIO(_read(path))))
 
 
 def f(value, spec: str, scale=1):
@@ -147,8 +154,8 @@ def environment():
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, autoescape=False,
                              extensions=["jinja2.ext.do"])
-    env.globals.update(json=json, yaml=yaml, study_tables=study_tables, one_run_tables=one_run_tables,
-                       answer_table=answer_table, seed_groups=seed_groups, titles=titles,
+    env.globals.update(json=json, yaml=yaml, csv_rows=csv_rows, study_tables=study_tables,
+                       one_run_tables=one_run_tables, answer_table=answer_table, seed_groups=seed_groups, titles=titles,
                        code_fingerprint=lambda: tools.code_fingerprint(root=Path(__file__).resolve().parents[2]),
                        engine=engine, planning_power=study.PLANNING_POWER, max_planned_seeds=study.MAX_PLANNED_SEEDS)
     env.filters.update(f=f, span=span)

@@ -25,15 +25,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import PipelineError, first_line
+from . import dvc_remote
+from .errors import PipelineError
 from .seed_folders import Recipe, seed_files, stage_error
 from .tools import DVC, code_fingerprint, git, start_tool, tool_env
 
 STOP_POLL_SECONDS = 1.0
 SCRATCH_DIR = Path(".dvc/tmp/study")  # local tasks' scratch clones (DVC collects no stage under .dvc/)
 DELETING = ".deleting"  # a collected scratch clone's name while it is deleted
-RESUME_DIR = ".resume"  # the train stage's resume states, in the clone (stages/train.py)
-REMOTE_RESUME_DIR = "study-resume"  # a failed cluster task's resume states, on the DVC remote
 
 
 @dataclass(frozen=True)
@@ -81,110 +80,17 @@ def _steps(task: SeedTask, scratch: Path, resuming: bool) -> list:
     if task.workspace:
         steps.append(([dvc, "cache", "dir", "--local", str(Path(task.workspace) / ".dvc" / "cache")], True))
     else:
-        steps.append((functools.partial(check_remote_writable, scratch), True))
-        steps.append((functools.partial(restore_resume_state, scratch, task), True))
+        steps.append((functools.partial(dvc_remote.check_remote_writable, scratch), True))
+        steps.append((functools.partial(dvc_remote.restore_resume_states, scratch, scratch.name), True))
     # On a cluster, --pull: the DVC remote's run cache first, then each stage found there restored with its
     # outputs pulled (without them DVC's run cache cannot restore a stage, and reruns it); what is not there runs.
-    if not (resuming and experiment_ref(scratch, name)):  # else it ran already
+    if not (resuming and dvc_remote.experiment_ref(scratch, name)):  # else it ran already
         steps.append(([dvc, "exp", "run", *([] if task.workspace else ["--pull"]), "-S", f"seed={task.seed}",
                        *task.recipe.set_options(), "-n", name], True))
     if not task.workspace:
         steps.append(([dvc, "push", "--quiet", "--run-cache"], True))
-        steps.append((functools.partial(push_uncached_outputs, scratch), True))
+        steps.append((functools.partial(dvc_remote.push_uncached_outputs, scratch), True))
     return steps
-
-
-def check_remote_writable(scratch: Path) -> str:
-    """Before a cluster task trains: its default DVC remote takes a write (a probe file, then removed), so that a
-    remote the worker cannot write to fails now, not after the training it would have lost. Returns why not
-    ("" when it can)."""
-    import uuid
-
-    from dvc.repo import Repo
-
-    try:
-        with Repo(str(scratch)) as repo:
-            remote = repo.cloud.get_remote(command="push")
-            probe = remote.fs.join(remote.path, f".write-probe-{uuid.uuid4().hex}")
-            remote.fs.makedirs(remote.path, exist_ok=True)  # as a push would (a no-op on object stores)
-            remote.fs.pipe_file(probe, b"")
-            remote.fs.rm_file(probe)
-    except Exception as error:  # noqa: BLE001 - whatever the remote's filesystem raises
-        return (f"error: the DVC remote cannot be written from this worker ({first_line(error, 120)}); a seed's "
-                "outputs and run cache go there: give the workers write access (or another default remote) and "
-                "run again")
-    return ""
-
-
-def push_uncached_outputs(scratch: Path) -> str:
-    """After `dvc push --run-cache`: every object of the clone's cache to the DVC remote, the `cache: false`
-    outputs (metrics, plot data) among them. DVC saves those in the run cache but its push leaves them behind,
-    and without them no other clone can restore a stage from the run cache (it runs the stage again). The
-    clone's cache holds this task's objects only. Returns why not ("" when pushed)."""
-    from dvc.repo import Repo
-    from dvc_data.hashfile.hash_info import HashInfo
-
-    try:
-        with Repo(str(scratch)) as repo:
-            failed = repo.cloud.push({HashInfo("md5", oid) for oid in repo.cache.local.all()}).failed
-    except Exception as error:  # noqa: BLE001 - whatever the remote's filesystem raises
-        return f"error: pushing the run cache's outputs to the DVC remote failed ({first_line(error, 120)})"
-    return f"error: {len(failed)} of the run cache's outputs could not be pushed to the DVC remote" if failed else ""
-
-
-def _remote_resume_folder(repo, task: SeedTask):
-    remote = repo.cloud.get_remote(command="push")
-    return remote.fs, remote.fs.join(remote.path, REMOTE_RESUME_DIR, f"{task.recipe.name}-seed-{task.seed}")
-
-
-def keep_resume_state(scratch: Path, task: SeedTask) -> str:
-    """A cluster task that did not finish: the resume states its training left in the clone go to the DVC remote,
-    where the seed's next task finds them (the clone goes with the task). Returns what happened, for the log."""
-    from dvc.repo import Repo
-
-    states = sorted((scratch / RESUME_DIR).glob("*.pt"))
-    if not states:
-        return ""
-    try:
-        with Repo(str(scratch)) as repo:
-            fs, folder = _remote_resume_folder(repo, task)
-            fs.makedirs(folder, exist_ok=True)
-            for state in states:
-                fs.put_file(str(state), fs.join(folder, state.name))
-    except Exception as error:  # noqa: BLE001 - whatever the remote's filesystem raises
-        return f"its resume state could not be kept on the DVC remote ({first_line(error, 120)})"
-    return f"its resume state ({', '.join(state.stem for state in states)}) is kept on the DVC remote"
-
-
-def restore_resume_state(scratch: Path, task: SeedTask) -> str:
-    """Before a cluster task trains: the resume states an earlier task of this seed kept on the DVC remote, into
-    the clone's .resume/ (the train stage resumes from one only when its config, data and code match). Returns
-    "" (a step that cannot fail the task: without them the seed trains from its first epoch)."""
-    from dvc.repo import Repo
-
-    with Repo(str(scratch)) as repo:
-        fs, folder = _remote_resume_folder(repo, task)
-        if fs.exists(folder):
-            (scratch / RESUME_DIR).mkdir(exist_ok=True)
-            for path in fs.ls(folder, detail=False):
-                fs.get_file(path, str(scratch / RESUME_DIR / Path(path).name))
-    return ""
-
-
-def forget_resume_state(scratch: Path, task: SeedTask):
-    """The seed finished: what an earlier task kept on the DVC remote goes."""
-    from dvc.repo import Repo
-
-    with Repo(str(scratch)) as repo:
-        fs, folder = _remote_resume_folder(repo, task)
-        if fs.exists(folder):
-            fs.rm(folder, recursive=True)
-
-
-def experiment_ref(repository: Path, name: str) -> str | None:
-    """The ref of the experiment `name` in `repository` (refs/exps/<baseline>/<name>), or None."""
-    refs = git("for-each-ref", "--format=%(refname)", "refs/exps", cwd=repository).split()
-    return next((ref for ref in refs if len(ref.split("/")) == 5 and ref.split("/")[4] == name), None)
 
 
 def _run(command, cwd, env, stop, log_path) -> int:
@@ -233,15 +139,15 @@ def run_seed_task(task: SeedTask) -> SeedOutcome:
                 output = log.read_text()
                 if command[0] == "git":
                     raise RuntimeError(f"seed {task.seed}: {' '.join(command[:2])} failed: {output.strip()[-300:]}")
-                kept = "" if task.workspace else keep_resume_state(scratch, task)
+                kept = "" if task.workspace else dvc_remote.keep_resume_states(scratch, scratch.name)
                 finished = True  # what it trained is kept
                 return SeedOutcome(task.seed, worker.address, error=stage_error(output) + (
                     f" ({kept}: the seed's rerun goes on from its last finished epoch)" if kept else ""), log=output)
         if task.workspace:  # the experiment, for `dvc exp show` in the workspace
-            ref = experiment_ref(scratch, task.recipe.experiment_name(task.seed))
+            ref = dvc_remote.experiment_ref(scratch, task.recipe.experiment_name(task.seed))
             git("push", "--quiet", "--force", "origin", f"{ref}:{ref}", cwd=scratch)
         else:
-            forget_resume_state(scratch, task)
+            dvc_remote.forget_resume_states(scratch, scratch.name)
         source = {"experiment": task.recipe.experiment_name(task.seed), "rev": task.commit, "worker": worker.address}
         fingerprint = code_fingerprint(root=scratch)
         files = seed_files(task.seed, lambda path: (scratch / path).read_text(encoding="utf-8"), fingerprint, source)
@@ -251,7 +157,7 @@ def run_seed_task(task: SeedTask) -> SeedOutcome:
         if not task.workspace:
             if not finished:  # stopped, or an error of its own: what it trained is kept for its rerun
                 with contextlib.suppress(Exception):
-                    keep_resume_state(scratch, task)
+                    dvc_remote.keep_resume_states(scratch, scratch.name)
             shutil.rmtree(scratch, ignore_errors=True)
             log.unlink(missing_ok=True)
 
