@@ -78,3 +78,26 @@ def test_a_collection_broken_off_leaves_no_half_clone_to_resume_in_and_the_next_
 
     seed_task.forget_scratch(second)
     assert list((tmp_path / seed_task.SCRATCH_DIR).iterdir()) == [], "a clone, a log or a leftover is still there"
+
+
+def test_dasks_teardown_after_an_interruption_is_silenced_and_the_levels_come_back():
+    """What the LocalCluster logs while it closes after Ctrl-C (a scheduler's CRITICAL about a closed comm, seen
+    under load) must not reach the terminal, whose one line says what happened; a block that ends normally
+    silences nothing, and the levels come back once the cluster is closed."""
+    import logging
+
+    scheduler = logging.getLogger("distributed.scheduler")
+    before = scheduler.level
+    quiet = engine.QuietTeardown()
+    with quiet.on_interruption():
+        pass
+    assert scheduler.isEnabledFor(logging.CRITICAL)
+    with pytest.raises(Interrupted):
+        try:
+            with quiet.on_interruption():
+                raise Interrupted("SIGINT")
+        finally:  # where LocalCluster's and Client's exits run
+            assert not scheduler.isEnabledFor(logging.CRITICAL)
+            assert not logging.getLogger("distributed").isEnabledFor(logging.CRITICAL)
+    quiet.restore()
+    assert scheduler.level == before and scheduler.isEnabledFor(logging.CRITICAL)

@@ -118,6 +118,36 @@ def quiet_client_logs():
             logger.setLevel(level)
 
 
+class QuietTeardown:
+    """Dask's messages while a LocalCluster is torn down after an interruption (say, the scheduler's CRITICAL
+    "Closed comm ... while trying to write cancelled-keys" when the client went first) tell the user nothing:
+    errors.exit_on_error's one line says what happened. `on_interruption()`, innermost in the cluster's `with`,
+    silences every `distributed` logger when an exception passes; `restore()`, after the cluster closed, sets
+    their levels back."""
+
+    def __init__(self):
+        self.saved = []
+
+    @contextlib.contextmanager
+    def on_interruption(self):
+        import logging
+
+        try:
+            yield
+        except BaseException:
+            names = ["distributed", *(name for name in logging.root.manager.loggerDict
+                                      if name.startswith("distributed."))]
+            self.saved = [(logging.getLogger(name), logging.getLogger(name).level) for name in names]
+            for logger, _ in self.saved:
+                logger.setLevel(logging.CRITICAL + 1)
+            raise
+
+    def restore(self):
+        for logger, level in self.saved:
+            logger.setLevel(level)
+        self.saved = []
+
+
 @contextlib.contextmanager
 def open_cluster(address: str | None, jobs: int):
     """A Dask client: of a LocalCluster of `jobs` one-task workers when `address` is None (closed at the end),
@@ -127,11 +157,15 @@ def open_cluster(address: str | None, jobs: int):
     if address is None:
         # No dashboard; the scheduler's HTTP server (health routes) on a free port of this host, not Dask's 8787,
         # which it would take from a user's own cluster (and warn when that one holds it)
-        with LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, resources=RESOURCE,
-                          dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-                          silence_logs=40) as cluster, Client(cluster) as client:
-            client.register_plugin(StopWithDriver(), name="stop-with-driver")
-            yield client
+        quiet = QuietTeardown()
+        try:
+            with LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, resources=RESOURCE,
+                              dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                              silence_logs=40) as cluster, Client(cluster) as client, quiet.on_interruption():
+                client.register_plugin(StopWithDriver(), name="stop-with-driver")
+                yield client
+        finally:
+            quiet.restore()
         return
     check_scheduler(address)
     with quiet_client_logs():
