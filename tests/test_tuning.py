@@ -65,6 +65,7 @@ def test_a_small_search_same_configurations_full_rungs_validation_only_and_its_r
         assert set(states) <= {"COMPLETE", "PRUNED"} and states[0] == "COMPLETE"  # the first goes on (ASHA)
         assert all(row["epochs"] == ("3" if row["state"] == "COMPLETE" else "1") for row in model_rows)
         assert all(float(row["train_cpu_seconds"]) > 0 for row in model_rows)
+        assert {row["precision"] for row in model_rows} == {params.models[model].recipe.precision}  # recorded
         found = result["models"][model]
         assert found["configurations"] == 4 and found["running"] == 0 and found["cpu_hours"] > 0
         assert found["epochs"] == sum(int(row["epochs"]) for row in model_rows)

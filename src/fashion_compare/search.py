@@ -117,6 +117,8 @@ class Search:
         trial = view.trial
         cpus = [kind for kind in self.frozen(task.model, task.number).user_attrs.get("cpu", "").split("; ") if kind]
         trial.set_user_attr("cpu", "; ".join(dict.fromkeys([*cpus, outcome.cpu])))
+        if outcome.precision:
+            trial.set_user_attr("precision", outcome.precision)
         if outcome.error:
             trial.set_user_attr("fail_reason", outcome.error)
             self.finish(task.model, task.number, outcome, "FAIL")

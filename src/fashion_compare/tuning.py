@@ -46,7 +46,7 @@ STORAGE_FILE = TUNING_DIR / "optuna.db"
 STATE_DIR = Path(".resume/tune")  # each running trial's state between its rungs (git-ignored)
 TRIAL_FIELDS = ["number", "state", "val_accuracy", "epochs", "best_epoch", "optimizer", "lr", "weight_decay",
                 "batch_size", "schedule", "augment", "label_smoothing", "train_cpu_seconds", "code", "cpu",
-                "fail_reason"]
+                "precision", "fail_reason"]  # precision: the model's recipe's (params.yaml), not searched
 BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED = 2000, 0
 
 
@@ -175,13 +175,14 @@ class TrialTask:
 @dataclass(frozen=True)
 class TrialOutcome:
     """What a trial's task gives back: the validation accuracy of every epoch so far, the best, the cost so far
-    (CPU-seconds of training, over all its tasks), the CPU kind; or why it failed."""
+    (CPU-seconds of training, over all its tasks), the CPU kind, the precision it trained in; or why it failed."""
 
     curve: list = field(default_factory=list)
     best_val_accuracy: float = 0.0
     best_epoch: int = 0
     train_cpu_seconds: float = 0.0
     cpu: str = ""
+    precision: str = ""
     error: str = ""
 
 
@@ -197,6 +198,7 @@ def run_trial(task: TrialTask) -> TrialOutcome:
     if task.threads:
         torch.set_num_threads(task.threads)
     process.keep_freed_memory()
+    config = None
     try:
         config = train_config(with_recipe(load_params(task.params_file), task.model, task.recipe), task.model)
         train_set, val_set = data.load_split(task.data_dir, "train"), data.load_split(task.data_dir, "val")
@@ -207,9 +209,9 @@ def run_trial(task: TrialTask) -> TrialOutcome:
         result = training.train(model, train_set, val_set, config, training.select_device(config.device),
                                 quiet=True, resume=resume, state=saved, until_epoch=task.until_epoch)
     except Exception as error:  # noqa: BLE001 - diverged, out of memory, a bad recipe: the trial fails, the search goes on
-        return TrialOutcome(error=first_line(error, 240), cpu=cpu_label())
+        return TrialOutcome(error=first_line(error, 240), cpu=cpu_label(), precision=config.precision if config else "")
     return TrialOutcome([record.val_accuracy for record in result.epochs], result.best_val_accuracy,
-                        result.best_epoch, result.train_cpu_seconds, cpu_label())
+                        result.best_epoch, result.train_cpu_seconds, cpu_label(), config.precision)
 
 
 def with_recipe(params, model: str, recipe: dict):
