@@ -103,19 +103,30 @@ def check_scheduler(address: str):
                             "scheduler's address (dask scheduler prints it)")
 
 
+def set_log_levels(names, level) -> list:
+    """Set these loggers' level; returns [(logger, its level before)], for restore_log_levels."""
+    import logging
+
+    saved = [(logging.getLogger(name), logging.getLogger(name).level) for name in names]
+    for logger, _ in saved:
+        logger.setLevel(level)
+    return saved
+
+
+def restore_log_levels(saved: list):
+    for logger, level in saved:
+        logger.setLevel(level)
+
+
 @contextlib.contextmanager
 def quiet_client_logs():
     import logging
 
-    loggers = [logging.getLogger(name) for name in CLIENT_LOGGERS]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.CRITICAL)
+    saved = set_log_levels(CLIENT_LOGGERS, logging.CRITICAL)
     try:
         yield
     finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
+        restore_log_levels(saved)
 
 
 class QuietTeardown:
@@ -135,16 +146,12 @@ class QuietTeardown:
         try:
             yield
         except BaseException:
-            names = ["distributed", *(name for name in logging.root.manager.loggerDict
-                                      if name.startswith("distributed."))]
-            self.saved = [(logging.getLogger(name), logging.getLogger(name).level) for name in names]
-            for logger, _ in self.saved:
-                logger.setLevel(logging.CRITICAL + 1)
+            self.saved = set_log_levels(["distributed", *(name for name in logging.root.manager.loggerDict
+                                                          if name.startswith("distributed."))], logging.CRITICAL + 1)
             raise
 
     def restore(self):
-        for logger, level in self.saved:
-            logger.setLevel(level)
+        restore_log_levels(self.saved)
         self.saved = []
 
 

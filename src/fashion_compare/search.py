@@ -138,9 +138,9 @@ class Search:
     def decide(self, model) -> list:
         """Each rung's due decisions, in trial order: trial i's waits until every earlier trial has been decided
         there or ended below it."""
-        tasks = []
+        tasks, trials = [], len(self.studies[model].get_trials(deepcopy=False))
         for index, rung in enumerate(self.settings.rungs[:-1]):
-            for number in range(len(self.studies[model].get_trials(deepcopy=False))):
+            for number in range(trials):
                 view = self.running.get((model, number))
                 if view is None or view.target > rung:  # ended, or decided at this rung already
                     continue

@@ -134,18 +134,19 @@ def results_current(folder: Path, params: dict, fingerprint: str) -> bool:
     if not (folder / "run.json").is_file() or not (folder / "predictions.csv").is_file():
         return False
     try:
-        saved, saved_params = read_run_file(folder, None), yaml.safe_load((folder / "params.yaml").read_text())
+        saved, saved_params = read_run_file(folder), yaml.safe_load((folder / "params.yaml").read_text())
     except (PipelineError, OSError, yaml.YAMLError):
         return False  # unreadable: not a result to keep (load_study says which file, when it aggregates)
     return (isinstance(saved_params, dict) and saved.code == fingerprint
             and study.comparable_params(saved_params) == study.comparable_params(params))
 
 
-def read_run_file(folder: Path, seed: int | None) -> results.SeedRunFile:
-    """A seed folder's run.json, validated (one line naming the file and what to do)."""
-    made_by = f"seed {seed} (make study SEEDS={seed})" if seed is not None else "the seed (make study)"
-    return results.parse(results.SeedRunFile, read_json(folder / "run.json", made_by.replace(" (", " again (")),
-                         folder / "run.json", made_by)
+def read_run_file(folder: Path) -> results.SeedRunFile:
+    """A seed folder's run.json (the folder is named after its seed), validated: one line naming the file and
+    the seed to run again."""
+    seed, path = folder.name, folder / "run.json"
+    return results.parse(results.SeedRunFile, read_json(path, f"seed {seed} again (make study SEEDS={seed})"), path,
+                         f"seed {seed} (make study SEEDS={seed})")
 
 
 def results_exist(folder: Path) -> bool:
@@ -170,9 +171,10 @@ def seed_files(seed: int, read, fingerprint: str, source: dict) -> dict:
     files.update({f"train_{m}.json": read(f"metrics/train/{m}.json") for m in compared})
     files.update({f"{model}_epochs.csv": read(f"plots/train/{model}_epochs.csv") for model in compared})
     files.update({"predictions.csv": predictions.getvalue(), "params.yaml": read("params.yaml")})
+    kind = cpu_kind()
     files["run.json"] = results.to_json(results.SeedRunFile(
         seed=seed, experiment=source["experiment"], rev=source["rev"], worker=source["worker"], baseline=None,
-        code=fingerprint, cpu=cpu_kind()["name"], cpu_kind=results.CpuKind(**cpu_kind()),
+        code=fingerprint, cpu=kind["name"], cpu_kind=results.CpuKind(**kind),
         threads={m: train[m]["threads"] for m in compared},
         train_seconds={m: train[m]["train_seconds"] for m in compared},
         predictions_sha256=hashlib.sha256(predictions.getvalue().encode("utf-8")).hexdigest(),
@@ -261,7 +263,7 @@ def load_predictions(folder: Path, seed: int, info: results.SeedRunFile, compare
 def load_seed(folder: Path, seed: int) -> study.SeedRun:
     """A finished seed's folder, every file validated (one line naming the file and what to do)."""
     remedy = f"run seed {seed} again (remove {folder}, then make study SEEDS={seed})"
-    info = read_run_file(folder, seed)
+    info = read_run_file(folder)
     try:
         params = yaml.safe_load((folder / "params.yaml").read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as error:

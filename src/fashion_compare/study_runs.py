@@ -111,7 +111,7 @@ def stale_seeds(recipe: Recipe, seeds: list, fingerprint: str) -> dict:
     for seed in seeds:
         folder = recipe.seed_dir(seed)
         if (folder / "run.json").is_file() and (folder / "predictions.csv").is_file():
-            code = read_run_file(folder, seed).code
+            code = read_run_file(folder).code
             if code != fingerprint:
                 stale[seed] = code
     return stale
