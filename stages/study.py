@@ -17,7 +17,7 @@ from pathlib import Path
 # This checkout's package, not whichever one is installed.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from fashion_compare import process, study, study_runs, tracking  # noqa: E402
+from fashion_compare import process, study, study_aggregate, study_runs, tracking  # noqa: E402
 from fashion_compare.engine import scheduler_address  # noqa: E402
 from fashion_compare.errors import PipelineError, exit_on_error  # noqa: E402
 from fashion_compare.params import load_params  # noqa: E402
@@ -58,7 +58,7 @@ def main():
             print(f"the study's seeds not all run yet (missing: {', '.join(map(str, missing))}): the aggregate "
                   "waits for them; run them here or on another machine, then `make study` again")
         elif args.command in ("aggregate", "all"):
-            result = study_runs.write_study(recipe, all_seeds, params, tracking.connect(params.tracking))
+            result = study_aggregate.write_study(recipe, all_seeds, params, tracking.connect(params.tracking))
             step = study.next_step(result, all_seeds, recipe.name)
             if step:
                 print(f"next: {step}")

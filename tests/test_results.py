@@ -68,7 +68,8 @@ def test_each_committed_study_is_what_its_committed_predictions_give(name, monke
     file, figure for figure (its MLflow run id kept): the layout of contenders changed no figure."""
     from fashion_compare import study
     from fashion_compare.params import load_params
-    from fashion_compare.seed_folders import Recipe, load_study
+    from fashion_compare.seed_folders import Recipe
+    from fashion_compare.study_aggregate import load_study
 
     monkeypatch.chdir(REPO)
     recipe = Recipe(name)

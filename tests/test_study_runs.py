@@ -10,7 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from fashion_compare import dvc_remote, engine, results, seed_folders, seed_task, study, study_runs, tools
+from fashion_compare import (
+    dvc_remote,
+    engine,
+    results,
+    seed_folders,
+    seed_task,
+    study,
+    study_aggregate,
+    study_runs,
+    tools,
+)
 from fashion_compare.errors import PipelineError
 from fashion_compare.seed_folders import REFERENCE
 
@@ -162,7 +172,7 @@ def test_arguments_are_checked_before_any_work(fake, seeds, jobs, message):
 
 def refused(seed, match):
     with pytest.raises(PipelineError, match=match) as error:
-        seed_folders.load_study(REFERENCE, [1, seed])
+        study_aggregate.load_study(REFERENCE, [1, seed])
     assert "\n" not in str(error.value)
 
 
@@ -171,14 +181,14 @@ def rewrite(seed, old, new, keep_checksum=False):
     path.write_text(path.read_text().replace(old, new, 1))
     if keep_checksum:  # as if collected like this: only the content checks can catch it
         info = json.loads((path.parent / "run.json").read_text())
-        info["predictions_sha256"] = seed_folders.sha256(path)
+        info["predictions_sha256"] = study_aggregate.sha256(path)
         (path.parent / "run.json").write_text(json.dumps(info))
 
 
 def test_every_file_of_a_seed_is_validated_before_the_aggregate(fake):
     write_seed(1)
     write_seed(2)
-    runs, failed = seed_folders.load_study(REFERENCE, [1, 2])
+    runs, failed = study_aggregate.load_study(REFERENCE, [1, 2])
     assert [run.seed for run in runs] == [1, 2] and failed == {}
     cases = [
         ("1,1,1,1", "1,1,x,1", True, r"predictions.csv: row 3: \['1', '1', 'x', '1'\] is not 4 integers"),
@@ -376,11 +386,11 @@ def test_an_aggregate_that_changes_no_figure_rewrites_no_byte_and_a_changed_one_
         return {path: path.read_bytes() for folder in ("metrics", "plots") for path in Path(folder).rglob("*")
                 if path.is_file() and "seeds" not in path.parts}
 
-    study_runs.write_study(REFERENCE, [1, 2], params, "a tracker")
+    study_aggregate.write_study(REFERENCE, [1, 2], params, "a tracker")
     first = written()
-    study_runs.write_study(REFERENCE, [1, 2], params, "a tracker")
+    study_aggregate.write_study(REFERENCE, [1, 2], params, "a tracker")
     assert written() == first and json.loads(first[Path("metrics/study.json")])["mlflow_run_id"] == "run-1"
     assert logged == ["run-1", "run-2"]  # the second aggregate's run is logged all the same
     write_seed(3, cnn=(0, 1, 2, 3))
-    study_runs.write_study(REFERENCE, [1, 2, 3], params, "a tracker")
+    study_aggregate.write_study(REFERENCE, [1, 2, 3], params, "a tracker")
     assert json.loads(Path("metrics/study.json").read_text())["mlflow_run_id"] == "run-3"

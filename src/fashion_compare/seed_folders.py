@@ -6,7 +6,7 @@ A seed folder is a seed's finished pipeline: its metrics, per-epoch curves, para
 run.json (where and on what CPU it ran, the code fingerprint, timings, a checksum of the predictions). It is
 current when its code fingerprint and params (but for what may differ between seeds,
 study.comparable_params) are the study's: a study cut short, or split over machines, runs only the seeds
-that are missing. Every folder is validated before it is aggregated (`load_study`).
+that are missing. Every folder is validated before it is aggregated (study_aggregate.load_study).
 """
 
 import csv
@@ -16,12 +16,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import yaml
 
-from . import NUM_CLASSES, PREDICTIONS_FILE, results, study
+from . import PREDICTIONS_FILE, results, study
 from .errors import PipelineError
-from .files import read_csv_rows, read_json, together, write_json, write_text
+from .files import read_json, together, write_json, write_text
 from .tools import cpu_kind
 
 LOG_DIR = Path("logs/study")  # each seed's whole output, kept when it fails (git-ignored)
@@ -125,10 +124,6 @@ def seeds_named(seeds) -> tuple[str, bool]:
     return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}", len(seeds) > 1
 
 
-def sha256(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def results_current(folder: Path, params: dict, fingerprint: str) -> bool:
     """The seed has results, made with these params (but for what may differ between seeds) and this code."""
     if not (folder / "run.json").is_file() or not (folder / "predictions.csv").is_file():
@@ -214,86 +209,3 @@ def record_failure(recipe: Recipe, seed: int, output: str, keep_result: bool) ->
     if not keep_result:
         write_json(recipe.seed_dir(seed) / "failed.json", {"seed": seed, "error": why, "log": str(log)})
     return why
-
-
-# ------------------------------------------------------------------------------ reading seeds, validated
-
-def _refuse(path, what, remedy) -> PipelineError:
-    return study.StudyError(f"{path}: {what}; {remedy}")
-
-
-def _prediction_columns(path, rows, fields, remedy) -> list:
-    columns = [[] for _ in fields]
-    for row_number, row in enumerate(rows, start=2):
-        values = [int(value) if isinstance(value, str) and value.strip().lstrip("-").isdigit() else None
-                  for value in row.values()]
-        if len(values) != len(fields) or None in values:
-            raise _refuse(path, f"row {row_number}: {list(row.values())} is not {len(fields)} integers",
-                          remedy)
-        image, *classes = values
-        if image != row_number - 2:
-            raise _refuse(path, f"row {row_number}: image {image}, expected {row_number - 2}", remedy)
-        if not all(0 <= value < NUM_CLASSES for value in classes):
-            raise _refuse(path, f"row {row_number}: a class outside 0-{NUM_CLASSES - 1} ({list(row.values())})",
-                          remedy)
-        for column, value in zip(columns, values):
-            column.append(value)
-    return columns
-
-
-def load_predictions(folder: Path, seed: int, info: results.SeedRunFile, compared) -> dict:
-    """A seed's predictions.csv, validated: its checksum as collected, the header (`compared`: its models, the
-    contenders then the baseline), image ids 0..n-1 in order, labels and predictions classes 0-9.
-    {"label", <model>: arrays}."""
-    path = folder / "predictions.csv"
-    remedy = f"restore it (git checkout -- {path}) or run seed {seed} again (remove {folder}, make study)"
-    if info.predictions_sha256 != sha256(path):
-        raise _refuse(path, "does not match the checksum run.json recorded when the seed was collected "
-                      "(edited or damaged since)", remedy)
-    rows = read_csv_rows(path, f"seed {seed} again (remove {folder}, make study)")
-    if not rows:
-        raise _refuse(path, "holds no predictions", remedy)
-    fields = prediction_fields(compared)
-    if list(rows[0]) != fields:
-        raise _refuse(path, f"header is {list(rows[0])}, expected {fields}", remedy)
-    columns = _prediction_columns(path, rows, fields, remedy)
-    return {name: np.array(column) for name, column in zip(fields[1:], columns[1:])}
-
-
-def load_seed(folder: Path, seed: int) -> study.SeedRun:
-    """A finished seed's folder, every file validated (one line naming the file and what to do)."""
-    remedy = f"run seed {seed} again (remove {folder}, then make study SEEDS={seed})"
-    info = read_run_file(folder)
-    try:
-        params = yaml.safe_load((folder / "params.yaml").read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as error:
-        raise _refuse(folder / "params.yaml", f"not readable YAML ({type(error).__name__})", remedy) from None
-    if not isinstance(params, dict):
-        raise _refuse(folder / "params.yaml", "not a mapping of params", remedy)
-    return study.SeedRun(seed, params, load_predictions(folder, seed, info, study.trained_models(params)),
-                         info.record)
-
-
-def load_study(recipe: Recipe, seeds: list):
-    """Every seed's results, for the aggregate: (finished runs, {seed: why} of failed ones), each folder
-    validated, labels equal across seeds. Refuses a seed listed twice, and seeds with no results yet."""
-    study.check_distinct(seeds)
-    runs, failed, missing = [], {}, []
-    for seed in seeds:
-        folder = recipe.seed_dir(seed)
-        if (folder / "failed.json").is_file():
-            failed[seed] = read_json(folder / "failed.json", f"seed {seed} again (make study SEEDS={seed})")["error"]
-        elif (folder / "predictions.csv").is_file():
-            runs.append(load_seed(folder, seed))
-        else:
-            missing.append(seed)
-    if missing:
-        which, many = seeds_named(missing)
-        raise study.StudyError(f"{which} {'have' if many else 'has'} no results in {recipe.seeds_dir}; run them "
-                               "first (make study), or pull them from the machine that ran them (git pull)")
-    for run in runs[1:]:
-        if len(run.predictions["label"]) != len(runs[0].predictions["label"]) or \
-                not np.array_equal(run.predictions["label"], runs[0].predictions["label"]):
-            raise study.StudyError(f"{recipe.seed_dir(run.seed) / 'predictions.csv'}: its labels differ from seed "
-                                   f"{runs[0].seed}'s (another test set, or an edit); run seed {run.seed} again")
-    return runs, failed

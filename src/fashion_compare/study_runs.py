@@ -1,7 +1,6 @@
 """A seed study's driver: the seeds without current results go to the engine (engine.py: Dask tasks, on this
-machine or a cluster), each seed's folder is written as soon as it comes back, and the aggregate
-(metrics/study.json, plots/study/, an MLflow run) is made from the committed folders (seed_folders.py).
-The statistics are in study.py.
+machine or a cluster), and each seed's folder (seed_folders.py) is written as soon as it comes back. The
+aggregate is study_aggregate.py's, the statistics study.py's.
 """
 
 import os
@@ -10,10 +9,9 @@ from pathlib import Path
 
 from . import engine, seed_task, study
 from .errors import PipelineError, first_line
-from .files import read_json, together, write_json, write_text
+from .files import read_json
 from .seed_folders import (
     Recipe,
-    load_study,
     read_run_file,
     record_failure,
     results_current,
@@ -161,114 +159,3 @@ def run_seeds(recipe: Recipe, seeds: list, jobs: int, params: dict, address: str
                   "at the next make study", flush=True)
             raise
     return ledger.failed
-
-
-def refresh_comparisons(recipe: Recipe, runs: list, settings) -> list:
-    """Each seed folder's compare.json and headline.json recomputed from its own files (`runs`: the validated
-    seeds load_study gave, with their predictions; the folder's metrics and curves) by today's comparison code
-    and `settings` (params.yaml's compare section): a seed collected before a change of the rule says what the
-    rule says now, without training. Returns the seeds rewritten."""
-    from . import comparison, results
-    from .files import read_csv_rows
-
-    rewritten = []
-    for run in runs:
-        seed, folder = run.seed, recipe.seed_dir(run.seed)
-        if not (folder / "compare.json").is_file():
-            continue  # a folder without a comparison to recompute
-        baseline, contenders = run.compared
-        compared = run.models
-        train = {m: read_json(folder / f"train_{m}.json") for m in compared}
-        curves = {m: [float(row["val_accuracy"]) for row in read_csv_rows(folder / f"{m}_epochs.csv")]
-                  for m in compared}
-        seed_settings = settings.model_copy(update={"baseline": baseline, "contenders": list(contenders)})
-        result = comparison.compare(train, read_json(folder / "evaluate.json"), curves,
-                                    run.predictions, seed_settings, seed)
-        result, unchanged = results.with_saved_run_id(folder / "compare.json", result)  # an older layout: changed
-        if not unchanged:
-            with together():
-                results.write(folder / "compare.json", result)
-                write_json(folder / "headline.json", comparison.headline(result))
-            rewritten.append(seed)
-    return rewritten
-
-
-RECIPES_FIGURE = Path("plots/recipes/accuracy_vs_cost.png")
-
-
-def draw_recipes_figure(titles: dict, recipes=("reference", "tuned")):
-    """plots/recipes/accuracy_vs_cost.png from every recipe's committed study: each model's accuracy and
-    interval against its training CPU-seconds, the median over the study's seeds (a seed trained before
-    CPU-seconds were recorded counts its wall seconds times its threads)."""
-    import numpy as np
-
-    from . import plots, results
-    from .files import save_figure
-
-    points = []
-    for name in recipes:
-        recipe = Recipe(name)
-        if not recipe.study_file.is_file():
-            continue
-        result = results.load(results.StudyResult, recipe.study_file, "make study")
-        for model in result.models:
-            seconds = []
-            for path in (recipe.seed_dir(seed) / f"train_{model}.json" for seed in result.seeds):
-                if path.is_file():  # a seed folder holds it (a made-up one in a test may not)
-                    train = read_json(path)
-                    seconds.append(train.get("train_cpu_seconds") or train["train_seconds"] * train["threads"])
-            if not seconds:
-                continue
-            accuracy = result.models[model].test_accuracy
-            points.append({"recipe": name, "model": model, "accuracy": accuracy.mean, "lower": accuracy.ci[0],
-                           "upper": accuracy.ci[1], "seconds": float(np.median(seconds))})
-    if not points:
-        return
-    figure = plots.accuracy_against_cost(points, titles)
-    save_figure(RECIPES_FIGURE, figure)
-    plots.close(figure)
-
-
-def write_study(recipe: Recipe, seeds: list, params, tracker) -> "study.StudyResult":
-    """metrics/study.json, plots/study/ and the study's MLflow run (or the tuned recipe's), from the seeds'
-    committed results: every output checked writable and every seed folder validated first, then all outputs
-    written or none."""
-    from . import plots, records, reports, results, tracking
-    from .files import check_writable, save_figure, write_csv
-
-    titles = params.titles
-    draw = {"accuracy_per_seed": plots.seed_accuracy, "f1_difference": plots.seed_forest,
-            "gain_per_seed": plots.seed_gains, "noise_sources": plots.noise_sources}
-    outputs = [*(f"{name}.png" for name in draw), *reports.PLOT_TABLES, "SUMMARY.md"]
-    check_writable([*(recipe.plots_dir / name for name in outputs), recipe.study_file])
-    runs, failed = load_study(recipe, seeds)
-    refreshed = refresh_comparisons(recipe, runs, params.compare)
-    if refreshed:
-        print(f"{seeds_named(refreshed)[0]}: compare.json and headline.json recomputed by today's rule")
-    for seed, why in failed.items():
-        print(f"warning: seed {seed} failed and is left out of the study: {why}")
-    result = study.aggregate(runs, params.compare, failed, max_seeds=recipe.max_planned_seeds)
-    summary = reports.study_summary(result, titles)
-    try:  # figures that did not change keep the run that first logged them: the committed file stays as it is
-        saved, unchanged = results.with_saved_run_id(recipe.study_file, result)
-    except PipelineError:  # no study yet, or an unreadable one: this aggregate's run
-        saved, unchanged = result, False
-    figures = {recipe.plots_dir / f"{name}.png": figure(result, titles) for name, figure in draw.items()}
-    run_params = records.study_run_params(result, study.comparable_params(runs[0].params), params.compare)
-    title = f"Seed study ({result.k} seeds{', tuned recipe' if recipe.name != 'reference' else ''})"
-    with tracking.stage_run(tracker, "study", title, run_params) as run_id:
-        with together():
-            for path, figure in figures.items():
-                save_figure(path, figure)
-            for path, rows, fields in reports.plot_rows(result, titles):
-                write_csv(recipe.plots_dir / path, rows, fields)
-            write_text(recipe.plots_dir / "SUMMARY.md", summary)
-            results.write(recipe.study_file, saved if unchanged and saved.mlflow_run_id else
-                          results.with_run_id(result, run_id))
-        if run_id:
-            records.log_study(tracker, run_id, result, figures, summary)
-    for figure in figures.values():
-        plots.close(figure)
-    draw_recipes_figure(titles)
-    print("\n".join(reports.study_verdicts(result, titles)).strip())
-    return result
