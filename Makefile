@@ -20,7 +20,8 @@ repro: setup data
 # CLUSTER=tcp://host:8786 (or DASK_SCHEDULER_ADDRESS): each missing seed a task on that Dask cluster.
 # RECIPE=tuned: the same study of each model's tuned recipe (make tune's metrics/tuning/recipe.yaml), in
 # metrics/study_tuned/ and plots/study_tuned/: first its pilot (the first five of study.seeds), then the seeds
-# its committed aggregate holds; SEEDS="47 48" adds seeds to it (the plan's second stage).
+# its committed aggregate holds; SEEDS="47 48" adds seeds to it (the plan's second stage). RECIPE=tuned_subset:
+# the study of the first search's recipes (metrics/tuning_subset/recipe.yaml), kept in metrics/study_tuned_subset/.
 SEEDS ?=
 JOBS ?=
 CLUSTER ?=

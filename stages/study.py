@@ -5,7 +5,7 @@
     python stages/study.py all [--recipe tuned]             both (what `make study [RECIPE=tuned]` runs)
 
 Not a DVC stage: its seeds are Dask tasks, each a DVC experiment, on this machine or a cluster (engine.py).
-Each finished seed is written to metrics/study/seeds/<seed>/ (the tuned recipe's: metrics/study_tuned/seeds/),
+Each finished seed is written to metrics/study/seeds/<seed>/ (a tuned recipe's: metrics/study_<recipe>/seeds/),
 kept in git, so `run` again, here or elsewhere, runs only the missing seeds. One driver per workspace at a
 time; exits 1 when a seed failed, after aggregating what finished.
 """
@@ -36,7 +36,8 @@ def main():
                              "those named")
     parser.add_argument("--jobs", type=int, help="seeds at once (default: study.jobs)")
     parser.add_argument("--cluster", help="a Dask scheduler (default: DASK_SCHEDULER_ADDRESS; none: this machine)")
-    parser.add_argument("--recipe", default="reference", help="reference (params.yaml) or tuned (make tune's)")
+    parser.add_argument("--recipe", default="reference",
+                        help="reference (params.yaml), tuned (make tune's) or tuned_subset (the first search's)")
     parser.add_argument("--rerun-stale", action="store_true",
                         help="train again the seeds whose committed results another code made (stale)")
     parser.add_argument("--params", default="params.yaml")

@@ -236,9 +236,9 @@ def test_dvc_plots_show_lists_grouped_bars_with_both_models(repo):
                                                           "f1_per_class", "f1_difference/resnet")}
     expected |= {f"plots/compare/figures/{name}.png" for name in ("precision", "recall", "f1", "f1_difference_resnet",
                                                                   "learning_curves")}
-    expected |= {f"plots/{study}/{name}.{kind}" for study in ("study", "study_tuned")
+    expected |= {f"plots/{study}/{name}.{kind}" for study in ("study", "study_tuned_subset")
                  for name in ("accuracy_per_seed", "gain_per_seed", "noise_sources", "f1_difference")
-                 for kind in ("csv", "png")}  # the committed seed studies (both recipes), top-level plots
+                 for kind in ("csv", "png")}  # the committed seed studies (two recipes), top-level plots
     expected |= {"val_accuracy_per_trial", "plots/tuning_subset/expected_best.png",  # the committed searches
                  "plots/tuning/search.png",
                  "plots/recipes/accuracy_vs_cost.png"}  # and the recipes' figure, top-level too

@@ -140,20 +140,31 @@ def test_ctrl_c_says_in_one_line_what_was_kept(fake, capsys):
                               "resume from its last finished epoch")
 
 
-def test_the_tuned_recipe_has_its_own_seed_folders_and_sets_each_models_recipe(fake, tmp_path):
-    seed_folders.TUNED_RECIPE_FILE.parent.mkdir(parents=True)
-    seed_folders.TUNED_RECIPE_FILE.write_text("resnet: {lr: 0.002, augment: flip}\ncnn: {batch_size: 64}\n")
+def test_each_tuned_recipe_has_its_own_seed_folders_and_sets_each_models_recipe(fake, tmp_path):
+    tuned_file = seed_folders.TUNED_RECIPE_FILES["tuned"]
+    tuned_file.parent.mkdir(parents=True)
+    tuned_file.write_text("resnet: {lr: 0.002, augment: flip}\ncnn: {batch_size: 64}\n")
     tuned = seed_folders.load_recipe("tuned")
     assert tuned.seeds_dir == Path("metrics/study_tuned/seeds") and tuned.study_file == Path("metrics/study_tuned.json")
     assert tuned.set_options() == ["-S", "models.cnn.recipe.batch_size=64", "-S", 'models.resnet.recipe.augment="flip"',
                                    "-S", "models.resnet.recipe.lr=0.002"]
     assert tuned.apply(PARAMS)["models"]["resnet"] == {"recipe": {"lr": 0.002, "augment": "flip"}}
     assert tuned.experiment_name(4) == "study-tuned-seed-4" and REFERENCE.experiment_name(4) == "study-seed-4"
-    with pytest.raises(PipelineError, match="--recipe best: unknown; use reference or tuned"):
+    assert tuned.max_planned_seeds == seed_folders.TUNED_MAX_SEEDS
+    with pytest.raises(PipelineError, match="--recipe best: unknown; use reference, tuned, tuned_subset"):
         seed_folders.load_recipe("best")
-    seed_folders.TUNED_RECIPE_FILE.unlink()
+    tuned_file.unlink()
     with pytest.raises(PipelineError, match="recipe.yaml: not found; run `make tune` first"):
         seed_folders.load_recipe("tuned")
+    with pytest.raises(PipelineError, match=r"tuning_subset/recipe.yaml: not found; restore it \(git checkout"):
+        seed_folders.load_recipe("tuned_subset")
+    subset_file = seed_folders.TUNED_RECIPE_FILES["tuned_subset"]
+    subset_file.parent.mkdir(parents=True)
+    subset_file.write_text("cnn: {lr: 0.0016}\n")
+    subset = seed_folders.load_recipe("tuned_subset")
+    assert subset.seeds_dir == Path("metrics/study_tuned_subset/seeds") and subset.overrides == {
+        "models.cnn.recipe.lr": 0.0016}
+    assert subset.plots_dir == Path("plots/study_tuned_subset") and subset.max_planned_seeds == 10
 
 
 @pytest.mark.parametrize("seeds, jobs, message", [

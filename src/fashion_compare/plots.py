@@ -287,12 +287,15 @@ def accuracy_against_cost(points: list, titles: dict):
     CPU-seconds (median over seeds), per model and recipe: the cost side of "worth its cost". `points`: dicts
     with recipe, model, accuracy, lower, upper, seconds."""
     figure, axes = plt.subplots(figsize=(7, 4.5))
-    markers = {"reference": "o", "tuned": "s"}
+    markers = {"reference": "o", "tuned_subset": "s", "tuned": "D"}
+    recipes = {"reference": "reference recipe", "tuned_subset": "first search's recipe (a fifth of the data)",
+               "tuned": "full search's recipe"}
     for point in points:
+        recipe = recipes.get(point["recipe"], point["recipe"])
         axes.errorbar(point["seconds"], point["accuracy"], yerr=[[point["accuracy"] - point["lower"]],
                                                                    [point["upper"] - point["accuracy"]]],
                       marker=markers.get(point["recipe"], "^"), capsize=4, linestyle="none",
-                      label=f"{titles.get(point['model'], point['model'])}, {point['recipe']} recipe")
+                      label=f"{titles.get(point['model'], point['model'])}, {recipe}")
     axes.set_xscale("log")
     axes.set(xlabel="training CPU-seconds per run (median over seeds; log scale)",
              ylabel="test accuracy (mean, 95 % interval)", title="Test accuracy against training cost")

@@ -4,7 +4,7 @@ is one line naming the file and the field).
 
 - `Comparison`: one run's comparison of each contender with the baseline, metrics/compare.json
   (comparison.compare makes it);
-- `StudyResult`: a seed study's aggregate, metrics/study.json and metrics/study_tuned.json (study.aggregate);
+- `StudyResult`: a seed study's aggregate, metrics/study.json and metrics/study_<recipe>.json (study.aggregate);
 - `SeedRunFile`: a seed folder's run.json (seed_folders.seed_files writes it); `RunRecord`: what a study keeps
   of it (the CPU kind, the timings, the MLflow runs).
 

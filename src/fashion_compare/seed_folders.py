@@ -25,15 +25,19 @@ from .tools import cpu_kind
 
 LOG_DIR = Path("logs/study")  # each seed's whole output, kept when it fails (git-ignored)
 SEED_METRICS = ("data", "evaluate", "compare", "headline")  # and each compared model's train_<model>.json
-TUNED_RECIPE_FILE = Path("metrics/tuning/recipe.yaml")  # tuning.py writes it: each model's chosen recipe
+# Each tuned recipe: the model recipes a search chose (tuning.py writes recipe.yaml). `tuned`: the search at full
+# data with the same configurations for every model (make tune); `tuned_subset`: the first search, each model its
+# own 12 trials on a fifth of the data (kept with its study: the code that ran it is gone).
+TUNED_RECIPE_FILES = {"tuned": Path("metrics/tuning/recipe.yaml"),
+                      "tuned_subset": Path("metrics/tuning_subset/recipe.yaml")}
 PILOT_SEEDS = 5  # a tuned study's first stage: the first five of study.seeds, then the planned k (study.plan)
 TUNED_MAX_SEEDS = 10  # a tuned study's plan stops there (a tuned seed costs more; the reference's cap is study's)
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """A study's recipe and where its files live: the reference experiment's (params.yaml as it is) or the
-    tuned one (each model's section overridden by TUNED_RECIPE_FILE)."""
+    """A study's recipe and where its files live: the reference experiment's (params.yaml as it is) or a
+    tuned one (each model's recipe overridden by its TUNED_RECIPE_FILES entry)."""
 
     name: str = "reference"
     overrides: dict = field(default_factory=dict)  # {"models.<name>.recipe.lr": 0.002, ...}: set for every seed
@@ -57,7 +61,7 @@ class Recipe:
     @property
     def max_planned_seeds(self) -> int:
         """The plan's cap for this recipe's study."""
-        return TUNED_MAX_SEEDS if self.name == "tuned" else study.MAX_PLANNED_SEEDS
+        return study.MAX_PLANNED_SEEDS if self.name == "reference" else TUNED_MAX_SEEDS
 
     def seed_dir(self, seed: int) -> Path:
         return self.seeds_dir / str(seed)
@@ -88,7 +92,7 @@ class Recipe:
         if self.name == "reference":
             return list(params_seeds)
         if self.study_file.is_file():
-            seeds = list(results.load(results.StudyResult, self.study_file, "make study RECIPE=tuned").seeds)
+            seeds = list(results.load(results.StudyResult, self.study_file, f"make study RECIPE={self.name}").seeds)
         else:
             seeds = list(params_seeds[:PILOT_SEEDS])
         return [*seeds, *(seed for seed in named if seed not in seeds)]
@@ -102,18 +106,21 @@ REFERENCE = Recipe()
 
 
 def load_recipe(name: str) -> Recipe:
-    """`reference`, or `tuned`: the recipe tuning chose for each model (TUNED_RECIPE_FILE)."""
+    """`reference`, or a tuned recipe: the model recipes a search chose (TUNED_RECIPE_FILES)."""
     if name == "reference":
         return REFERENCE
-    if name != "tuned":
-        raise PipelineError(f"--recipe {name}: unknown; use reference or tuned")
-    if not TUNED_RECIPE_FILE.is_file():
-        raise PipelineError(f"{TUNED_RECIPE_FILE}: not found; run `make tune` first (it chooses each model's recipe)")
-    chosen = yaml.safe_load(TUNED_RECIPE_FILE.read_text(encoding="utf-8"))
+    if name not in TUNED_RECIPE_FILES:
+        raise PipelineError(f"--recipe {name}: unknown; use reference, {', '.join(TUNED_RECIPE_FILES)}")
+    path = TUNED_RECIPE_FILES[name]
+    remedy = "run `make tune` again" if name == "tuned" else f"restore it (git checkout -- {path})"
+    if not path.is_file():
+        raise PipelineError(f"{path}: not found; " + ("run `make tune` first (it chooses each model's recipe)"
+                                                      if name == "tuned" else remedy))
+    chosen = yaml.safe_load(path.read_text(encoding="utf-8"))
     if not isinstance(chosen, dict) or not chosen or not all(isinstance(recipe, dict) for recipe in chosen.values()):
-        raise PipelineError(f"{TUNED_RECIPE_FILE}: expected a recipe for each tuned model; run `make tune` again")
-    return Recipe("tuned", {f"models.{model}.recipe.{key}": value
-                            for model, recipe in chosen.items() for key, value in recipe.items()})
+        raise PipelineError(f"{path}: expected a recipe for each tuned model; {remedy}")
+    return Recipe(name, {f"models.{model}.recipe.{key}": value
+                         for model, recipe in chosen.items() for key, value in recipe.items()})
 
 
 # ------------------------------------------------------------------------------ seed folders

@@ -131,7 +131,7 @@ def refresh_comparisons(recipe: Recipe, runs: list, settings) -> list:
 RECIPES_FIGURE = Path("plots/recipes/accuracy_vs_cost.png")
 
 
-def draw_recipes_figure(titles: dict, recipes=("reference", "tuned")):
+def draw_recipes_figure(titles: dict, recipes=("reference", "tuned_subset", "tuned")):
     """plots/recipes/accuracy_vs_cost.png from every recipe's committed study: each model's accuracy and
     interval against its training CPU-seconds, the median over the study's seeds (a seed trained before
     CPU-seconds were recorded counts its wall seconds times its threads)."""
