@@ -86,10 +86,14 @@ def test_a_small_search_same_configurations_full_rungs_validation_only_and_its_r
     children = client.search_runs([experiment.experiment_id], "tags.`dvc.stage` = 'tune'")
     assert len([run for run in children if run.data.tags.get("trial")]) == 8
 
+    sessions = json.loads(search.SESSIONS_FILE.read_text())
+    assert len(sessions) == 1 and sessions[0]["jobs"] == 2 and sessions[0]["wall_seconds"] > 0
+
     before = {model: open(f"metrics/tuning/{model}_trials.csv").read() for model in ("resnet", "cnn")}
     again = search.tune(params, "params.yaml", "data/prepared", 2, None, None)  # done: nothing trains
     assert again == result and before == {model: open(f"metrics/tuning/{model}_trials.csv").read()
                                           for model in ("resnet", "cnn")}
+    assert json.loads(search.SESSIONS_FILE.read_text()) == sessions  # a run with nothing to train adds no session
 
 
 # ---------------------------------------------------------------------------- the decisions, made-up outcomes
@@ -218,3 +222,32 @@ def test_the_rungs_must_end_at_the_maximum(decisions):
     folder = decisions("rungs", max_epochs=10)
     with pytest.raises(ParamsError, match=r"tune: .*max_epochs 10 is not min_epochs 1 times a power"):
         tuning.tune_params(load_params(folder / "params.yaml"), "params.yaml")
+
+
+def test_each_make_tune_that_trains_adds_its_wall_time_and_a_damaged_record_is_one_line(decisions, monkeypatch):
+    from fashion_compare.errors import PipelineError
+
+    folder = decisions("sessions", configurations=2)
+    monkeypatch.chdir(folder)
+    params = load_params("params.yaml")
+    settings = tuning.tune_params(params)
+    studies = search.open_studies(f"sqlite:///{folder / 'optuna.db'}", settings, ("resnet",))
+    fields = {"params_file": "p", "data_dir": "d", "threads": 1, "stop_event": "e"}
+
+    def driver():
+        return search.Search(studies, settings, fields, None, None, "code", params.titles, {})
+
+    for jobs in (2, None):  # two runs that trained: here, then on a cluster
+        run = driver()
+        run.begin_session(jobs, "a CPU")
+        run.write()
+        run.write()  # its later writes update its own entry
+    sessions = search.load_sessions()
+    assert [(s.jobs, s.cpu) for s in sessions] == [(2, "a CPU"), (None, "a CPU")]
+    assert all(s.wall_seconds >= 0 and s.started.endswith("+00:00") for s in sessions)
+    driver().write()  # a run that trained nothing
+    assert search.load_sessions() == sessions
+    search.SESSIONS_FILE.write_text('[{"started": "2026-12-07T19:00:00+00:00"}]')
+    with pytest.raises(PipelineError, match=r"^metrics/tuning/sessions.json: not make tune's list of sessions \(.*\); "
+                                            r"restore it \(git checkout -- metrics/tuning/sessions.json\)$"):
+        search.load_sessions()

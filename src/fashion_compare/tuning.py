@@ -25,8 +25,8 @@ halving over epochs.
 
 Committed after every decision: metrics/tuning/<model>_trials.csv, tuning.json (per model: configurations,
 epochs and CPU-hours spent, the choice, the search's best against configurations and CPU-hours with a bootstrap
-band), recipe.yaml (each searched model's chosen recipe: `make study RECIPE=tuned`), headroom.json and
-plots/tuning/search.png.
+band), recipe.yaml (each searched model's chosen recipe: `make study RECIPE=tuned`), headroom.json,
+sessions.json (each `make tune` that trained: its wall time; search.py) and plots/tuning/search.png.
 """
 
 import json
