@@ -155,7 +155,8 @@ def environment():
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, autoescape=False,
                              extensions=["jinja2.ext.do"])
-    env.globals.update(json=json, yaml=yaml, csv_rows=csv_rows, study_tables=study_tables,
+    env.globals.update(json=json, yaml=yaml, csv_rows=csv_rows, exists=lambda path: Path(path).is_file(),
+                       study_tables=study_tables,
                        one_run_tables=one_run_tables, answer_table=answer_table, seed_groups=seed_groups, titles=titles,
                        code_fingerprint=lambda: tools.code_fingerprint(root=Path(__file__).resolve().parents[2]),
                        engine=engine, planning_power=study.PLANNING_POWER, max_planned_seeds=study.MAX_PLANNED_SEEDS)

@@ -267,7 +267,7 @@ class Search:
 def tune(params, params_file: str, data_dir: str, jobs: int, address: str | None, tracker):
     """The search (tuning.py's docstring); returns tuning.json's record."""
     from . import engine, tracking
-    from .tools import code_fingerprint, cpu_kind
+    from .tools import code_fingerprint, cpu_label
 
     settings = tuning.tune_params(params, params_file)
     models = tuning.searched_models(params, settings)
@@ -294,7 +294,7 @@ def tune(params, params_file: str, data_dir: str, jobs: int, address: str | None
         print(f"search: trials still running: {left}; "
               f"{f'{jobs} tasks at a time' if address is None else 'on ' + address}", flush=True)
         if tasks:
-            search.begin_session(jobs if address is None else None, cpu_kind()["name"])
+            search.begin_session(jobs if address is None else None, cpu_label())
             with engine.open_cluster(address, jobs) as client:
                 engine.run_tasks(client, tuning.run_trial, tasks, search.done,
                                  key=lambda t: f"tune-{t.model}-{t.number}-{t.until_epoch}",
