@@ -90,8 +90,17 @@ def test_the_answer_table_holds_both_recipes_studies_as_committed_and_says_what_
     assert table.split("\n")[2:] == [line for line in README.splitlines() if line.startswith(tuple(
         f"| {recipe} |" for recipe in RECIPES))]
     search = json.loads((REPO / "metrics/tuning/tuning.json").read_text())
-    told = {model: found["configurations"] - found["running"] for model, found in search["models"].items()}
-    assert (f"running: the search has decided {told['resnet']} of {search['settings']['configurations']} "
-            f"configurations for ResNet18 and {told['cnn']} of") in README
+    full = f"| searched at full data (the same {search['settings']['configurations']} configurations for each model) |"
+    row = next(line for line in README.splitlines() if line.startswith(full))
+    seeds = sorted(path.parent.name for path in (REPO / "metrics/study_tuned/seeds").glob("*/predictions.csv"))
+    if (REPO / "metrics/study_tuned.json").is_file():  # decided: its row as its file says
+        study = results.load(results.StudyResult, REPO / "metrics/study_tuned.json")
+        assert row.startswith(full) and row in reports.answer_table({full[2:-2]: study}, TITLES).split("\n")
+    elif seeds:  # its study running: the seeds it has
+        assert f"| running: its study, {len(seeds)} of the pilot's 5 seeds so far (`make study RECIPE=tuned`" in row
+    else:  # the search running: its progress
+        told = {model: found["configurations"] - found["running"] for model, found in search["models"].items()}
+        assert (f"running: the search has decided {told['resnet']} of {search['settings']['configurations']} "
+                f"configurations for ResNet18 and {told['cnn']} of") in row
     assert "| small-stem ResNet18 (3×3 stride-1 stem, no max-pool) | not run yet:" in README
     assert "`make tune MODELS=resnet_small`" in README

@@ -139,6 +139,13 @@ def seed_groups(path: str) -> list[dict]:
             for label, group in groups.items()]
 
 
+def finished_seeds(recipe: str) -> list[int]:
+    """The seeds of a recipe's study whose folders hold results, before the study is aggregated too."""
+    from .seed_folders import Recipe
+
+    return sorted(int(path.parent.name) for path in Recipe(recipe).seeds_dir.glob("*/predictions.csv"))
+
+
 def answer_table(studies: dict) -> str:
     """The README's answer table: {recipe title: its study's file, or a sentence saying why it has none}."""
     from . import reports, results
@@ -150,7 +157,7 @@ def answer_table(studies: dict) -> str:
 def environment():
     import jinja2
 
-    from . import engine, study, tools
+    from . import engine, seed_folders, study, tools
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, autoescape=False,
@@ -158,6 +165,7 @@ def environment():
     env.globals.update(json=json, yaml=yaml, csv_rows=csv_rows, exists=lambda path: Path(path).is_file(),
                        study_tables=study_tables,
                        one_run_tables=one_run_tables, answer_table=answer_table, seed_groups=seed_groups, titles=titles,
+                       finished_seeds=finished_seeds, pilot_seeds=seed_folders.PILOT_SEEDS,
                        code_fingerprint=lambda: tools.code_fingerprint(root=Path(__file__).resolve().parents[2]),
                        engine=engine, planning_power=study.PLANNING_POWER, max_planned_seeds=study.MAX_PLANNED_SEEDS)
     env.filters.update(f=f, span=span)
