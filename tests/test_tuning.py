@@ -78,6 +78,7 @@ def test_a_small_search_same_configurations_full_rungs_validation_only_and_its_r
     assert all(check["gain"] == pytest.approx(check["value"] - check["value_at_max"]) for check in headroom.values())
     assert open("plots/tuning/search.png", "rb").read(4) == b"\x89PNG"
     assert tuning.SearchRecord.from_dict(result).to_dict() == result  # tuning.json typed, round trip
+    assert result["settings"]["spaces"] == [{"from_trial": 0, "space": SPACE}]  # where each space began
     assert not list(tuning.STATE_DIR.glob("*.pt"))  # every trial's state gone with its trial
     from mlflow.tracking import MlflowClient
 
@@ -251,3 +252,35 @@ def test_each_make_tune_that_trains_adds_its_wall_time_and_a_damaged_record_is_o
     with pytest.raises(PipelineError, match=r"^metrics/tuning/sessions.json: not make tune's list of sessions \(.*\); "
                                             r"restore it \(git checkout -- metrics/tuning/sessions.json\)$"):
         search.load_sessions()
+
+
+def test_a_widened_space_keeps_the_trials_so_far_draws_the_next_from_it_and_a_later_model_gets_them_all(
+        decisions, monkeypatch):
+    """A chosen recipe at an edge: params.yaml's space widened and more configurations; the trials so far stay as
+    drawn, the new ones come from the wider space, the same for every model, and a model searched later copies
+    trial i whichever space it came from. A narrowed space is refused."""
+    from fashion_compare.errors import PipelineError
+
+    folder = decisions("widen", configurations=6)
+    monkeypatch.chdir(folder)
+    drive(folder)
+    before = {model: [[row[c] for c in RECIPE_COLUMNS] for row in rows(model)] for model in ("resnet", "cnn")}
+    wide = {**SPACE, "optimizer": {"adamw": {"lr": {"low": 0.0005, "high": 0.03}}, "sgd": SPACE["optimizer"]["sgd"]},
+            "weight_decay": {"low": 1e-7, "high": 1e-2}}
+    write_params(folder, configurations=9, max_epochs=9, space=wide)
+    drive(folder)
+    after = {model: [[row[c] for c in RECIPE_COLUMNS] for row in rows(model)] for model in ("resnet", "cnn")}
+    assert {model: recipes[:6] for model, recipes in after.items()} == before  # the trials so far, as drawn
+    assert after["resnet"] == after["cnn"] and len(after["resnet"]) == 9  # trial i the same for both
+    assert all(row["state"] in ("COMPLETE", "PRUNED") for row in rows("cnn"))
+    import optuna
+
+    spaces = optuna.load_study(study_name="cnn-search", storage="sqlite:///optuna.db").user_attrs["spaces"]
+    assert [(entry["from_trial"], entry["space"]["weight_decay"]["low"]) for entry in spaces] == [(0, 1e-5), (6, 1e-7)]
+
+    drive(folder, models=("resnet_small",))  # searched later: every trial copied, from either space
+    assert [[row[c] for c in RECIPE_COLUMNS] for row in rows("resnet_small")] == after["resnet"]
+
+    write_params(folder, configurations=9, max_epochs=9, space={**wide, "batch_size": [64]})
+    with pytest.raises(PipelineError, match="holds a search of other settings for resnet .*a space narrowed"):
+        drive(folder)

@@ -46,34 +46,64 @@ def _state(name):
     return TrialState[name]
 
 
+def widens(old: dict, new: dict) -> bool:
+    """Whether space `new` holds every configuration of space `old` (params.yaml's `tune.space`, as dicts): each
+    range reaching at least as far both ways, each grid and the optimizers a superset."""
+    def holds(a, b):
+        if isinstance(a, dict) and set(a) == {"low", "high"}:
+            return b["low"] <= a["low"] and a["high"] <= b["high"]
+        if isinstance(a, dict):
+            return set(a) <= set(b) and all(holds(a[key], b[key]) for key in a)
+        return set(a) <= set(b)
+
+    return set(old) == set(new) and holds(old, new)
+
+
 def open_studies(storage: str, settings: TuneParams, models) -> dict:
     """Each model's study in `storage` (made, or loaded to go on), with its trials asked up to the number of
-    configurations, trial i drawn by the sampler seeded for i. A study of other settings is refused."""
+    configurations. Trial i is the same recipe for every model: a copy of trial i of another model's search in
+    the storage where one has it, else drawn from the space by the sampler seeded for i. A search of other settings
+    is refused, but for a widened space (`widens`: a chosen recipe at an edge): the trials asked so far stay
+    as they were drawn, the next are drawn from the wider space, and the study records where each space began
+    (its user attribute `spaces`)."""
     import optuna
     from optuna.pruners import SuccessiveHalvingPruner
     from optuna.samplers import RandomSampler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    fixed = json.dumps({key: value for key, value in settings.model_dump().items()
-                        if key in ("seed", "min_epochs", "max_epochs", "reduction_factor", "space")}, sort_keys=True)
+    fixed = {key: value for key, value in settings.model_dump().items()
+             if key in ("seed", "min_epochs", "max_epochs", "reduction_factor", "space")}
+    backend = optuna.storages.get_storage(storage)
+    searches = {name: optuna.load_study(study_name=name, storage=backend)  # every model's search in the storage
+                for name in optuna.get_all_study_names(backend) if name.endswith("-search")}
     studies = {}
     for model in models:
         pruner = SuccessiveHalvingPruner(min_resource=settings.min_epochs, reduction_factor=settings.reduction_factor,
                                          min_early_stopping_rate=0)
-        study = optuna.create_study(study_name=f"{model}-search", storage=storage, direction="maximize",
+        study = optuna.create_study(study_name=f"{model}-search", storage=backend, direction="maximize",
                                     load_if_exists=True, pruner=pruner)
-        saved = study.user_attrs.get("settings")
-        if saved is None:
-            study.set_user_attr("settings", fixed)
-        elif saved != fixed:
-            raise PipelineError(f"{storage}: holds a search of other settings for {model} (tune's seed, epochs or "
-                                "space changed); move it aside (or set tune.storage) to start a new search")
-        while len(study.get_trials(deepcopy=False)) < settings.configurations:
-            number = len(study.get_trials(deepcopy=False))
-            study.sampler = RandomSampler(seed=tuning.configuration_seed(settings.seed, number))
+        others = [other for name, other in searches.items() if name != study.study_name]
+        searches[study.study_name] = study
+        asked = len(study.get_trials(deepcopy=False))
+        saved = json.loads(study.user_attrs.get("settings", "null"))
+        if saved != fixed:
+            if saved is not None and ({**saved, "space": None} != {**fixed, "space": None}
+                                      or not widens(saved["space"], fixed["space"])):
+                raise PipelineError(f"{storage}: holds a search of other settings for {model} (tune's seed, epochs "
+                                    "or a space narrowed); move it aside (or set tune.storage) to start a new search")
+            study.set_user_attr("settings", json.dumps(fixed, sort_keys=True))
+            spaces = study.user_attrs.get("spaces") or ([{"from_trial": 0, "space": saved["space"]}] if saved else [])
+            study.set_user_attr("spaces", [*spaces, {"from_trial": asked, "space": fixed["space"]}])
+        while asked < settings.configurations:
+            copies = [other.get_trials(deepcopy=False)[asked] for other in others
+                      if len(other.get_trials(deepcopy=False)) > asked]
+            if copies:
+                study.enqueue_trial(copies[0].params)
+            study.sampler = RandomSampler(seed=tuning.configuration_seed(settings.seed, asked))
             trial = study.ask()
             tuning.suggest(trial, settings.space)
             trial.set_user_attr("target_epochs", settings.rungs[0])
+            asked += 1
         studies[model] = study
     return studies
 
@@ -277,6 +307,7 @@ def tune(params, params_file: str, data_dir: str, jobs: int, address: str | None
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     studies = open_studies(storage, settings, models)
     record_settings = {**settings.model_dump(exclude={"storage"}), "models": models, "rungs": settings.rungs,
+                       "spaces": studies[models[0]].user_attrs.get("spaces"),
                        "train_seed": params.seed, "storage": settings.storage or str(tuning.STORAGE_FILE)}
     threads = engine.local_task_settings(jobs)["threads"] if address is None else None
     task_fields = {"params_file": str(Path(params_file).resolve()), "data_dir": str(Path(data_dir).resolve()),
