@@ -1,9 +1,11 @@
 """The search for each model's recipe: the same configurations for every model, at full data, ranked by successive
 halving over epochs.
 
-- The same configurations: trial i of every searched model trains the same recipe (Optuna's RandomSampler seeded
-  by (tune.seed, i) alone: the model is not a dimension of the search, and a model searched later draws what the
-  others drew). The space (params.yaml `tune.space`): the optimizer (AdamW, or SGD with Nesterov momentum, each
+- The same configurations: trial i of every searched model trains the same recipe (a copy of another model's
+  trial i where the storage has one, else Optuna's RandomSampler seeded by (tune.seed, i) alone: the model is not
+  a dimension of the search, and a model searched later gets what the others drew). A space may only widen
+  (a choice at an edge): the trials so far stay, the next are drawn from the wider one (search.open_studies).
+  The space (params.yaml `tune.space`): the optimizer (AdamW, or SGD with Nesterov momentum, each
   with its own log-uniform lr range), log-uniform weight decay, batch size, schedule (cosine, step, one-cycle,
   each over the maximum epochs), augmentation and label smoothing.
 - Full data, validation only: a trial trains on the whole training split and is scored on the validation split
