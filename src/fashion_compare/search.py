@@ -95,8 +95,8 @@ def open_studies(storage: str, settings: TuneParams, models) -> dict:
             spaces = study.user_attrs.get("spaces") or ([{"from_trial": 0, "space": saved["space"]}] if saved else [])
             study.set_user_attr("spaces", [*spaces, {"from_trial": asked, "space": fixed["space"]}])
         while asked < settings.configurations:
-            copies = [other.get_trials(deepcopy=False)[asked] for other in others
-                      if len(other.get_trials(deepcopy=False)) > asked]
+            copies = [trials[asked] for trials in (other.get_trials(deepcopy=False) for other in others)
+                      if len(trials) > asked]
             if copies:
                 study.enqueue_trial(copies[0].params)
             study.sampler = RandomSampler(seed=tuning.configuration_seed(settings.seed, asked))
