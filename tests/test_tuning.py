@@ -215,6 +215,22 @@ def test_the_curve_is_the_best_of_the_first_n_trials_with_a_band_that_falls_when
     assert [p.best for p in curve[:3]] == [0.80, 0.80, 0.90] and curve[2].cpu_hours == pytest.approx(2.5)
     last = curve[-1]
     assert last.best == 0.90 and last.high == 0.90 and last.low == pytest.approx(0.81)  # 0.90 is one trial of 23
+    assert curve[1].none_drawn == pytest.approx(0.25, abs=0.03)  # two draws from (0.80, pruned): both pruned 1 in 4
+
+
+def test_the_band_stays_defined_when_successive_halving_leaves_few_trials_complete():
+    class Trial:
+        def __init__(self, value):
+            self.value, self.state = value, type("State", (), {"name": "COMPLETE" if value else "PRUNED"})()
+            self.user_attrs = {"train_cpu_seconds": 60.0}
+
+    trials = [Trial(0.92), Trial(0.93), *[Trial(None) for _ in range(58)]]
+    assert tuning.search_curve(trials[2:])[-1] == tuning.CurvePoint(58, pytest.approx(58 / 60), None, None, None)
+    last = tuning.search_curve(trials)[-1]
+    # a resample of 60 misses both complete trials with probability (58/60)^60, about 0.13; among those that draw
+    # one, the worse alone in about 0.27 of them: the band spans both
+    assert last.best == 0.93 and last.high == 0.93 and last.low == 0.92
+    assert last.none_drawn == pytest.approx((58 / 60) ** 60, abs=0.02)
 
 
 def test_the_rungs_must_end_at_the_maximum(decisions):

@@ -277,7 +277,8 @@ def search_figure(searches: dict, titles: dict):
         axes.grid(alpha=0.3)
         if axes.get_legend_handles_labels()[0]:
             axes.legend()
-    figure.suptitle("The search's best after its first n configurations (band: 5-95 % of bootstrap resamples)")
+    figure.suptitle("The search's best after its first n configurations\n(band: 5-95 % of the bootstrap resamples "
+                    "of those configurations that drew a complete trial)", fontsize=10)
     figure.tight_layout()
     return figure
 

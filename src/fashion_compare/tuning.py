@@ -230,13 +230,16 @@ def with_recipe(params, model: str, recipe: dict):
 @dataclass(frozen=True)
 class CurvePoint:
     """The search of the first `configurations` trials: its best value, the CPU-hours it cost, and a bootstrap
-    band over those trials (5th and 95th percentiles of the best of a resample; no complete trial drawn: None)."""
+    band over those trials: the 5th and 95th percentiles of the best complete trial of a resample, among the
+    resamples that drew one (None while none is complete); `none_drawn`: the share of resamples that drew none
+    (under successive halving few trials are complete, so a resample often misses them all)."""
 
     configurations: int
     cpu_hours: float
     best: float | None
     low: float | None
     high: float | None
+    none_drawn: float | None = None
 
 
 @dataclass(frozen=True)
@@ -301,7 +304,8 @@ def _cpu_hours(trial) -> float:
 
 def search_curve(trials: list) -> list[CurvePoint]:
     """The best complete value and the CPU-hours of the first n trials, n = 1..N, with a bootstrap band: the
-    5th-95th percentiles of the best complete value among n trials drawn with replacement from those n."""
+    5th-95th percentiles of the best complete value among n trials drawn with replacement from those n, over
+    the resamples that drew a complete trial, and the share that drew none."""
     rng = np.random.default_rng(BOOTSTRAP_SEED)
     values = np.array([t.value if t.state.name == "COMPLETE" else np.nan for t in trials], dtype=float)
     hours = np.cumsum([_cpu_hours(t) for t in trials])
@@ -312,9 +316,11 @@ def search_curve(trials: list) -> list[CurvePoint]:
         draws = prefix[rng.integers(0, n, size=(BOOTSTRAP_SAMPLES, n))]
         complete = ~np.isnan(draws).all(axis=1)
         tops = np.nanmax(np.where(np.isnan(draws), -np.inf, draws), axis=1)[complete]
-        low, high = ((float(np.percentile(tops, 5)), float(np.percentile(tops, 95)))
-                     if complete.mean() >= 0.95 else (None, None))
-        points.append(CurvePoint(n, float(hours[n - 1]), best, low, high))
+        if not complete.any():  # no complete trial among the first n (a resample draws one when there is)
+            points.append(CurvePoint(n, float(hours[n - 1]), best, None, None))
+            continue
+        points.append(CurvePoint(n, float(hours[n - 1]), best, float(np.percentile(tops, 5)),
+                                 float(np.percentile(tops, 95)), round(1 - float(complete.mean()), 4)))
     return points
 
 
