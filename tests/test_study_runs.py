@@ -16,6 +16,7 @@ from fashion_compare import (
     results,
     seed_folders,
     seed_task,
+    sessions,
     study,
     study_aggregate,
     study_runs,
@@ -109,6 +110,19 @@ def test_each_missing_seed_runs_once_and_a_rerun_runs_none(fake, capsys):
     assert "gain over cnn, points: resnet +25.00" in out
     assert study_runs.run_seeds(REFERENCE, [1, 2, 3], 2, PARAMS) == {} and fake.ran == [1, 3]
     assert len(fake.clusters) == 1  # nothing to run: no cluster started
+
+
+def test_each_make_study_that_trains_adds_its_wall_time_beside_its_recipes_seeds(fake):
+    tuned = seed_folders.Recipe("tuned", {})
+    study_runs.run_seeds(REFERENCE, [1], 2, PARAMS)
+    study_runs.run_seeds(REFERENCE, [1, 2, 3], 2, PARAMS)
+    study_runs.run_seeds(REFERENCE, [1, 2, 3], 2, PARAMS)  # nothing to train: no session
+    study_runs.run_seeds(tuned, [1], 1, PARAMS)
+    recorded = sessions.load_sessions(REFERENCE.sessions_file, "make study")
+    assert REFERENCE.sessions_file == Path("metrics/study/sessions.json")
+    assert [s.jobs for s in recorded] == [1, 2] and all(s.wall_seconds >= 0 and s.cpu for s in recorded)
+    assert [s.jobs for s in sessions.load_sessions(tuned.sessions_file, "make study")] == [1]
+    assert tuned.sessions_file == Path("metrics/study_tuned/sessions.json")
 
 
 def test_a_failed_seed_keeps_the_stages_error_line_and_its_whole_log(fake):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fashion_compare import data, search, tracking, tuning
+from fashion_compare import data, search, sessions, tracking, tuning
 from fashion_compare.params import load_params
 from fashion_compare.tuning import TrialOutcome
 
@@ -256,18 +256,18 @@ def test_each_make_tune_that_trains_adds_its_wall_time_and_a_damaged_record_is_o
 
     for jobs in (2, None):  # two runs that trained: here, then on a cluster
         run = driver()
-        run.begin_session(jobs, "a CPU")
+        run.session.begin(jobs, "a CPU")
         run.write()
         run.write()  # its later writes update its own entry
-    sessions = search.load_sessions()
-    assert [(s.jobs, s.cpu) for s in sessions] == [(2, "a CPU"), (None, "a CPU")]
-    assert all(s.wall_seconds >= 0 and s.started.endswith("+00:00") for s in sessions)
+    recorded = sessions.load_sessions(search.SESSIONS_FILE, "make tune")
+    assert [(s.jobs, s.cpu) for s in recorded] == [(2, "a CPU"), (None, "a CPU")]
+    assert all(s.wall_seconds >= 0 and s.started.endswith("+00:00") for s in recorded)
     driver().write()  # a run that trained nothing
-    assert search.load_sessions() == sessions
+    assert sessions.load_sessions(search.SESSIONS_FILE, "make tune") == recorded
     search.SESSIONS_FILE.write_text('[{"started": "2026-12-07T19:00:00+00:00"}]')
     with pytest.raises(PipelineError, match=r"^metrics/tuning/sessions.json: not make tune's list of sessions \(.*\); "
                                             r"restore it \(git checkout -- metrics/tuning/sessions.json\)$"):
-        search.load_sessions()
+        sessions.load_sessions(search.SESSIONS_FILE, "make tune")
 
 
 def test_a_widened_space_keeps_the_trials_so_far_draws_the_next_from_it_and_a_later_model_gets_them_all(

@@ -146,6 +146,24 @@ def finished_seeds(recipe: str) -> list[int]:
     return sorted(int(path.parent.name) for path in Recipe(recipe).seeds_dir.glob("*/predictions.csv"))
 
 
+def study_cost(recipe: str) -> dict:
+    """A recipe's study so far, from its seed folders (aggregated or not): the seeds with results, each model's
+    training hours (the sum of the seeds' train_seconds, one thread per seed), the CPU kinds and code fingerprints
+    they ran on, and the timed `make study` sessions (sessions.py)."""
+    from .seed_folders import Recipe, read_run_file
+    from .sessions import load_sessions
+
+    folders = Recipe(recipe)
+    runs = [read_run_file(path.parent) for path in sorted(folders.seeds_dir.glob("*/predictions.csv"))]
+    hours = {}
+    for run in runs:
+        for model, seconds in run.train_seconds.items():
+            hours[model] = hours.get(model, 0.0) + seconds / 3600
+    return {"seeds": sorted(run.seed for run in runs), "hours": hours,
+            "cpus": sorted({run.cpu_kind.label() for run in runs}), "codes": sorted({run.code for run in runs}),
+            "sessions": load_sessions(folders.sessions_file, "make study")}
+
+
 def answer_table(studies: dict) -> str:
     """The README's answer table: {recipe title: its study's file, or a sentence saying why it has none}."""
     from . import reports, results
@@ -165,7 +183,7 @@ def environment():
     env.globals.update(json=json, yaml=yaml, csv_rows=csv_rows, exists=lambda path: Path(path).is_file(),
                        study_tables=study_tables,
                        one_run_tables=one_run_tables, answer_table=answer_table, seed_groups=seed_groups, titles=titles,
-                       finished_seeds=finished_seeds, pilot_seeds=seed_folders.PILOT_SEEDS,
+                       finished_seeds=finished_seeds, study_cost=study_cost, pilot_seeds=seed_folders.PILOT_SEEDS,
                        code_fingerprint=lambda: tools.code_fingerprint(root=Path(__file__).resolve().parents[2]),
                        engine=engine, planning_power=study.PLANNING_POWER, max_planned_seeds=study.MAX_PLANNED_SEEDS)
     env.filters.update(f=f, span=span)

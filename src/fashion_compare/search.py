@@ -3,41 +3,14 @@ order, the trials' tasks on the engine, MLflow. What the search is and commits: 
 
 import json
 import os
-import time
-from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 
-from . import tuning
+from . import sessions, tuning
 from .errors import PipelineError, first_line
-from .files import write_json
 from .tuning import STATE_DIR, TUNING_DIR, Headroom, TrialOutcome, TrialTask, TuneParams
 
 SESSIONS_FILE = TUNING_DIR / "sessions.json"  # every `make tune` that trained: its wall time
-
-
-@dataclass(frozen=True)
-class SearchSession:
-    """One `make tune` that had tasks to run: when it started, its wall seconds until its last write (a killed
-    one: until its last decision), where it ran. The search's wall time is their sum."""
-
-    started: str  # UTC, ISO 8601
-    wall_seconds: float
-    jobs: int | None  # tasks at a time on this machine; None: on a cluster
-    cpu: str  # the driver's machine
-
-
-def load_sessions() -> list[SearchSession]:
-    """The committed sessions, validated: one line naming the file when it is not what make tune wrote."""
-    from pydantic import TypeAdapter, ValidationError
-
-    if not SESSIONS_FILE.is_file():
-        return []
-    try:
-        return TypeAdapter(list[SearchSession]).validate_json(SESSIONS_FILE.read_bytes())
-    except (OSError, ValidationError) as error:
-        raise PipelineError(f"{SESSIONS_FILE}: not make tune's list of sessions ({first_line(error, 100)}); restore "
-                            f"it (git checkout -- {SESSIONS_FILE})") from None
 
 
 def _state(name):
@@ -128,7 +101,7 @@ class Search:
         self.tracker, self.parent_run, self.code, self.titles = tracker, parent_run, code, titles
         self.record_settings, self.headroom = record_settings, tuning.load_headroom()
         self.running, self.redraw = {}, True  # redraw: the figure, once a trial completed since
-        self.sessions, self.session = load_sessions(), None  # this run's, once it has tasks (begin_session)
+        self.session = sessions.SessionClock(SESSIONS_FILE, "make tune")  # this run's wall time, once it has tasks
         for model, study in studies.items():
             for frozen in study.get_trials(deepcopy=False, states=(_state("RUNNING"),)):
                 reported = max(frozen.intermediate_values, default=0)
@@ -280,14 +253,8 @@ class Search:
               + ("converged" if gain <= self.settings.headroom_gain else "raise tune.max_epochs"), flush=True)
         self.write()
 
-    def begin_session(self, jobs: int | None, cpu: str):
-        self.session = (datetime.now(timezone.utc).isoformat(timespec="seconds"), time.perf_counter(), jobs, cpu)
-
     def write(self, figure=False) -> tuning.SearchRecord:
-        if self.session:
-            started, clock, jobs, cpu = self.session
-            now = SearchSession(started, round(time.perf_counter() - clock, 1), jobs, cpu)
-            write_json(SESSIONS_FILE, [asdict(session) for session in [*self.sessions, now]])
+        self.session.write()
         record = tuning.write_results(self.studies, self.settings, self.record_settings, self.headroom, self.titles,
                                       figure=figure or self.redraw)
         self.redraw = False
@@ -325,7 +292,7 @@ def tune(params, params_file: str, data_dir: str, jobs: int, address: str | None
         print(f"search: trials still running: {left}; "
               f"{f'{jobs} tasks at a time' if address is None else 'on ' + address}", flush=True)
         if tasks:
-            search.begin_session(jobs if address is None else None, cpu_label())
+            search.session.begin(jobs if address is None else None, cpu_label())
             with engine.open_cluster(address, jobs) as client:
                 engine.run_tasks(client, tuning.run_trial, tasks, search.done,
                                  key=lambda t: f"tune-{t.model}-{t.number}-{t.until_epoch}",

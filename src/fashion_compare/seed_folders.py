@@ -55,6 +55,11 @@ class Recipe:
         return Path(f"metrics/study{self.suffix}.json")
 
     @property
+    def sessions_file(self) -> Path:
+        """Every `make study` of this recipe that trained a seed: its wall time (sessions.py)."""
+        return Path(f"metrics/study{self.suffix}/sessions.json")
+
+    @property
     def plots_dir(self) -> Path:
         return Path(f"plots/study{self.suffix}")
 

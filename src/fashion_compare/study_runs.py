@@ -18,7 +18,8 @@ from .seed_folders import (
     seeds_named,
     write_seed_folder,
 )
-from .tools import code_fingerprint, git
+from .sessions import SessionClock
+from .tools import code_fingerprint, cpu_label, git
 
 
 def check_repository_root(params_path: str):
@@ -75,9 +76,9 @@ def check_cluster(client, address: str, commit: str, params: dict) -> tuple[str,
 class SeedLedger:
     """What the driver records as seeds come back: each folder written at once, failures kept with their log."""
 
-    def __init__(self, recipe: Recipe, params: dict, fingerprint: str):
+    def __init__(self, recipe: Recipe, params: dict, fingerprint: str, session: SessionClock):
         self.recipe, self.params, self.fingerprint = recipe, params, fingerprint
-        self.failed, self.started = {}, time.perf_counter()
+        self.failed, self.started, self.session = {}, time.perf_counter(), session
 
     def done(self, task: seed_task.SeedTask, outcome):
         seed = task.seed
@@ -90,6 +91,7 @@ class SeedLedger:
                             f"study's {self.fingerprint}")
         else:
             write_seed_folder(self.recipe.seed_dir(seed), outcome.files)
+            self.session.write()
             seed_task.forget_scratch(task)
             top = read_json(self.recipe.seed_dir(seed) / "headline.json")
             accuracy = ", ".join(f"{m} {v['test_accuracy']:.4f}" for m, v in top["models"].items())
@@ -100,6 +102,7 @@ class SeedLedger:
     def fail(self, seed: int, output: str):
         current = results_current(self.recipe.seed_dir(seed), self.params, self.fingerprint)
         self.failed[seed] = record_failure(self.recipe, seed, output, keep_result=current)
+        self.session.write()
         print(f"seed {seed}: FAILED: {self.failed[seed]}", flush=True)
 
 
@@ -137,7 +140,9 @@ def run_seeds(recipe: Recipe, seeds: list, jobs: int, params: dict, address: str
         return {}
     check_committed()
     commit = git("rev-parse", "HEAD").strip()
-    ledger = SeedLedger(recipe, applied, fingerprint)
+    session = SessionClock(recipe.sessions_file, "make study")
+    ledger = SeedLedger(recipe, applied, fingerprint, session)
+    session.begin(min(jobs, len(todo)) if address is None else None, cpu_label())
     with engine.open_cluster(address, min(jobs, len(todo))) as client:
         if address is None:
             settings = engine.local_task_settings(min(jobs, len(todo)))

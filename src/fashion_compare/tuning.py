@@ -28,7 +28,7 @@ halving over epochs.
 Committed after every decision: metrics/tuning/<model>_trials.csv, tuning.json (per model: configurations,
 epochs and CPU-hours spent, the choice, the search's best against configurations and CPU-hours with a bootstrap
 band), recipe.yaml (each searched model's chosen recipe: `make study RECIPE=tuned`), headroom.json,
-sessions.json (each `make tune` that trained: its wall time; search.py) and plots/tuning/search.png.
+sessions.json (each `make tune` that trained: its wall time; sessions.py) and plots/tuning/search.png.
 """
 
 import json
