@@ -95,6 +95,13 @@ def f(value, spec: str, scale=1):
     return format(round(value) if spec.endswith("d") else value, spec)
 
 
+def log_position(value: float, low: float, high: float) -> float:
+    """Where `value` sits in the log range [low, high]: 0 at low, 1 at high (tuning.py's edge rule)."""
+    from .tuning import LogRange
+
+    return LogRange(low=low, high=high).position(value)
+
+
 def span(low_high) -> str:
     """A range of whole numbers: (23.4, 25.1) -> "23–25"."""
     low, high = low_high
@@ -183,7 +190,8 @@ def environment():
     env.globals.update(json=json, yaml=yaml, csv_rows=csv_rows, exists=lambda path: Path(path).is_file(),
                        study_tables=study_tables,
                        one_run_tables=one_run_tables, answer_table=answer_table, seed_groups=seed_groups, titles=titles,
-                       finished_seeds=finished_seeds, study_cost=study_cost, pilot_seeds=seed_folders.PILOT_SEEDS,
+                       finished_seeds=finished_seeds, log_position=log_position, study_cost=study_cost,
+                       pilot_seeds=seed_folders.PILOT_SEEDS,
                        code_fingerprint=lambda: tools.code_fingerprint(root=Path(__file__).resolve().parents[2]),
                        engine=engine, planning_power=study.PLANNING_POWER, max_planned_seeds=study.MAX_PLANNED_SEEDS)
     env.filters.update(f=f, span=span)
