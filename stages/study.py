@@ -45,7 +45,7 @@ def main():
     process.raise_on_sigterm()
     study_runs.check_repository_root(args.params)
     params = load_params(args.params)
-    recipe, address = load_recipe(args.recipe), scheduler_address(args.cluster)
+    recipe, address = load_recipe(args.recipe, params.compare.models), scheduler_address(args.cluster)
     study_seeds = recipe.study_seeds(params.study.seeds, args.seeds or ())
     seeds, jobs = args.seeds or study_seeds, args.jobs if args.jobs is not None else params.study.jobs
     study_runs.check_arguments(seeds, jobs)

@@ -167,8 +167,12 @@ def test_each_tuned_recipe_has_its_own_seed_folders_and_sets_each_models_recipe(
     assert tuned.max_planned_seeds == seed_folders.TUNED_MAX_SEEDS
     with pytest.raises(PipelineError, match="--recipe best: unknown; use reference, tuned, tuned_subset"):
         seed_folders.load_recipe("best")
+    with pytest.raises(PipelineError, match=r"^metrics/tuning/recipe.yaml: no chosen recipe for resnet_small: its "
+                                            r"search has not finished \(make tune MODELS=resnet_small goes on"):
+        seed_folders.load_recipe("tuned", ("resnet_small", "cnn"))
+    assert seed_folders.load_recipe("tuned", ("resnet", "cnn")) == tuned
     tuned_file.unlink()
-    with pytest.raises(PipelineError, match="recipe.yaml: not found; run `make tune` first"):
+    with pytest.raises(PipelineError, match="recipe.yaml: not found; run `make tune` until its search finishes"):
         seed_folders.load_recipe("tuned")
     with pytest.raises(PipelineError, match=r"tuning_subset/recipe.yaml: not found; restore it \(git checkout"):
         seed_folders.load_recipe("tuned_subset")

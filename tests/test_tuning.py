@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fashion_compare import data, search, sessions, tracking, tuning
+from fashion_compare import data, search, search_record, sessions, tracking, tuning
 from fashion_compare.params import load_params
 from fashion_compare.tuning import TrialOutcome
 
@@ -36,7 +36,7 @@ def workspace(tmp_path, monkeypatch, real_raw):
     """A folder with params.yaml (a 4-configuration search) and data/prepared holding the train and val splits."""
     splits = data.prepare(*real_raw, 0.25, 600, seed=42)
     data.save_splits({name: splits[name] for name in ("train", "val")}, tmp_path / "data/prepared")
-    write_params(tmp_path)
+    write_params(tmp_path, headroom_gain=0.5)  # on 600 images a recipe converges late: count any gain as converged
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -48,7 +48,7 @@ def rows(model):
         return list(csv.DictReader(handle))
 
 
-RECIPE_COLUMNS = tuning.TRIAL_FIELDS[5:12]
+RECIPE_COLUMNS = search_record.TRIAL_FIELDS[5:12]
 
 
 @pytest.mark.e2e
@@ -77,7 +77,7 @@ def test_a_small_search_same_configurations_full_rungs_validation_only_and_its_r
     assert {model: check["epochs"] for model, check in headroom.items()} == {"resnet": 6, "cnn": 6}
     assert all(check["gain"] == pytest.approx(check["value"] - check["value_at_max"]) for check in headroom.values())
     assert open("plots/tuning/search.png", "rb").read(4) == b"\x89PNG"
-    assert tuning.SearchRecord.from_dict(result).to_dict() == result  # tuning.json typed, round trip
+    assert search_record.SearchRecord.from_dict(result).to_dict() == result  # tuning.json typed, round trip
     assert result["settings"]["spaces"] == [{"from_trial": 0, "space": SPACE}]  # where each space began
     assert not list(tuning.STATE_DIR.glob("*.pt"))  # every trial's state gone with its trial
     from mlflow.tracking import MlflowClient
@@ -105,15 +105,17 @@ def made_up_value(model, number, epoch):
     return round(0.5 + 0.3 * rank + 0.02 * epoch, 6)
 
 
-def drive(folder, models=("resnet", "cnn"), order_seed=0, stop_after=None, fail=()):
+def drive(folder, models=("resnet", "cnn"), order_seed=0, stop_after=None, fail=(), headroom_lift=None):
     """The driver on made-up outcomes: tasks end in an order drawn by `order_seed`; `stop_after` tasks, then
-    the driver is dropped (killed). Returns the tasks left."""
+    the driver is dropped (killed). A headroom run scores 0.9, or its chosen trial's value plus
+    `headroom_lift[model]`. Returns the tasks left."""
     params = load_params(folder / "params.yaml")
     settings = tuning.tune_params(params)
     storage = f"sqlite:///{folder / 'optuna.db'}"
     studies = search.open_studies(storage, settings, models)
     fields = {"params_file": "p", "data_dir": "d", "threads": 1, "stop_event": "e"}
-    driver = search.Search(studies, settings, fields, None, None, "code", params.titles, {})
+    driver = search.Search(studies, settings, fields, None, None, "code", params.titles, {},
+                           search.recorded_searches(storage, studies, params))
     queue, rng, ended = driver.start(), random.Random(order_seed), 0
     while queue:
         if stop_after is not None and ended == stop_after:
@@ -121,7 +123,8 @@ def drive(folder, models=("resnet", "cnn"), order_seed=0, stop_after=None, fail=
         task = queue.pop(rng.randrange(len(queue)))
         if task.number < 0:
             epochs = task.recipe["epochs"]
-            outcome = TrialOutcome([0.9] * epochs, 0.9, epochs, 1.0, "cpu")
+            value = 0.9 if headroom_lift is None else driver.chosen(task.model).value + headroom_lift[task.model]
+            outcome = TrialOutcome([value] * epochs, value, epochs, 1.0, "cpu")
         elif (task.model, task.number) in fail:
             outcome = TrialOutcome(error="training diverged", cpu="cpu")
         else:
@@ -192,6 +195,32 @@ def test_trial_i_draws_the_same_recipe_for_a_model_searched_later(decisions, mon
     assert len({row["optimizer"] for row in rows_by_model["cnn"]}) == 2  # both optimizers drawn
 
 
+def test_the_recipe_file_holds_only_finished_searches_and_a_model_searched_later_keeps_the_others(
+        decisions, monkeypatch):
+    import optuna
+
+    folder = decisions("finished", configurations=6, max_epochs=3)
+    monkeypatch.chdir(folder)
+    recipe_file, record_file = Path("metrics/tuning/recipe.yaml"), Path("metrics/tuning/tuning.json")
+    drive(folder, models=("resnet", "cnn"), headroom_lift={"resnet": 0.01, "cnn": 0.0})
+    assert set(yaml.safe_load(recipe_file.read_text())) == {"cnn"}  # ResNet18 gained 1 point more: not converged
+    headroom = json.loads(Path("metrics/tuning/headroom.json").read_text())
+    assert [headroom[m]["converged"] for m in ("resnet", "cnn")] == [False, True]
+
+    drive(folder, models=("resnet_small",), headroom_lift={"resnet_small": 0.0})  # make tune MODELS=resnet_small
+    record = json.loads(record_file.read_text())
+    assert list(record["models"]) == ["resnet", "cnn", "resnet_small"]
+    later = optuna.load_study(study_name="resnet_small-search", storage=f"sqlite:///{folder / 'optuna.db'}")
+    assert later.user_attrs["spaces"] == [{"from_trial": 0, "space": SPACE}]  # its trials: the others' copies
+    assert set(yaml.safe_load(recipe_file.read_text())) == {"cnn", "resnet_small"}
+
+    write_params(folder, configurations=9, max_epochs=3)  # more configurations: the searches go on
+    assert drive(folder, models=("cnn",), stop_after=0)  # killed before any task ended
+    assert not recipe_file.exists()  # no model has finished the longer search
+    assert {m: s["configurations"] for m, s in json.loads(record_file.read_text())["models"].items()} == {
+        "resnet": 6, "cnn": 9, "resnet_small": 6}
+
+
 def test_a_failing_trial_is_recorded_with_its_reason_and_the_search_goes_on(decisions, monkeypatch):
     folder = decisions("failing")
     monkeypatch.chdir(folder)
@@ -211,7 +240,7 @@ def test_the_curve_is_the_best_of_the_first_n_trials_with_a_band_that_falls_when
             self.user_attrs = {"train_cpu_seconds": hours * 3600}
 
     trials = [Trial(0.80, 1), Trial(None, 0.5), Trial(0.90, 1), *[Trial(0.81, 1) for _ in range(20)]]
-    curve = tuning.search_curve(trials)
+    curve = search_record.search_curve(trials)
     assert [p.best for p in curve[:3]] == [0.80, 0.80, 0.90] and curve[2].cpu_hours == pytest.approx(2.5)
     last = curve[-1]
     assert last.best == 0.90 and last.high == 0.90 and last.low == pytest.approx(0.81)  # 0.90 is one trial of 23
@@ -225,8 +254,9 @@ def test_the_band_stays_defined_when_successive_halving_leaves_few_trials_comple
             self.user_attrs = {"train_cpu_seconds": 60.0}
 
     trials = [Trial(0.92), Trial(0.93), *[Trial(None) for _ in range(58)]]
-    assert tuning.search_curve(trials[2:])[-1] == tuning.CurvePoint(58, pytest.approx(58 / 60), None, None, None)
-    last = tuning.search_curve(trials)[-1]
+    none_complete = search_record.search_curve(trials[2:])[-1]
+    assert none_complete == search_record.CurvePoint(58, pytest.approx(58 / 60), None, None, None)
+    last = search_record.search_curve(trials)[-1]
     # a resample of 60 misses both complete trials with probability (58/60)^60, about 0.13; among those that draw
     # one, the worse alone in about 0.27 of them: the band spans both
     assert last.best == 0.93 and last.high == 0.93 and last.low == 0.92

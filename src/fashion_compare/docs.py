@@ -60,7 +60,7 @@ NOT_MEASURED = {
     "0.01 is 1 point": "how a fraction reads as points",
     "30 s": "data.py's default download timeout (FASHION_MNIST_TIMEOUT)",
     "32 MiB": "the mallopt threshold of process.keep_freed_memory",
-    "15 % of its log range": "the search's edge rule (tuning.model_search), issue 42's",
+    "15 % of its log range": "the search's edge rule (search_record.model_search), issue 42's",
     "1.5 times as fast": "the speed-up bf16 must reach before a recipe uses it, issue 43's bar",
 }
 
@@ -96,7 +96,7 @@ def f(value, spec: str, scale=1):
 
 
 def log_position(value: float, low: float, high: float) -> float:
-    """Where `value` sits in the log range [low, high]: 0 at low, 1 at high (tuning.py's edge rule)."""
+    """Where `value` sits in the log range [low, high]: 0 at low, 1 at high (the search's edge rule)."""
     from .tuning import LogRange
 
     return LogRange(low=low, high=high).position(value)

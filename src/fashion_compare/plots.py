@@ -255,7 +255,7 @@ def noise_sources(study, titles: dict):
 
 def search_figure(searches: dict, titles: dict):
     """The search's best validation accuracy after its first n configurations, per model, with the bootstrap band
-    over those configurations (tuning.search_curve): against n, and against the CPU-hours the n trials cost."""
+    over those configurations (search_record.search_curve): against n, and against the CPU-hours the n trials cost."""
     figure, (by_configurations, by_hours) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for model, search in searches.items():
         points = [point for point in search.curve if point.best is not None]

@@ -1,14 +1,15 @@
 """`make tune`'s driver: the Optuna studies (one per searched model, in one storage), the rung decisions in trial
-order, the trials' tasks on the engine, MLflow. What the search is and commits: tuning.py."""
+order, the trials' tasks on the engine, MLflow. What the search is: tuning.py; what it commits: search_record.py."""
 
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import sessions, tuning
+from . import search_record, sessions, tuning
 from .errors import PipelineError, first_line
-from .tuning import STATE_DIR, TUNING_DIR, Headroom, TrialOutcome, TrialTask, TuneParams
+from .search_record import Headroom
+from .tuning import STATE_DIR, TUNING_DIR, TrialOutcome, TrialTask, TuneParams
 
 SESSIONS_FILE = TUNING_DIR / "sessions.json"  # every `make tune` that trained: its wall time
 
@@ -65,8 +66,16 @@ def open_studies(storage: str, settings: TuneParams, models) -> dict:
                 raise PipelineError(f"{storage}: holds a search of other settings for {model} (tune's seed, epochs "
                                     "or a space narrowed); move it aside (or set tune.storage) to start a new search")
             study.set_user_attr("settings", json.dumps(fixed, sort_keys=True))
-            spaces = study.user_attrs.get("spaces") or ([{"from_trial": 0, "space": saved["space"]}] if saved else [])
-            study.set_user_attr("spaces", [*spaces, {"from_trial": asked, "space": fixed["space"]}])
+            if saved is None and others:  # a model searched later: its trials so far will be the others' copies
+                source = max(others, key=lambda other: len(other.get_trials(deepcopy=False)))
+                spaces, start = source.user_attrs.get("spaces") or [], len(source.get_trials(deepcopy=False))
+            else:
+                spaces = study.user_attrs.get("spaces") or (
+                    [{"from_trial": 0, "space": saved["space"]}] if saved else [])
+                start = asked
+            if not spaces or spaces[-1]["space"] != fixed["space"]:
+                spaces = [*spaces, {"from_trial": start, "space": fixed["space"]}]
+            study.set_user_attr("spaces", spaces)
         while asked < settings.configurations:
             copies = [trials[asked] for trials in (other.get_trials(deepcopy=False) for other in others)
                       if len(trials) > asked]
@@ -79,6 +88,18 @@ def open_studies(storage: str, settings: TuneParams, models) -> dict:
             asked += 1
         studies[model] = study
     return studies
+
+
+def recorded_searches(storage: str, studies: dict, params) -> dict:
+    """Every model's search in `storage`: the `studies` this run drives, and the others loaded (searched by
+    another `make tune MODELS=...`), so the committed files keep them all; the compared models first."""
+    import optuna
+
+    names = set(optuna.get_all_study_names(storage))
+    order = dict.fromkeys([*params.compare.models, *params.models])
+    return {model: studies[model] if model in studies else optuna.load_study(study_name=f"{model}-search",
+                                                                              storage=storage)
+            for model in order if model in studies or f"{model}-search" in names}
 
 
 @dataclass
@@ -94,12 +115,15 @@ class Search:
     """The rung decisions and the tasks they make (see tuning.py's docstring)."""
 
     def __init__(self, studies, settings: TuneParams, task_fields: dict, tracker, parent_run, code, titles,
-                 record_settings):
+                 record_settings, recorded=None):
+        """`studies`: the searches this run drives; `recorded`: every model's search the committed files hold
+        (those and the ones searched before, by another `make tune MODELS=...`), in the models' order."""
         import optuna
 
         self.studies, self.settings, self.task_fields = studies, settings, task_fields
+        self.recorded = recorded or studies
         self.tracker, self.parent_run, self.code, self.titles = tracker, parent_run, code, titles
-        self.record_settings, self.headroom = record_settings, tuning.load_headroom()
+        self.record_settings, self.headroom = record_settings, search_record.load_headroom()
         self.running, self.redraw = {}, True  # redraw: the figure, once a trial completed since
         self.session = sessions.SessionClock(SESSIONS_FILE, "make tune")  # this run's wall time, once it has tasks
         for model, study in studies.items():
@@ -253,10 +277,10 @@ class Search:
               + ("converged" if gain <= self.settings.headroom_gain else "raise tune.max_epochs"), flush=True)
         self.write()
 
-    def write(self, figure=False) -> tuning.SearchRecord:
+    def write(self, figure=False) -> search_record.SearchRecord:
         self.session.write()
-        record = tuning.write_results(self.studies, self.settings, self.record_settings, self.headroom, self.titles,
-                                      figure=figure or self.redraw)
+        record = search_record.write_results(self.recorded, self.settings, self.record_settings, self.headroom,
+                                             self.titles, figure=figure or self.redraw)
         self.redraw = False
         return record
 
@@ -273,7 +297,8 @@ def tune(params, params_file: str, data_dir: str, jobs: int, address: str | None
     tuning.STORAGE_FILE.parent.mkdir(parents=True, exist_ok=True)
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     studies = open_studies(storage, settings, models)
-    record_settings = {**settings.model_dump(exclude={"storage"}), "models": models, "rungs": settings.rungs,
+    recorded = recorded_searches(storage, studies, params)
+    record_settings = {**settings.model_dump(exclude={"storage"}), "models": list(recorded), "rungs": settings.rungs,
                        "spaces": studies[models[0]].user_attrs.get("spaces"),
                        "train_seed": params.seed, "storage": settings.storage or str(tuning.STORAGE_FILE)}
     threads = engine.local_task_settings(jobs)["threads"] if address is None else None
@@ -285,7 +310,7 @@ def tune(params, params_file: str, data_dir: str, jobs: int, address: str | None
                   "space": json.dumps(settings.space.model_dump())}
     with tracking.stage_run(tracker, "tune", f"Search ({settings.configurations} configurations, rungs "
                                              f"{'/'.join(map(str, settings.rungs))})", run_params) as run_id:
-        search = Search(studies, settings, task_fields, tracker, run_id, code, titles, record_settings)
+        search = Search(studies, settings, task_fields, tracker, run_id, code, titles, record_settings, recorded)
         tasks = search.start()
         left = ", ".join(f"{titles[model]} {sum(key[0] == model for key in search.running)} of "
                          f"{settings.configurations}" for model in models)

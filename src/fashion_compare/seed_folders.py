@@ -25,7 +25,7 @@ from .tools import cpu_kind
 
 LOG_DIR = Path("logs/study")  # each seed's whole output, kept when it fails (git-ignored)
 SEED_METRICS = ("data", "evaluate", "compare", "headline")  # and each compared model's train_<model>.json
-# Each tuned recipe: the model recipes a search chose (tuning.py writes recipe.yaml). `tuned`: the search at full
+# Each tuned recipe: the model recipes a search chose (search_record.py writes recipe.yaml). `tuned`: the search at full
 # data with the same configurations for every model (make tune); `tuned_subset`: the first search, each model its
 # own 12 trials on a fifth of the data (kept with its study: the code that ran it is gone).
 TUNED_RECIPE_FILES = {"tuned": Path("metrics/tuning/recipe.yaml"),
@@ -110,8 +110,9 @@ class Recipe:
 REFERENCE = Recipe()
 
 
-def load_recipe(name: str) -> Recipe:
-    """`reference`, or a tuned recipe: the model recipes a search chose (TUNED_RECIPE_FILES)."""
+def load_recipe(name: str, models=()) -> Recipe:
+    """`reference`, or a tuned recipe: the model recipes a search chose (TUNED_RECIPE_FILES), one for each of
+    `models` (the study's)."""
     if name == "reference":
         return REFERENCE
     if name not in TUNED_RECIPE_FILES:
@@ -119,11 +120,16 @@ def load_recipe(name: str) -> Recipe:
     path = TUNED_RECIPE_FILES[name]
     remedy = "run `make tune` again" if name == "tuned" else f"restore it (git checkout -- {path})"
     if not path.is_file():
-        raise PipelineError(f"{path}: not found; " + ("run `make tune` first (it chooses each model's recipe)"
-                                                      if name == "tuned" else remedy))
+        raise PipelineError(f"{path}: not found; " + ("run `make tune` until its search finishes (it writes each "
+                                                      "model's chosen recipe then)" if name == "tuned" else remedy))
     chosen = yaml.safe_load(path.read_text(encoding="utf-8"))
     if not isinstance(chosen, dict) or not chosen or not all(isinstance(recipe, dict) for recipe in chosen.values()):
         raise PipelineError(f"{path}: expected a recipe for each tuned model; {remedy}")
+    missing = [model for model in models if model not in chosen]
+    if missing:
+        raise PipelineError(f"{path}: no chosen recipe for {', '.join(missing)}: " + (
+            f"its search has not finished (make tune{' MODELS=' + ','.join(missing) if name == 'tuned' else ''} "
+            "goes on where it stopped; tuning.json says how far it is)" if name == "tuned" else remedy))
     return Recipe(name, {f"models.{model}.recipe.{key}": value
                          for model, recipe in chosen.items() for key, value in recipe.items()})
 
