@@ -25,12 +25,12 @@ halving over epochs.
   seed, the schedule over the longer run); the validation accuracy it gains is committed
   (metrics/tuning/headroom.json). Above tune.headroom_gain: raise max_epochs and search again.
 
-Committed after every decision (search_record.py): metrics/tuning/<model>_trials.csv, tuning.json (per model: configurations,
-epochs and CPU-hours spent, the choice, the search's best against configurations and CPU-hours with a bootstrap
-band; every model searched in the storage, whichever models this run searches), recipe.yaml (the chosen recipe
-of each model whose search has finished: every configuration decided, the convergence check passed; what
-`make study RECIPE=tuned` trains), headroom.json,
-sessions.json (each `make tune` that trained: its wall time; sessions.py) and plots/tuning/search.png.
+Committed after every decision (search_record.py): metrics/tuning/<model>_trials.csv, tuning.json (per model:
+configurations, epochs and CPU-hours spent, the choice, the search's best against configurations and CPU-hours
+with a bootstrap band; every model searched in the storage, whichever models this run searches), recipe.yaml
+(the chosen recipe of each model whose search has finished: every configuration decided, the convergence check
+passed; what `make study RECIPE=tuned` trains), headroom.json, sessions.json (each `make tune` that trained: its
+wall time; sessions.py) and plots/tuning/search.png.
 """
 
 import math
