@@ -128,7 +128,7 @@ def load_recipe(name: str, models=()) -> Recipe:
     missing = [model for model in models if model not in chosen]
     if missing:
         raise PipelineError(f"{path}: no chosen recipe for {', '.join(missing)}: " + (
-            f"its search has not finished (make tune{' MODELS=' + ','.join(missing) if name == 'tuned' else ''} "
+            f"its search has not finished (make tune MODELS={','.join(missing)} "
             "goes on where it stopped; tuning.json says how far it is)" if name == "tuned" else remedy))
     return Recipe(name, {f"models.{model}.recipe.{key}": value
                          for model, recipe in chosen.items() for key, value in recipe.items()})
